@@ -1,0 +1,151 @@
+// pyagg engine — the public API of the gradient aggregation rules (GARs).
+//
+// Every front end (Cython module, TF op, native benchmarks, LossyMPI server)
+// goes through these functions, so every front end gets the same validation
+// and the same messages. Exact rule definitions: shared/spec/rules.md.
+//
+// Usage:
+//   RuleConfig cfg;
+//   Status st = make_rule("krum", /*f=*/4, {}, &cfg);      // parse + params
+//   st = aggregate(cfg, view, out, /*state=*/nullptr);        // validate + run
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pyagg/status.h"
+#include "pyagg/types.h"
+
+namespace pyagg {
+
+enum class RuleId : int {
+  kAverage = 0,
+  kAverageNan,
+  kMedian,
+  kTrimmedMean,
+  kAveragedMedian,
+  kKrum,
+  kMultiKrum,
+  kBulyan,
+  kBulyanMultiKrum,
+  kGeometricMedian,
+  kCenteredClipping,
+  kMda,
+};
+
+enum class PreId : int { kNnm = 0, kBucketing, kClipping };
+
+// One tunable parameter of a rule or pre-aggregator.
+struct ParamSpec {
+  const char* name;
+  double default_value;   // NaN: derived from n and f at run time (see `doc`)
+  bool integer;           // must be an integer value
+  const char* doc;
+};
+
+struct RuleInfo {
+  RuleId id;
+  const char* name;
+  const char* bound;                   // human readable, e.g. "n >= 2f+3"
+  std::size_t (*min_n)(std::size_t f); // smallest admissible n for this f
+  bool robust;                         // false only for `average`
+  const char* paper;
+  const char* summary;
+  std::vector<ParamSpec> params;
+};
+
+struct PreInfo {
+  PreId id;
+  const char* name;
+  const char* paper;
+  const char* summary;
+  std::vector<ParamSpec> params;
+};
+
+const std::vector<RuleInfo>& rule_table();
+const std::vector<PreInfo>& pre_table();
+// Comma separated list of the known rule (pre-aggregator) names, for messages.
+std::string known_rule_names();
+std::string known_pre_names();
+
+struct NamedParam {
+  std::string name;
+  double value;
+};
+
+// A parsed, parameter-checked rule. Fields left at their "unset" value are
+// derived from (n, f) when the rule runs (e.g. m = n-f-2).
+struct RuleConfig {
+  RuleId rule = RuleId::kAverage;
+  std::size_t f = 0;
+  // multi-krum, bulyan-multikrum: number of rows averaged (0 = default n-f-2)
+  std::int64_t m = 0;
+  // averaged-median: number of values averaged around the median (0 = n-f)
+  std::int64_t beta = 0;
+  // geometric-median
+  double nu = 1e-6;
+  std::int64_t max_iter = 100;
+  double tol = 1e-7;
+  // centered-clipping
+  double tau = 10.0;
+  std::int64_t iters = 1;  // "L" in the spec
+  // mda: refuse when C(n, f) exceeds this many subsets
+  double max_subsets = 1e7;
+};
+
+struct PreConfig {
+  PreId pre = PreId::kNnm;
+  std::size_t f = 0;
+  std::int64_t bucket_size = 2;  // bucketing: s
+  std::uint64_t seed = 0;        // bucketing: shuffle seed (splitmix64 stream)
+  double tau = 0.0;              // clipping: static threshold; 0 = adaptive (ARC)
+};
+
+// Parse a rule name and its parameters; validates everything that does not
+// depend on n or d (names, ranges). Unknown names list the known ones.
+Status make_rule(const std::string& name, std::int64_t f,
+                 const std::vector<NamedParam>& params, RuleConfig* out);
+Status make_pre(const std::string& name, std::int64_t f,
+                const std::vector<NamedParam>& params, PreConfig* out);
+
+// Checks that depend on the input size: n against the rule's bound, d > 0,
+// parameters derived from n (m, beta), size overflow. Called by aggregate();
+// exposed so front ends (TF op constructor, transport) can check early.
+Status check_rule_input(const RuleConfig& cfg, std::size_t n, std::size_t d);
+Status check_pre_input(const PreConfig& cfg, std::size_t n, std::size_t d);
+
+// Number of rows a pre-aggregator outputs for n input rows.
+std::size_t pre_output_rows(const PreConfig& cfg, std::size_t n);
+
+// Aggregate the n gradients of `g` into `out` (d elements, g.dtype, on
+// g.device). `state` is centered-clipping's starting point v (d elements,
+// same dtype/device; nullptr = zeros); other rules ignore it.
+// The single dispatch point: validates once, then runs the CPU (OpenMP) or
+// the CUDA backend according to g.device.
+Status aggregate(const RuleConfig& cfg, const GradView& g, void* out,
+                 const void* state = nullptr);
+
+// Apply a pre-aggregator: writes pre_output_rows(cfg, n) rows of d elements,
+// row-major, into `out` (same dtype/device as g).
+Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
+
+// Build facts, for pyagg.build_info().
+struct BuildInfo {
+  const char* version;
+  bool openmp;
+  int max_threads;
+  bool cuda;
+  const char* cuda_archs;
+  const char* compiler;
+  const char* build_type;
+  bool native_arch;
+};
+BuildInfo build_info();
+
+// CUDA availability at run time: Ok with the device count, or the reason why
+// not ("not compiled in", "no device").
+Status cuda_device_count(int* count);
+
+}  // namespace pyagg

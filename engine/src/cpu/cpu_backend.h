@@ -1,0 +1,73 @@
+// pyagg engine — CPU (OpenMP) backend: internal interface.
+//
+// Every function here assumes its input was validated by the dispatch point
+// (engine/src/rules.cpp): n >= the rule's bound, d >= 1, parameters resolved
+// (m, beta are concrete numbers), pointers valid. Rows are given as n row
+// pointers of d elements each (a contiguous n*d block is passed as
+// base + i*d). Outputs never alias inputs.
+//
+// Kernels allocate their scratch memory before any parallel region (a
+// std::bad_alloc is caught at the engine's door) and never throw inside one.
+// Reductions are deterministic: coordinates are split in a fixed partition
+// (kReduceBlock) independent of the thread count, partial sums are combined
+// in a fixed order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pyagg {
+namespace cpu {
+
+// Coordinates per deterministic reduction block (fixed; not the thread count).
+constexpr std::size_t kReduceBlock = 4096;
+
+// ---- coordinate-wise rules (coordinate.cpp) --------------------------------
+template <typename T> void average(const T* const* rows, std::size_t n, std::size_t d, T* out);
+template <typename T> void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out);
+template <typename T> void median(const T* const* rows, std::size_t n, std::size_t d, T* out);
+template <typename T>
+void trimmed_mean(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
+// Per coordinate: the mean of the `beta` values closest to the median of the
+// finite values (ties -> smaller value). Also Bulyan's coordinate phase.
+template <typename T>
+void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out);
+
+// ---- iterative rules (iterative.cpp) ---------------------------------------
+template <typename T>
+void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu,
+                      std::int64_t max_iter, double tol, T* out);
+// state: previous output v (d elements) or nullptr for zeros.
+template <typename T>
+void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau,
+                       std::int64_t iters, const T* state, T* out);
+
+// ---- distance-based rules (distance.cpp) -----------------------------------
+// D: n*n row-major, D[i*n+j] = squared L2 distance of rows i and j, computed
+// in one blocked pass over the data, exact difference form (no Gram
+// cancellation); +inf when row i or row j holds a non-finite value; D[i*n+i]=0
+// for a finite row i.
+template <typename T>
+void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double* D);
+
+template <typename T> void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
+template <typename T>
+void multi_krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, std::size_t m, T* out);
+template <typename T> void bulyan(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
+template <typename T>
+void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, std::size_t m,
+                      T* out);
+template <typename T> void mda(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
+
+// ---- pre-aggregators (distance.cpp: nnm; preagg.cpp: bucketing, clipping) ---
+// out: n rows (nnm, clipping) or ceil(n/s) rows (bucketing), row-major.
+template <typename T> void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
+template <typename T>
+void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s, std::uint64_t seed,
+               T* out);
+// tau > 0: static clipping; tau == 0: adaptive robust clipping (ARC).
+template <typename T>
+void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out);
+
+}  // namespace cpu
+}  // namespace pyagg

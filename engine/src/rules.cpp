@@ -1,0 +1,440 @@
+// pyagg engine — rule registry, input validation, and the single dispatch point.
+//
+// Everything a front end can get wrong is checked here, once, before any
+// unsigned arithmetic or any kernel runs; the backends assume valid input.
+#include "pyagg/rules.h"
+
+#include <cmath>
+#include <limits>
+#include <new>
+#include <sstream>
+
+#include "cpu/cpu_backend.h"
+#include "pyagg/config.h"
+#ifdef PYAGG_WITH_CUDA
+#include "../cuda/cuda_backend.h"
+#endif
+
+namespace pyagg {
+namespace {
+
+constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
+
+std::size_t bound_1(std::size_t) { return 1; }
+std::size_t bound_2f1(std::size_t f) { return 2 * f + 1; }
+std::size_t bound_2f3(std::size_t f) { return 2 * f + 3; }
+std::size_t bound_4f3(std::size_t f) { return 4 * f + 3; }
+
+// log C(n, k), for the MDA subset limit.
+double log_binomial(std::size_t n, std::size_t k) {
+  return std::lgamma(double(n) + 1) - std::lgamma(double(k) + 1) - std::lgamma(double(n - k) + 1);
+}
+
+template <typename Info>
+const Info* find_by_name(const std::vector<Info>& table, const std::string& name) {
+  for (const auto& info : table)
+    if (name == info.name) return &info;
+  return nullptr;
+}
+
+std::string param_names(const std::vector<ParamSpec>& params) {
+  if (params.empty()) return "none";
+  std::string s;
+  for (const auto& p : params) {
+    if (!s.empty()) s += ", ";
+    s += p.name;
+  }
+  return s;
+}
+
+std::string fmt(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// Checks a parameter value against its spec (finite, integer when required).
+Status check_param_value(const char* owner, const ParamSpec& spec, double v) {
+  if (!std::isfinite(v))
+    return Status::Invalid(std::string(owner) + ": parameter " + spec.name + " must be finite, got " + fmt(v));
+  if (spec.integer && (v != std::floor(v) || std::fabs(v) > 9.0e15))
+    return Status::Invalid(std::string(owner) + ": parameter " + spec.name + " must be an integer, got " + fmt(v));
+  return Status::Ok();
+}
+
+// Applies named params: unknown names and duplicates are errors.
+template <typename Setter>
+Status apply_params(const char* owner, const std::vector<ParamSpec>& specs,
+                    const std::vector<NamedParam>& params, Setter set) {
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const NamedParam& p = params[i];
+    const ParamSpec* spec = nullptr;
+    for (const auto& s : specs)
+      if (p.name == s.name) spec = &s;
+    if (!spec)
+      return Status::Invalid(std::string(owner) + " has no parameter '" + p.name +
+                             "' (its parameters: " + param_names(specs) + ")");
+    for (std::size_t j = 0; j < i; ++j)
+      if (params[j].name == p.name)
+        return Status::Invalid(std::string(owner) + ": parameter " + p.name + " given twice");
+    PYAGG_RETURN_IF_ERROR(check_param_value(owner, *spec, p.value));
+    PYAGG_RETURN_IF_ERROR(set(p.name, p.value));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+const std::vector<RuleInfo>& rule_table() {
+  static const std::vector<RuleInfo> table = {
+      {RuleId::kAverage, "average", "n >= 1", bound_1, false, "(baseline, not robust)",
+       "mean of the n rows", {}},
+      {RuleId::kAverageNan, "average-nan", "n >= 1", bound_1, true, "(baseline for lossy links)",
+       "per coordinate, mean of the finite values; none -> 0", {}},
+      {RuleId::kMedian, "median", "n >= 1", bound_1, true,
+       "Yin et al., Byzantine-Robust Distributed Learning, ICML 2018",
+       "per coordinate, median of the finite values; none -> 0", {}},
+      {RuleId::kTrimmedMean, "trimmed-mean", "n >= 2f+1", bound_2f1, true,
+       "Yin et al., Byzantine-Robust Distributed Learning, ICML 2018",
+       "per coordinate, drop the f largest and f smallest values, average the rest", {}},
+      {RuleId::kAveragedMedian, "averaged-median", "n >= 2f+1", bound_2f1, true,
+       "Xie et al., Generalized Byzantine-tolerant SGD, 2018 (mean around median)",
+       "per coordinate, mean of the beta values closest to the median",
+       {{"beta", kUnset, true, "values averaged per coordinate, 1 <= beta <= n-f (default n-f)"}}},
+      {RuleId::kKrum, "krum", "n >= 2f+3", bound_2f3, true,
+       "Blanchard et al., Machine Learning with Adversaries, NeurIPS 2017",
+       "the row with the lowest sum of squared distances to its n-f-2 nearest rows", {}},
+      {RuleId::kMultiKrum, "multi-krum", "n >= 2f+3", bound_2f3, true,
+       "Damaskinos et al., AggregaThor, SysML 2019",
+       "mean of the m rows with the lowest Krum scores",
+       {{"m", kUnset, true, "rows averaged, 1 <= m <= n-f (default n-f-2)"}}},
+      {RuleId::kBulyan, "bulyan", "n >= 4f+3", bound_4f3, true,
+       "El Mhamdi et al., The Hidden Vulnerability of Distributed Learning in Byzantium, ICML 2018",
+       "n-2f Krum selections, then per coordinate the mean of the n-4f values closest to the median",
+       {}},
+      {RuleId::kBulyanMultiKrum, "bulyan-multikrum", "n >= 4f+3", bound_4f3, true,
+       "Damaskinos et al., AggregaThor, SysML 2019 (Bulyan over Multi-Krum)",
+       "n-2f-2 Multi-Krum selections, then Bulyan's coordinate phase",
+       {{"m", kUnset, true, "rows averaged in the first round, n-2f-2 <= m <= n-f-2 (default n-f-2)"}}},
+      {RuleId::kGeometricMedian, "geometric-median", "n >= 1", bound_1, true,
+       "Pillutla et al., Robust Aggregation for Federated Learning (RFA), IEEE TSP 2022",
+       "smoothed Weiszfeld iterations from the coordinate-wise median",
+       {{"nu", 1e-6, false, "smoothing: weights are 1/max(nu, distance), nu > 0"},
+        {"max_iter", 100, true, "maximum number of iterations, >= 1"},
+        {"tol", 1e-7, false, "stop when the relative change is below tol, tol >= 0"}}},
+      {RuleId::kCenteredClipping, "centered-clipping", "n >= 1", bound_1, true,
+       "Karimireddy et al., Learning from History for Byzantine Robust Optimization, ICML 2021",
+       "v <- v + mean_i clip(x_i - v, tau), L times, v starting at the previous output",
+       {{"tau", 10.0, false, "clipping radius, tau > 0"},
+        {"L", 1, true, "number of clipping iterations, >= 1"}}},
+      {RuleId::kMda, "mda", "n >= 2f+1", bound_2f1, true,
+       "El Mhamdi et al., Fast and Robust Distributed Learning in High Dimension, SRDS 2020",
+       "mean of the n-f rows forming the subset of smallest diameter (exact)",
+       {{"max_subsets", 1e7, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e7)"}}},
+  };
+  return table;
+}
+
+const std::vector<PreInfo>& pre_table() {
+  static const std::vector<PreInfo> table = {
+      {PreId::kNnm, "nnm", "Allouah et al., Fixing by Mixing, AISTATS 2023",
+       "replace each row by the mean of its n-f nearest rows (itself included)", {}},
+      {PreId::kBucketing, "bucketing",
+       "Karimireddy et al., Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing, ICLR 2022",
+       "shuffle the rows (seeded), average them in buckets of s",
+       {{"s", 2, true, "bucket size, >= 1"},
+        {"seed", 0, true, "shuffle seed, >= 0 (splitmix64 + Fisher-Yates)"}}},
+      {PreId::kClipping, "clipping",
+       "Allouah et al., Boosting Robustness by Clipping Gradients in Distributed Learning (ARC), 2024",
+       "static (tau > 0) or adaptive (tau = 0, ARC) norm clipping of each row",
+       {{"tau", 0.0, false, "static clipping radius; 0 = adaptive robust clipping (ARC)"}}},
+  };
+  return table;
+}
+
+std::string known_rule_names() {
+  std::string s;
+  for (const auto& r : rule_table()) s += (s.empty() ? "" : ", ") + std::string(r.name);
+  return s;
+}
+
+std::string known_pre_names() {
+  std::string s;
+  for (const auto& r : pre_table()) s += (s.empty() ? "" : ", ") + std::string(r.name);
+  return s;
+}
+
+Status make_rule(const std::string& name, std::int64_t f, const std::vector<NamedParam>& params,
+                 RuleConfig* out) {
+  if (!out) return Status::Invalid("make_rule: null output");
+  const RuleInfo* info = find_by_name(rule_table(), name);
+  if (!info) return Status::Invalid("unknown rule '" + name + "' (known rules: " + known_rule_names() + ")");
+  if (f < 0) return Status::Invalid(name + ": f must be >= 0, got f=" + std::to_string(f));
+  RuleConfig cfg;
+  cfg.rule = info->id;
+  cfg.f = static_cast<std::size_t>(f);
+  PYAGG_RETURN_IF_ERROR(apply_params(info->name, info->params, params,
+                                     [&](const std::string& p, double v) -> Status {
+    if (p == "m" || p == "beta") {
+      if (v < 1) return Status::Invalid(name + ": " + p + " must be >= 1, got " + p + "=" + fmt(v));
+      (p == "m" ? cfg.m : cfg.beta) = static_cast<std::int64_t>(v);
+    } else if (p == "nu") {
+      if (!(v > 0)) return Status::Invalid(name + ": nu must be > 0, got nu=" + fmt(v));
+      cfg.nu = v;
+    } else if (p == "max_iter") {
+      if (v < 1) return Status::Invalid(name + ": max_iter must be >= 1, got max_iter=" + fmt(v));
+      cfg.max_iter = static_cast<std::int64_t>(v);
+    } else if (p == "tol") {
+      if (!(v >= 0)) return Status::Invalid(name + ": tol must be >= 0, got tol=" + fmt(v));
+      cfg.tol = v;
+    } else if (p == "tau") {
+      if (!(v > 0)) return Status::Invalid(name + ": tau must be > 0, got tau=" + fmt(v));
+      cfg.tau = v;
+    } else if (p == "L") {
+      if (v < 1) return Status::Invalid(name + ": L must be >= 1, got L=" + fmt(v));
+      cfg.iters = static_cast<std::int64_t>(v);
+    } else if (p == "max_subsets") {
+      if (!(v >= 1)) return Status::Invalid(name + ": max_subsets must be >= 1, got max_subsets=" + fmt(v));
+      cfg.max_subsets = v;
+    } else {
+      return Status::Internal("unhandled parameter " + p);
+    }
+    return Status::Ok();
+  }));
+  *out = cfg;
+  return Status::Ok();
+}
+
+Status make_pre(const std::string& name, std::int64_t f, const std::vector<NamedParam>& params,
+                PreConfig* out) {
+  if (!out) return Status::Invalid("make_pre: null output");
+  const PreInfo* info = find_by_name(pre_table(), name);
+  if (!info)
+    return Status::Invalid("unknown pre-aggregator '" + name + "' (known: " + known_pre_names() + ")");
+  if (f < 0) return Status::Invalid(name + ": f must be >= 0, got f=" + std::to_string(f));
+  PreConfig cfg;
+  cfg.pre = info->id;
+  cfg.f = static_cast<std::size_t>(f);
+  PYAGG_RETURN_IF_ERROR(apply_params(info->name, info->params, params,
+                                     [&](const std::string& p, double v) -> Status {
+    if (p == "s") {
+      if (v < 1) return Status::Invalid(name + ": s must be >= 1, got s=" + fmt(v));
+      cfg.bucket_size = static_cast<std::int64_t>(v);
+    } else if (p == "seed") {
+      if (v < 0) return Status::Invalid(name + ": seed must be >= 0, got seed=" + fmt(v));
+      cfg.seed = static_cast<std::uint64_t>(v);
+    } else if (p == "tau") {
+      if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0 (0 = adaptive), got tau=" + fmt(v));
+      cfg.tau = v;
+    } else {
+      return Status::Internal("unhandled parameter " + p);
+    }
+    return Status::Ok();
+  }));
+  *out = cfg;
+  return Status::Ok();
+}
+
+namespace {
+
+const RuleInfo& info_of(RuleId id) { return rule_table()[static_cast<int>(id)]; }
+
+Status check_size(const char* owner, std::size_t n, std::size_t d) {
+  if (d == 0) return Status::Invalid(std::string(owner) + " needs d >= 1 coordinates, got d=0");
+  if (n == 0) return Status::Invalid(std::string(owner) + " needs at least one gradient, got n=0");
+  // n*d*8 must fit in size_t (and in a signed 64-bit index for the kernels).
+  if (n > (std::size_t(1) << 62) / 8 / d)
+    return Status::Invalid(std::string(owner) + ": n*d too large (n=" + std::to_string(n) +
+                           ", d=" + std::to_string(d) + ")");
+  return Status::Ok();
+}
+
+// Resolves m and beta for (n, f); assumes the bound holds.
+Status resolve(const RuleConfig& cfg, std::size_t n, RuleConfig* r) {
+  *r = cfg;
+  const std::size_t f = cfg.f;
+  const char* name = info_of(cfg.rule).name;
+  auto range_error = [&](const char* p, std::int64_t v, std::size_t lo, std::size_t hi, const char* lo_s,
+                         const char* hi_s) {
+    return Status::Invalid(std::string(name) + " needs " + lo_s + " <= " + p + " <= " + hi_s + ", got " + p +
+                           "=" + std::to_string(v) + " with n=" + std::to_string(n) + ", f=" +
+                           std::to_string(f) + " (allowed " + std::to_string(lo) + ".." + std::to_string(hi) +
+                           ")");
+  };
+  switch (cfg.rule) {
+    case RuleId::kMultiKrum:
+      if (r->m == 0) r->m = static_cast<std::int64_t>(n - f - 2);
+      if (r->m < 1 || std::size_t(r->m) > n - f) return range_error("m", r->m, 1, n - f, "1", "n-f");
+      break;
+    case RuleId::kBulyanMultiKrum: {
+      const std::size_t theta = n - 2 * f - 2;
+      if (r->m == 0) r->m = static_cast<std::int64_t>(n - f - 2);
+      if (std::size_t(r->m) < theta || std::size_t(r->m) > n - f - 2)
+        return range_error("m", r->m, theta, n - f - 2, "n-2f-2", "n-f-2");
+      break;
+    }
+    case RuleId::kAveragedMedian:
+      if (r->beta == 0) r->beta = static_cast<std::int64_t>(n - f);
+      if (r->beta < 1 || std::size_t(r->beta) > n - f) return range_error("beta", r->beta, 1, n - f, "1", "n-f");
+      break;
+    case RuleId::kMda:
+      if (log_binomial(n, f) > std::log(cfg.max_subsets) + 1e-9)
+        return Status::Invalid("mda enumerates C(n, f) subsets: C(" + std::to_string(n) + ", " + std::to_string(f) +
+                               ") = " + fmt(std::exp(log_binomial(n, f))) + " exceeds max_subsets=" +
+                               fmt(cfg.max_subsets) + " (raise max_subsets or use another rule)");
+      break;
+    default:
+      break;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status check_rule_input(const RuleConfig& cfg, std::size_t n, std::size_t d) {
+  const RuleInfo& info = info_of(cfg.rule);
+  PYAGG_RETURN_IF_ERROR(check_size(info.name, n, d));
+  // f is bounded before any 2f/4f arithmetic (cannot wrap).
+  if (cfg.f > n)
+    return Status::Invalid(std::string(info.name) + " needs f <= n, got n=" + std::to_string(n) +
+                           ", f=" + std::to_string(cfg.f));
+  if (n < info.min_n(cfg.f))
+    return Status::Invalid(std::string(info.name) + " needs " + info.bound + ", got n=" + std::to_string(n) +
+                           ", f=" + std::to_string(cfg.f));
+  RuleConfig r;
+  return resolve(cfg, n, &r);
+}
+
+Status check_pre_input(const PreConfig& cfg, std::size_t n, std::size_t d) {
+  const PreInfo& info = pre_table()[static_cast<int>(cfg.pre)];
+  PYAGG_RETURN_IF_ERROR(check_size(info.name, n, d));
+  if (cfg.pre != PreId::kBucketing && cfg.f >= n)
+    return Status::Invalid(std::string(info.name) + " needs n > f, got n=" + std::to_string(n) +
+                           ", f=" + std::to_string(cfg.f));
+  return Status::Ok();
+}
+
+std::size_t pre_output_rows(const PreConfig& cfg, std::size_t n) {
+  if (cfg.pre == PreId::kBucketing) {
+    const std::size_t s = static_cast<std::size_t>(cfg.bucket_size);
+    return (n + s - 1) / s;
+  }
+  return n;
+}
+
+namespace {
+
+Status check_view(const GradView& g, const void* out) {
+  if (!out) return Status::Invalid("output pointer is null");
+  if (!g.data && !g.rows) return Status::Invalid("gradient pointer is null");
+  if (g.data && g.rows) return Status::Invalid("give either a contiguous block or row pointers, not both");
+  if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64)
+    return Status::Invalid("unsupported dtype code " + std::to_string(int(g.dtype)) + " (float32 or float64)");
+  if (g.rows)
+    for (std::size_t i = 0; i < g.n; ++i)
+      if (!g.rows[i]) return Status::Invalid("row pointer " + std::to_string(i) + " is null");
+  return Status::Ok();
+}
+
+template <typename T>
+void run_cpu_rule(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out,
+                  const T* state) {
+  const std::size_t f = r.f;
+  switch (r.rule) {
+    case RuleId::kAverage: cpu::average(rows, n, d, out); break;
+    case RuleId::kAverageNan: cpu::average_nan(rows, n, d, out); break;
+    case RuleId::kMedian: cpu::median(rows, n, d, out); break;
+    case RuleId::kTrimmedMean: cpu::trimmed_mean(rows, n, d, f, out); break;
+    case RuleId::kAveragedMedian: cpu::averaged_median(rows, n, d, std::size_t(r.beta), out); break;
+    case RuleId::kKrum: cpu::krum(rows, n, d, f, out); break;
+    case RuleId::kMultiKrum: cpu::multi_krum(rows, n, d, f, std::size_t(r.m), out); break;
+    case RuleId::kBulyan: cpu::bulyan(rows, n, d, f, out); break;
+    case RuleId::kBulyanMultiKrum: cpu::bulyan_multikrum(rows, n, d, f, std::size_t(r.m), out); break;
+    case RuleId::kGeometricMedian: cpu::geometric_median(rows, n, d, r.nu, r.max_iter, r.tol, out); break;
+    case RuleId::kCenteredClipping: cpu::centered_clipping(rows, n, d, r.tau, r.iters, state, out); break;
+    case RuleId::kMda: cpu::mda(rows, n, d, f, out); break;
+  }
+}
+
+template <typename T>
+std::vector<const T*> row_pointers(const GradView& g) {
+  std::vector<const T*> rows(g.n);
+  for (std::size_t i = 0; i < g.n; ++i) rows[i] = static_cast<const T*>(g.row(i));
+  return rows;
+}
+
+template <typename T>
+void run_cpu_pre(const PreConfig& c, const T* const* rows, std::size_t n, std::size_t d, T* out) {
+  switch (c.pre) {
+    case PreId::kNnm: cpu::nnm(rows, n, d, c.f, out); break;
+    case PreId::kBucketing: cpu::bucketing(rows, n, d, std::size_t(c.bucket_size), c.seed, out); break;
+    case PreId::kClipping: cpu::clipping(rows, n, d, c.f, c.tau, out); break;
+  }
+}
+
+}  // namespace
+
+Status aggregate(const RuleConfig& cfg, const GradView& g, void* out, const void* state) {
+  try {
+    PYAGG_RETURN_IF_ERROR(check_view(g, out));
+    PYAGG_RETURN_IF_ERROR(check_rule_input(cfg, g.n, g.d));
+    RuleConfig r;
+    PYAGG_RETURN_IF_ERROR(resolve(cfg, g.n, &r));
+    if (g.device == Device::kCuda) {
+#ifdef PYAGG_WITH_CUDA
+      if (g.rows) return Status::Invalid("the CUDA backend needs a contiguous n*d block, got row pointers");
+      return cuda::aggregate(r, g, out, state);
+#else
+      return Status::Unsupported("CUDA requested but pyagg was built without CUDA (PYAGG_WITH_CUDA=OFF)");
+#endif
+    }
+    if (g.dtype == DType::kFloat32) {
+      auto rows = row_pointers<float>(g);
+      run_cpu_rule<float>(r, rows.data(), g.n, g.d, static_cast<float*>(out), static_cast<const float*>(state));
+    } else {
+      auto rows = row_pointers<double>(g);
+      run_cpu_rule<double>(r, rows.data(), g.n, g.d, static_cast<double*>(out),
+                           static_cast<const double*>(state));
+    }
+    return Status::Ok();
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory("out of memory while aggregating n=" + std::to_string(g.n) +
+                               " d=" + std::to_string(g.d));
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("internal error: ") + e.what());
+  } catch (...) {
+    return Status::Internal("internal error: unknown exception");
+  }
+}
+
+Status preaggregate(const PreConfig& cfg, const GradView& g, void* out) {
+  try {
+    PYAGG_RETURN_IF_ERROR(check_view(g, out));
+    PYAGG_RETURN_IF_ERROR(check_pre_input(cfg, g.n, g.d));
+    if (g.device == Device::kCuda) {
+#ifdef PYAGG_WITH_CUDA
+      if (g.rows) return Status::Invalid("the CUDA backend needs a contiguous n*d block, got row pointers");
+      return cuda::preaggregate(cfg, g, out);
+#else
+      return Status::Unsupported("CUDA requested but pyagg was built without CUDA (PYAGG_WITH_CUDA=OFF)");
+#endif
+    }
+    if (g.dtype == DType::kFloat32) {
+      auto rows = row_pointers<float>(g);
+      run_cpu_pre<float>(cfg, rows.data(), g.n, g.d, static_cast<float*>(out));
+    } else {
+      auto rows = row_pointers<double>(g);
+      run_cpu_pre<double>(cfg, rows.data(), g.n, g.d, static_cast<double*>(out));
+    }
+    return Status::Ok();
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory("out of memory while pre-aggregating n=" + std::to_string(g.n) +
+                               " d=" + std::to_string(g.d));
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("internal error: ") + e.what());
+  } catch (...) {
+    return Status::Internal("internal error: unknown exception");
+  }
+}
+
+}  // namespace pyagg
