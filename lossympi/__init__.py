@@ -1,0 +1,1 @@
+"""LossyMPI: lossy UDP gradient transport with an MPI control plane."""

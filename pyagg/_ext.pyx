@@ -1,0 +1,275 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# distutils: language = c++
+"""Thin Cython bindings of the pyagg engine.
+
+This module only converts: Python values <-> engine structs, array addresses
+-> pointers, engine Status -> exception. Array inspection (dtype, shape,
+contiguity, device) happens in :mod:`pyagg.api`; everything about rules
+(names, parameters, bounds) is validated by the engine itself. The GIL is
+released while the engine runs.
+"""
+
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+from pyagg._engine cimport (
+    CBuildInfo, CDevice, CDType, CGradView, CNamedParam, CParamSpec, CPreConfig,
+    CPreInfo, CRuleConfig, CRuleInfo, CStatus, aggregate, build_info, check_pre_input,
+    check_rule_input, copy_device_to_host, copy_host_to_device, cuda_device_count,
+    device_free, device_malloc, device_synchronize, make_pre, make_rule, pre_output_rows,
+    pre_table, preaggregate, rule_table,
+)
+
+from pyagg.errors import AggregationError, STATUS_EXCEPTIONS
+
+
+cdef int raise_status(const CStatus& st) except -1:
+    """The single Status -> exception conversion."""
+    if st.ok():
+        return 0
+    cls = STATUS_EXCEPTIONS.get(st.code_int(), AggregationError)
+    raise cls(st.message().decode("utf-8", "replace"))
+
+
+cdef vector[CNamedParam] to_params(params) except *:
+    cdef vector[CNamedParam] out
+    cdef CNamedParam p
+    for name, value in params:
+        if not isinstance(name, str):
+            raise TypeError(f"parameter names must be str, got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                import numpy as _np
+                ok = isinstance(value, (_np.integer, _np.floating))
+            except ImportError:  # pragma: no cover
+                ok = False
+            if not ok:
+                from pyagg.errors import InvalidArgumentError
+                raise InvalidArgumentError(
+                    f"parameter {name} must be a real number, got {value!r} ({type(value).__name__})")
+        p.name = name.encode("utf-8")
+        p.value = float(value)
+        out.push_back(p)
+    return out
+
+
+cdef CDType to_dtype(int code) except *:
+    if code == 0:
+        return CDType.kFloat32
+    if code == 1:
+        return CDType.kFloat64
+    raise ValueError(f"dtype code must be 0 (float32) or 1 (float64), got {code}")
+
+
+cdef CDevice to_device(int code) except *:
+    if code == 0:
+        return CDevice.kCpu
+    if code == 1:
+        return CDevice.kCuda
+    raise ValueError(f"device code must be 0 (cpu) or 1 (cuda), got {code}")
+
+
+cdef class Rule:
+    """A parsed rule: name, f and parameters checked by the engine once."""
+
+    cdef CRuleConfig cfg
+    cdef readonly str name
+    cdef readonly int64_t f
+    cdef readonly tuple params
+
+    def __init__(self, str name, f, params=()):
+        if isinstance(f, bool) or not hasattr(f, "__index__"):
+            from pyagg.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"f must be an integer, got {f!r}")
+        cdef vector[CNamedParam] cparams = to_params(params)
+        raise_status(make_rule(name.encode("utf-8"), int(f), cparams, &self.cfg))
+        self.name = name
+        self.f = int(f)
+        self.params = tuple(params)
+
+    def check(self, size_t n, size_t d):
+        """Raise if (n, d) is not admissible for this rule."""
+        raise_status(check_rule_input(self.cfg, n, d))
+
+    def run(self, uintptr_t data, uintptr_t rows, size_t n, size_t d, int dtype, int device,
+            int device_id, uintptr_t out, uintptr_t state):
+        """Aggregate n rows at address `data` (n*d block) or `rows` (n row addresses) into `out`."""
+        cdef CGradView g
+        g.data = <const void*>data
+        g.rows = <const void* const*>rows
+        g.n = n
+        g.d = d
+        g.dtype = to_dtype(dtype)
+        g.device = to_device(device)
+        g.device_id = device_id
+        cdef CStatus st
+        with nogil:
+            st = aggregate(self.cfg, g, <void*>out, <const void*>state)
+        raise_status(st)
+
+    def __repr__(self):
+        return f"Rule({self.name!r}, f={self.f}, params={dict(self.params)!r})"
+
+
+cdef class Pre:
+    """A parsed pre-aggregator."""
+
+    cdef CPreConfig cfg
+    cdef readonly str name
+    cdef readonly int64_t f
+    cdef readonly tuple params
+
+    def __init__(self, str name, f, params=()):
+        if isinstance(f, bool) or not hasattr(f, "__index__"):
+            from pyagg.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"f must be an integer, got {f!r}")
+        cdef vector[CNamedParam] cparams = to_params(params)
+        raise_status(make_pre(name.encode("utf-8"), int(f), cparams, &self.cfg))
+        self.name = name
+        self.f = int(f)
+        self.params = tuple(params)
+
+    @property
+    def seed(self):
+        return self.cfg.seed
+
+    def output_rows(self, size_t n):
+        return pre_output_rows(self.cfg, n)
+
+    def check(self, size_t n, size_t d):
+        raise_status(check_pre_input(self.cfg, n, d))
+
+    def run(self, uintptr_t data, uintptr_t rows, size_t n, size_t d, int dtype, int device,
+            int device_id, uintptr_t out, seed=None):
+        """Pre-aggregate into `out` (output_rows(n) x d); `seed` overrides the bucketing seed."""
+        cdef CGradView g
+        g.data = <const void*>data
+        g.rows = <const void* const*>rows
+        g.n = n
+        g.d = d
+        g.dtype = to_dtype(dtype)
+        g.device = to_device(device)
+        g.device_id = device_id
+        cdef CPreConfig cfg = self.cfg
+        if seed is not None:
+            cfg.seed = <uint64_t>seed
+        cdef CStatus st
+        with nogil:
+            st = preaggregate(cfg, g, <void*>out)
+        raise_status(st)
+
+    def __repr__(self):
+        return f"Pre({self.name!r}, f={self.f}, params={dict(self.params)!r})"
+
+
+cdef dict _param_dict(const vector[CParamSpec]& specs):
+    cdef dict out = {}
+    cdef object default
+    cdef double v
+    for i in range(specs.size()):
+        v = specs[i].default_value
+        if v != v:  # NaN: derived from n and f
+            default = None
+        elif specs[i].integer:
+            default = int(v)
+        else:
+            default = float(v)
+        out[specs[i].name.decode()] = {"default": default, "integer": bool(specs[i].integer),
+                                        "doc": specs[i].doc.decode()}
+    return out
+
+
+def rule_infos():
+    """The engine's rule table: list of dicts (min_n given as a list for f = 0..63)."""
+    cdef const vector[CRuleInfo]* table = &rule_table()
+    cdef const CRuleInfo* info
+    out = []
+    for i in range(table.size()):
+        info = &table.at(i)
+        out.append({
+            "name": info.name.decode(),
+            "bound": info.bound.decode(),
+            "min_n_table": [info.min_n(f) for f in range(64)],
+            "robust": bool(info.robust),
+            "paper": info.paper.decode(),
+            "summary": info.summary.decode(),
+            "params": _param_dict(info.params),
+        })
+    return out
+
+
+def rule_min_n(str name, size_t f):
+    cdef const vector[CRuleInfo]* table = &rule_table()
+    for i in range(table.size()):
+        if table.at(i).name.decode() == name:
+            return table.at(i).min_n(f)
+    raise KeyError(name)
+
+
+def pre_infos():
+    cdef const vector[CPreInfo]* table = &pre_table()
+    cdef const CPreInfo* info
+    out = []
+    for i in range(table.size()):
+        info = &table.at(i)
+        out.append({
+            "name": info.name.decode(),
+            "paper": info.paper.decode(),
+            "summary": info.summary.decode(),
+            "params": _param_dict(info.params),
+        })
+    return out
+
+
+def engine_build_info():
+    cdef CBuildInfo b = build_info()
+    return {
+        "version": b.version.decode(),
+        "openmp": bool(b.openmp),
+        "threads": int(b.max_threads),
+        "cuda": bool(b.cuda),
+        "cuda_archs": b.cuda_archs.decode(),
+        "compiler": b.compiler.decode(),
+        "build_type": b.build_type.decode(),
+        "native_arch": bool(b.native_arch),
+    }
+
+
+def cuda_devices():
+    """Number of usable CUDA devices; raises DeviceError saying why there are none."""
+    cdef int count = 0
+    raise_status(cuda_device_count(&count))
+    return count
+
+
+# ---- device memory (CUDA backend) ---------------------------------------------
+def device_alloc(int device_id, size_t nbytes):
+    cdef void* p = NULL
+    raise_status(device_malloc(device_id, nbytes, &p))
+    return <uintptr_t>p
+
+
+def device_release(int device_id, uintptr_t ptr):
+    raise_status(device_free(device_id, <void*>ptr))
+
+
+def copy_h2d(int device_id, uintptr_t dst, uintptr_t src, size_t nbytes):
+    cdef CStatus st
+    with nogil:
+        st = copy_host_to_device(device_id, <void*>dst, <const void*>src, nbytes)
+    raise_status(st)
+
+
+def copy_d2h(int device_id, uintptr_t dst, uintptr_t src, size_t nbytes):
+    cdef CStatus st
+    with nogil:
+        st = copy_device_to_host(device_id, <void*>dst, <const void*>src, nbytes)
+    raise_status(st)
+
+
+def device_sync(int device_id):
+    raise_status(device_synchronize(device_id))
+
+
+include "_transport.pxi"

@@ -1,0 +1,344 @@
+"""The Python API of the aggregation engine: aggregate, Aggregator, rules.
+
+Arrays are inspected here (dtype, shape, contiguity, device) and handed to the
+engine by address, without copies; everything about the rules themselves
+(names, parameters, bounds) is validated by the engine, so every front end
+gets the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _ext
+from .errors import DeviceError, InvalidArgumentError
+
+__all__ = [
+    "aggregate",
+    "preaggregate",
+    "Aggregator",
+    "rules",
+    "pre_aggregators",
+    "build_info",
+]
+
+_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
+_CPU, _CUDA = 0, 1
+
+
+# ----------------------------------------------------------------- inputs ---
+def _on_gpu(x: Any) -> bool:
+    """True when `x` lives on a CUDA device (CUDA array interface or DLPack)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    dev = getattr(x, "__dlpack_device__", None)
+    if dev is not None and not isinstance(x, np.ndarray):
+        try:
+            kind, _ = dev()
+        except Exception:  # noqa: BLE001 - a broken __dlpack_device__ means "not CUDA"
+            return False
+        return int(kind) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+    return False
+
+
+def _host_array(x: Any, what: str) -> np.ndarray:
+    """A numpy view of a CPU array-like, without copying or converting."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, TypeError, RuntimeError):
+            pass  # e.g. a read-only or exotic tensor: fall back to the array protocols
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidArgumentError(f"{what}: cannot read {type(x).__name__} as an array ({exc})") from exc
+
+
+def _check_array(a: np.ndarray, ndim: int, what: str) -> int:
+    """Validate dtype / ndim / contiguity; return the engine dtype code."""
+    if a.dtype not in _DTYPES:
+        raise InvalidArgumentError(f"{what}: dtype must be float32 or float64, got {a.dtype}")
+    if not a.dtype.isnative:
+        raise InvalidArgumentError(f"{what}: non-native byte order ({a.dtype.str}) is not supported")
+    if a.ndim != ndim:
+        shape = "(n, d)" if ndim == 2 else "(d,)"
+        raise InvalidArgumentError(f"{what}: expected a {ndim}-D array {shape}, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise InvalidArgumentError(
+            f"{what}: array is not C-contiguous (shape {a.shape}, strides {a.strides}); "
+            "pass numpy.ascontiguousarray(...) explicitly"
+        )
+    return _DTYPES[a.dtype]
+
+
+class _Batch:
+    """n gradients ready for the engine: a contiguous block or n row addresses."""
+
+    __slots__ = ("n", "d", "dtype", "code", "data", "rows", "keep")
+
+    def __init__(self, gradients: Any):
+        if isinstance(gradients, (list, tuple)):
+            self._from_rows(gradients)
+        else:
+            a = _host_array(gradients, "gradients")
+            self.code = _check_array(a, 2, "gradients")
+            self.n, self.d = a.shape
+            self.dtype = a.dtype
+            self.data = a.ctypes.data if a.size else 0
+            self.rows = 0
+            self.keep = (a,)
+            if a.size == 0:
+                # Let the engine name the empty dimension (d=0 or n=0).
+                self.data = 1
+
+    def _from_rows(self, seq: Sequence[Any]) -> None:
+        if len(seq) == 0:
+            raise InvalidArgumentError("gradients: need at least one gradient, got n=0")
+        arrays = [_host_array(r, f"gradients[{i}]") for i, r in enumerate(seq)]
+        codes = [_check_array(a, 1, f"gradients[{i}]") for i, a in enumerate(arrays)]
+        d = arrays[0].shape[0]
+        for i, a in enumerate(arrays):
+            if a.dtype != arrays[0].dtype:
+                raise InvalidArgumentError(
+                    f"gradients: mixed dtypes, gradients[0] is {arrays[0].dtype}, gradients[{i}] is {a.dtype}"
+                )
+            if a.shape[0] != d:
+                raise InvalidArgumentError(
+                    f"gradients: rows of different lengths, gradients[0] has d={d}, gradients[{i}] has d={a.shape[0]}"
+                )
+        self.n, self.d = len(arrays), d
+        self.dtype = arrays[0].dtype
+        self.code = codes[0]
+        addrs = np.array([a.ctypes.data if d else 1 for a in arrays], dtype=np.uintp)
+        self.data = 0
+        self.rows = addrs.ctypes.data
+        self.keep = (arrays, addrs)
+
+
+def _split_params(params: Mapping[str, Any]) -> list[tuple[str, float]]:
+    return [(str(k), v) for k, v in params.items()]
+
+
+def _parse_device(device: str | None) -> tuple[int | None, int]:
+    if device is None:
+        return None, 0
+    if not isinstance(device, str):
+        raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:<id>', got {device!r}")
+    if device == "cpu":
+        return _CPU, 0
+    if device == "cuda":
+        return _CUDA, 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return _CUDA, int(device[5:])
+    raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:<id>', got {device!r}")
+
+
+def _cuda_module():
+    try:
+        from . import _device
+    except ImportError as exc:  # pragma: no cover - only without the CUDA front end
+        raise DeviceError(f"CUDA front end unavailable: {exc}") from exc
+    return _device
+
+
+# ------------------------------------------------------------------ rules ---
+def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device: str | None) -> Any:
+    dev, dev_id = _parse_device(device)
+    if dev == _CUDA or (dev is None and not isinstance(gradients, (list, tuple)) and _on_gpu(gradients)):
+        return _cuda_module().aggregate_cuda(rule, gradients, state, dev_id)
+    if dev is None and isinstance(gradients, (list, tuple)) and any(_on_gpu(g) for g in gradients):
+        raise InvalidArgumentError(
+            "gradients: a list of GPU tensors is not supported; stack them into one (n, d) GPU array"
+        )
+    b = _Batch(gradients)
+    out = np.empty(b.d, dtype=b.dtype)
+    st = 0
+    if state is not None:
+        if state.dtype != b.dtype or state.shape != (b.d,):
+            raise InvalidArgumentError(
+                f"state must have shape ({b.d},) and dtype {b.dtype}, got {state.shape} {state.dtype}"
+            )
+        st = state.ctypes.data
+    rule.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if b.d else 1, st)
+    return out
+
+
+def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None) -> np.ndarray:
+    if not isinstance(gradients, (list, tuple)) and _on_gpu(gradients):
+        return _cuda_module().preaggregate_cuda(pre, gradients, seed)
+    b = _Batch(gradients)
+    out = np.empty((pre.output_rows(b.n) if b.n else 0, b.d), dtype=b.dtype)
+    pre.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if out.size else 1, seed)
+    return out
+
+
+def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = None, **params: Any) -> Any:
+    """Aggregate n gradients into one with a robust rule.
+
+    Parameters
+    ----------
+    gradients : array_like or sequence of array_like
+        An (n, d) C-contiguous float32/float64 array (numpy, or any CPU object
+        exposing DLPack, ``__array__`` or the buffer protocol: read without a
+        copy), or a sequence of n 1-D arrays of equal length and dtype
+        (aggregated in place, without stacking). A CUDA array (CUDA array
+        interface or DLPack) is aggregated on its GPU.
+    rule : str
+        A rule name, see :func:`rules`.
+    f : int
+        Declared number of Byzantine gradients.
+    device : {None, "cpu", "cuda", "cuda:<id>"}
+        None: where the data lives. "cuda": copy host data to the GPU,
+        aggregate there and return a numpy array.
+    **params
+        Rule parameters (e.g. ``m`` for multi-krum); see :func:`rules`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (d,) array of the input dtype (on the GPU for GPU input).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Bad shapes, dtypes, bounds or parameters (also a ``ValueError``).
+    DeviceError
+        CUDA requested but not available.
+    """
+    return _run_rule(_ext.Rule(rule, f, _split_params(params)), gradients, None, device)
+
+
+def preaggregate(gradients: Any, name: str, f: int = 0, **params: Any) -> Any:
+    """Apply one pre-aggregator (nnm, bucketing, clipping); returns (n', d) rows."""
+    return _run_pre(_ext.Pre(name, f, _split_params(params)), gradients)
+
+
+class Aggregator:
+    """A reusable, stateful aggregation rule with optional pre-aggregators.
+
+    Parameters
+    ----------
+    rule : str
+        Rule name (see :func:`rules`).
+    f : int
+        Declared number of Byzantine gradients.
+    pre : sequence
+        Pre-aggregators applied in order, each a name (``"nnm"``) or a
+        ``(name, {param: value})`` pair.
+    device : {None, "cpu", "cuda", "cuda:<id>"}
+        As for :func:`aggregate`.
+    **params
+        Rule parameters.
+
+    Notes
+    -----
+    State: centered-clipping starts each call from the previous output
+    (momentum); bucketing's shuffle seed advances by one per call, so call t
+    uses ``seed + t``. :meth:`reset` forgets both.
+    """
+
+    def __init__(self, rule: str, f: int = 0, pre: Sequence[Any] = (), *, device: str | None = None,
+                 **params: Any):
+        self.rule = _ext.Rule(rule, f, _split_params(params))
+        self.f = int(f)
+        self.device = device
+        _parse_device(device)
+        self.pre: list[_ext.Pre] = []
+        if isinstance(pre, str) or (isinstance(pre, tuple) and len(pre) == 2 and isinstance(pre[1], Mapping)):
+            pre = [pre]
+        for p in pre:
+            if isinstance(p, str):
+                self.pre.append(_ext.Pre(p, f, []))
+            elif isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], Mapping):
+                self.pre.append(_ext.Pre(p[0], f, _split_params(p[1])))
+            else:
+                raise InvalidArgumentError(f"pre-aggregator must be a name or (name, params), got {p!r}")
+        self._stateful = rule == "centered-clipping"
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the momentum and restart the bucketing seed sequence."""
+        self.state: np.ndarray | None = None
+        self.calls = 0
+
+    def aggregate(self, gradients: Any) -> Any:
+        """Aggregate one step's gradients (see :func:`aggregate`)."""
+        g = gradients
+        for p in self.pre:
+            g = _run_pre(p, g, seed=(p.seed + self.calls) if p.name == "bucketing" else None)
+        # _run_rule checks that the state still matches (d, dtype); reset() clears it.
+        state = self.state if self._stateful else None
+        out = _run_rule(self.rule, g, state, self.device)
+        if self._stateful:
+            self.state = out.copy() if isinstance(out, np.ndarray) else out
+        self.calls += 1
+        return out
+
+    __call__ = aggregate
+
+    def __repr__(self) -> str:
+        pre = ", ".join(repr(p) for p in self.pre)
+        return f"Aggregator({self.rule!r}, pre=[{pre}])"
+
+
+# ------------------------------------------------------------- metadata ---
+def _min_n(name: str):
+    def min_n(f: int) -> int:
+        return int(_ext.rule_min_n(name, f))
+
+    return min_n
+
+
+def rules() -> dict[str, dict[str, Any]]:
+    """Every rule: bound, ``min_n(f)``, parameters with defaults, paper, summary.
+
+    A parameter default of None means "derived from n and f" (its ``doc`` says how).
+    """
+    out = {}
+    for info in _ext.rule_infos():
+        name = info["name"]
+        out[name] = {
+            "bound": info["bound"],
+            "min_n": _min_n(name),
+            "robust": info["robust"],
+            "params": {k: v["default"] for k, v in info["params"].items()},
+            "param_docs": {k: v["doc"] for k, v in info["params"].items()},
+            "paper": info["paper"],
+            "summary": info["summary"],
+        }
+    return out
+
+
+def pre_aggregators() -> dict[str, dict[str, Any]]:
+    """Every pre-aggregator: parameters with defaults, paper, summary."""
+    return {
+        info["name"]: {
+            "params": {k: v["default"] for k, v in info["params"].items()},
+            "param_docs": {k: v["doc"] for k, v in info["params"].items()},
+            "paper": info["paper"],
+            "summary": info["summary"],
+        }
+        for info in _ext.pre_infos()
+    }
+
+
+def build_info() -> dict[str, Any]:
+    """What this build compiled in: version, openmp, threads, cuda, compiler, tf_bridge, ..."""
+    info = _ext.engine_build_info()
+    try:
+        info["cuda_devices"] = _ext.cuda_devices()
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        info["cuda_devices"] = 0
+        info["cuda_status"] = str(exc)
+    try:
+        from .tf_bridge import is_built as _tf_built
+
+        info["tf_bridge"] = bool(_tf_built())
+    except Exception:  # noqa: BLE001
+        info["tf_bridge"] = False
+    return info

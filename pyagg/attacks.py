@@ -1,0 +1,1 @@
+"""placeholder: attacks being written."""
