@@ -1,7 +1,7 @@
 """Build-time probe of the installed TensorFlow, run by CMakeLists.txt.
 
 Prints ``key=value`` lines (CMake parses them): the version, the compile and
-link flags of ``tf.sysconfig`` (``;``-separated), whether TF was built with
+link flags of ``tf.sysconfig`` (``|``-separated), whether TF was built with
 CUDA, and a hash of the flags. Exits 1 (with the reason on stderr) when
 TensorFlow cannot be imported. Not imported by the package at run time.
 """
@@ -26,8 +26,8 @@ def main() -> int:
     cuda = bool(info.get("is_cuda_build", False))
     digest = hashlib.sha256("\n".join(cflags + lflags).encode()).hexdigest()[:16]
     print(f"version={tf.__version__}")
-    print(f"cflags={';'.join(cflags)}")
-    print(f"lflags={';'.join(lflags)}")
+    print(f"cflags={'|'.join(cflags)}")
+    print(f"lflags={'|'.join(lflags)}")
     print(f"cuda={1 if cuda else 0}")
     print(f"flags_hash={digest}")
     print(f"init={os.path.realpath(tf.__file__)}")

@@ -28,10 +28,13 @@
 // first waits for TF's compute stream (the inputs must be computed), then
 // calls the engine; the output is complete when Compute returns.
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "pyagg/config.h"
 #include "pyagg/rules.h"
 #include "pyagg/status.h"
@@ -58,18 +61,17 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
-namespace errors = ::tensorflow::errors;
 namespace shape_inference = ::tensorflow::shape_inference;
 
 // Engine Status -> TF status: bad input is InvalidArgument (same message).
 absl::Status to_tf(const pyagg::Status& st) {
   switch (st.code()) {
     case pyagg::StatusCode::kOk: return absl::OkStatus();
-    case pyagg::StatusCode::kInvalidArgument: return errors::InvalidArgument(st.message());
-    case pyagg::StatusCode::kUnsupported: return errors::Unimplemented(st.message());
-    case pyagg::StatusCode::kOutOfMemory: return errors::ResourceExhausted(st.message());
-    case pyagg::StatusCode::kTimeout: return errors::DeadlineExceeded(st.message());
-    default: return errors::Internal(st.message());
+    case pyagg::StatusCode::kInvalidArgument: return absl::InvalidArgumentError(st.message());
+    case pyagg::StatusCode::kUnsupported: return absl::UnimplementedError(st.message());
+    case pyagg::StatusCode::kOutOfMemory: return absl::ResourceExhaustedError(st.message());
+    case pyagg::StatusCode::kTimeout: return absl::DeadlineExceededError(st.message());
+    default: return absl::InternalError(st.message());
   }
 }
 
@@ -82,7 +84,7 @@ absl::Status parse_value(const std::string& name, const std::string& text, doubl
   errno = 0;
   const double v = std::strtod(s, &end);
   if (text.empty() || end != s + text.size())
-    return errors::InvalidArgument("parameter ", name, ": value '", text, "' is not a number");
+    return absl::InvalidArgumentError(absl::StrCat("parameter ", name, ": value '", text, "' is not a number"));
   *out = v;
   return absl::OkStatus();
 }
@@ -99,15 +101,15 @@ class PyaggAggregateOp : public OpKernel {
  public:
   explicit PyaggAggregateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     std::string rule;
-    ::tensorflow::int64 f = 0;
+    std::int64_t f = 0;
     std::vector<std::string> names, values;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rule", &rule));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("f", &f));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("param_names", &names));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("param_values", &values));
     OP_REQUIRES(ctx, names.size() == values.size(),
-                errors::InvalidArgument("param_names and param_values must have the same length, got ",
-                                        names.size(), " names and ", values.size(), " values"));
+                absl::InvalidArgumentError(absl::StrCat("param_names and param_values must have the same length, got ",
+                                                        names.size(), " names and ", values.size(), " values")));
     std::vector<pyagg::NamedParam> params;
     params.reserve(names.size());
     for (std::size_t i = 0; i < names.size(); ++i) {
@@ -124,8 +126,9 @@ class PyaggAggregateOp : public OpKernel {
     const Tensor& state = ctx->input(1);
     // Eager execution does not run the shape function: check here too.
     OP_REQUIRES(ctx, grads.dims() == 2,
-                errors::InvalidArgument("gradients must be a rank-2 tensor [n, d] (one row per worker), got shape ",
-                                        grads.shape().DebugString()));
+                absl::InvalidArgumentError(absl::StrCat(
+                    "gradients must be a rank-2 tensor [n, d] (one row per worker), got shape ",
+                    grads.shape().DebugString())));
     const std::size_t n = static_cast<std::size_t>(grads.dim_size(0));
     const std::size_t d = static_cast<std::size_t>(grads.dim_size(1));
     // Bounds that depend on n and d (n against the rule's bound, d >= 1, m and
@@ -133,11 +136,12 @@ class PyaggAggregateOp : public OpKernel {
     OP_REQUIRES_OK(ctx, to_tf(pyagg::check_rule_input(cfg_, n, d)));
     const bool has_state = state.NumElements() > 0;
     OP_REQUIRES(ctx, state.dims() == 1 && (!has_state || static_cast<std::size_t>(state.dim_size(0)) == d),
-                errors::InvalidArgument("state must be a rank-1 tensor of d=", d,
-                                        " elements (or empty for v = 0), got shape ", state.shape().DebugString()));
+                absl::InvalidArgumentError(absl::StrCat("state must be a rank-1 tensor of d=", d,
+                                                        " elements (or empty for v = 0), got shape ",
+                                                        state.shape().DebugString())));
 
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({static_cast<::tensorflow::int64>(d)}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({static_cast<std::int64_t>(d)}), &out));
 
     pyagg::GradView view;
     view.data = grads.flat<T>().data();
@@ -149,7 +153,7 @@ class PyaggAggregateOp : public OpKernel {
 #ifdef PYAGG_TF_GPU_KERNEL
     if (kDevice == pyagg::Device::kCuda) {
       auto* stream = ctx->op_device_context() ? ctx->op_device_context()->stream() : nullptr;
-      OP_REQUIRES(ctx, stream != nullptr, errors::Internal("PyaggAggregate: no GPU stream"));
+      OP_REQUIRES(ctx, stream != nullptr, absl::InternalError("PyaggAggregate: no GPU stream"));
       view.device_id = stream->parent()->device_ordinal();
       // The inputs are produced on TF's stream; the engine uses its own.
       OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
