@@ -1,1 +1,494 @@
 # LossyMPI transport bindings (included into _ext.pyx). Owned by the transport work.
+#
+# Declarations of engine/include/pyagg/transport.h and two thin classes: a UDP
+# gradient receiver (engine thread + preallocated rows, exported through the
+# buffer protocol) and a UDP gradient sender. Python-level API: lossympi.
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcpy
+from libcpp cimport bool as cbool
+from libcpp.memory cimport unique_ptr
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+from cpython.buffer cimport PyBUF_WRITABLE
+
+
+cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
+    size_t kHeaderSize "pyagg::transport::kHeaderSize"
+    size_t kTagSize "pyagg::transport::kTagSize"
+    size_t kDefaultMaxDatagram "pyagg::transport::kDefaultMaxDatagram"
+    uint32_t kEndChunkIndex "pyagg::transport::kEndChunkIndex"
+    uint32_t kMagic "pyagg::transport::kMagic"
+
+    cdef enum class CKind "pyagg::transport::Kind":
+        kData "pyagg::transport::Kind::kData"
+        kEnd "pyagg::transport::Kind::kEnd"
+
+    cdef enum class CMacAlgo "pyagg::transport::MacAlgo":
+        kNone "pyagg::transport::MacAlgo::kNone"
+        kAes256Gcm "pyagg::transport::MacAlgo::kAes256Gcm"
+        kChaCha20Poly1305 "pyagg::transport::MacAlgo::kChaCha20Poly1305"
+
+    cdef enum class CFillPolicy "pyagg::transport::FillPolicy":
+        kNan "pyagg::transport::FillPolicy::kNan"
+
+    cdef enum class CEndReason "pyagg::transport::EndReason":
+        kComplete "pyagg::transport::EndReason::kComplete"
+
+    const char* mac_name(CMacAlgo m)
+    const char* end_reason_name(CEndReason r)
+    CStatus parse_mac(const string& name, CMacAlgo* out)
+    CStatus parse_fill(const string& name, CFillPolicy* out)
+    cbool mac_available(CMacAlgo m)
+
+    cdef cppclass CHeader "pyagg::transport::Header":
+        CKind kind
+        CMacAlgo mac
+        uint8_t dtype
+        uint32_t job_id
+        uint32_t rank
+        uint64_t step
+        uint16_t tensor_id
+        uint16_t header_len
+        uint32_t chunk_index
+        uint32_t chunk_count
+        uint32_t payload_len
+        uint64_t total_elems
+
+    CStatus seal_datagram(const CHeader& h, const void* payload, size_t payload_len, const uint8_t* key,
+                          vector[uint8_t]* out)
+
+    cdef cppclass CGeometry "pyagg::transport::Geometry":
+        size_t d
+        size_t elem_size
+        size_t chunk_elems
+        size_t chunk_bytes
+        size_t chunk_count
+        size_t total_bytes
+
+    CStatus make_geometry(size_t d, CDType dtype, size_t max_datagram, CGeometry* out)
+
+    cdef cppclass CUdpSourceOptions "pyagg::transport::UdpSourceOptions":
+        string host
+        int port
+        size_t rcvbuf
+        cbool gro
+        int batch
+
+    cdef cppclass CUdpSourceInfo "pyagg::transport::UdpSourceInfo":
+        string host
+        int port
+        int family
+        size_t rcvbuf_requested
+        size_t rcvbuf_granted
+        cbool gro
+
+    cdef cppclass CUdpSinkOptions "pyagg::transport::UdpSinkOptions":
+        string host
+        int port
+        size_t sndbuf
+        cbool gso
+
+    cdef cppclass CReceiverConfig "pyagg::transport::ReceiverConfig":
+        uint32_t job_id
+        uint16_t tensor_id
+        vector[uint32_t] ranks
+        vector[uint8_t] keys
+        CMacAlgo mac
+        size_t d
+        CDType dtype
+        size_t max_datagram
+        CFillPolicy fill
+        double grace_s
+        double drop_rate
+        uint64_t seed
+
+    cdef cppclass CRejectCounts "pyagg::transport::RejectCounts":
+        uint64_t bad_length
+        uint64_t bad_header
+        uint64_t out_of_range
+        uint64_t bad_mac
+        uint64_t wrong_step
+        uint64_t unknown_sender
+        uint64_t total()
+
+    cdef cppclass CWorkerStats "pyagg::transport::WorkerStats":
+        uint32_t rank
+        uint64_t chunks_expected
+        uint64_t chunks_received
+        uint64_t chunks_filled
+        uint64_t duplicates
+        uint64_t late
+        uint64_t dropped
+        uint64_t end_markers
+        int64_t chunks_sent
+        uint64_t bytes_received
+        CRejectCounts rejected
+        double first_s
+        double last_s
+        double end_s
+        cbool complete
+        cbool waited
+
+    cdef cppclass CStepResult "pyagg::transport::StepResult":
+        uint64_t step
+        CEndReason reason
+        double elapsed_s
+        double wait_s
+        vector[CWorkerStats] workers
+        CRejectCounts unattributed
+        uint64_t datagrams
+        uint64_t kernel_dropped
+
+    cdef cppclass CGradientReceiver "pyagg::transport::GradientReceiver":
+        CStatus expect(uint64_t step)
+        CStatus collect(uint64_t step, double deadline_s, const uint8_t* wait, CStepResult* out)
+        void shutdown()
+        const void* buffer()
+        const CGeometry& geometry()
+        size_t rows()
+        string describe()
+
+    CStatus make_udp_receiver(const CReceiverConfig& cfg, const CUdpSourceOptions& o,
+                              unique_ptr[CGradientReceiver]* out, CUdpSourceInfo* info)
+
+    cdef cppclass CSenderConfig "pyagg::transport::SenderConfig":
+        uint32_t job_id
+        uint32_t rank
+        uint16_t tensor_id
+        CMacAlgo mac
+        vector[uint8_t] key
+        size_t max_datagram
+        double rate
+        size_t burst
+        int end_copies
+        size_t batch
+
+    cdef cppclass CSendStats "pyagg::transport::SendStats":
+        uint64_t step
+        uint64_t chunks
+        uint64_t datagrams
+        uint64_t bytes
+        uint64_t syscalls
+        uint64_t refused
+        uint64_t retries
+        uint64_t dropped
+        double seconds
+        double paced_s
+        cbool gso
+
+    cdef cppclass CGradientSender "pyagg::transport::GradientSender":
+        CStatus send(uint64_t step, const void* data, size_t d, CDType dtype, CSendStats* st)
+        string describe()
+
+    CStatus make_udp_sender(const CSenderConfig& cfg, const CUdpSinkOptions& o, unique_ptr[CGradientSender]* out)
+
+
+cdef CMacAlgo _to_mac(str name) except *:
+    cdef CMacAlgo m = CMacAlgo.kNone
+    raise_status(parse_mac(name.encode("utf-8"), &m))
+    return m
+
+
+cdef CFillPolicy _to_fill(str name) except *:
+    cdef CFillPolicy f = CFillPolicy.kNan
+    raise_status(parse_fill(name.encode("utf-8"), &f))
+    return f
+
+
+cdef dict _rejects(const CRejectCounts& r):
+    return {"bad_length": r.bad_length, "bad_header": r.bad_header, "out_of_range": r.out_of_range,
+            "bad_mac": r.bad_mac, "wrong_step": r.wrong_step, "unknown_sender": r.unknown_sender}
+
+
+cdef dict _worker_stats(const CWorkerStats& w, uint64_t step):
+    rej = _rejects(w.rejected)
+    del rej["unknown_sender"]
+    out = {
+        "rank": w.rank,
+        "step": step,
+        "expected": w.chunks_expected,
+        "received": w.chunks_received,
+        "filled": w.chunks_filled,
+        "duplicates": w.duplicates,
+        "late": w.late,
+        "dropped": w.dropped,
+        "end_markers": w.end_markers,
+        "sent": None if w.chunks_sent < 0 else w.chunks_sent,
+        "bytes": w.bytes_received,
+        "rejected": sum(rej.values()),
+        "first_s": None if w.first_s < 0 else w.first_s,
+        "last_s": None if w.last_s < 0 else w.last_s,
+        "end_s": None if w.end_s < 0 else w.end_s,
+        "complete": bool(w.complete),
+        "waited": bool(w.waited),
+    }
+    for k, v in rej.items():
+        out["rejected_" + k] = v
+    return out
+
+
+cdef dict _geometry_dict(const CGeometry& g):
+    return {"d": g.d, "elem_size": g.elem_size, "chunk_elems": g.chunk_elems, "chunk_bytes": g.chunk_bytes,
+            "chunk_count": g.chunk_count, "total_bytes": g.total_bytes}
+
+
+def transport_mac_resolve(str name):
+    """Canonical MAC name for `name` ('auto' -> the fastest available); raises if unavailable."""
+    cdef CMacAlgo m = _to_mac(name)
+    return mac_name(m).decode()
+
+
+def transport_mac_available(str name):
+    """Whether this build and CPU provide the MAC `name` (without raising)."""
+    if name == "none":
+        return True
+    if name == "aes256gcm":
+        return bool(mac_available(CMacAlgo.kAes256Gcm))
+    if name == "chacha20poly1305":
+        return bool(mac_available(CMacAlgo.kChaCha20Poly1305))
+    if name == "auto":
+        return bool(mac_available(CMacAlgo.kChaCha20Poly1305))
+    return False
+
+
+def transport_geometry(size_t d, int dtype, size_t max_datagram=1472):
+    """Chunking of d elements (dtype code 0 float32 / 1 float64) into datagrams."""
+    cdef CGeometry g
+    raise_status(make_geometry(d, to_dtype(dtype), max_datagram, &g))
+    return _geometry_dict(g)
+
+
+def transport_constants():
+    return {"header_size": kHeaderSize, "tag_size": kTagSize, "max_datagram": kDefaultMaxDatagram,
+            "end_chunk_index": kEndChunkIndex, "magic": kMagic}
+
+
+def transport_seal(*, int kind, str mac, int dtype, uint32_t job_id, uint32_t rank, uint64_t step,
+                   uint16_t tensor_id, uint32_t chunk_index, uint32_t chunk_count, uint64_t total_elems,
+                   bytes payload, key=None, int header_len=48):
+    """One complete datagram with these header fields and a valid MAC under `key`.
+
+    For tests and tools that craft datagrams (honest or hostile); nothing is validated.
+    """
+    cdef CHeader h
+    h.kind = <CKind>kind
+    h.mac = _to_mac(mac) if mac != "none" else CMacAlgo.kNone
+    h.dtype = <uint8_t>dtype
+    h.job_id = job_id
+    h.rank = rank
+    h.step = step
+    h.tensor_id = tensor_id
+    h.header_len = <uint16_t>header_len
+    h.chunk_index = chunk_index
+    h.chunk_count = chunk_count
+    h.total_elems = total_elems
+    cdef const uint8_t* kp = NULL
+    cdef bytes kb
+    if key is not None:
+        kb = bytes(key)
+        if len(kb) != 32:
+            from pyagg.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"key must be 32 bytes, got {len(kb)}")
+        kp = <const uint8_t*>(<const char*>kb)
+    cdef vector[uint8_t] out
+    cdef const char* pp = payload
+    raise_status(seal_datagram(h, <const void*>pp, len(payload), kp, &out))
+    return (<const char*>out.data())[:out.size()] if out.size() else b""
+
+
+cdef class UdpReceiver:
+    """Engine UDP gradient receiver (see lossympi.GradientReceiver for the Python API).
+
+    Exports its n x d buffer (read-only bytes) through the buffer protocol.
+    """
+
+    cdef unique_ptr[CGradientReceiver] impl
+    cdef CUdpSourceInfo info
+    cdef readonly size_t n
+    cdef readonly size_t d
+    cdef readonly int dtype
+    cdef readonly size_t nbytes
+    cdef readonly str mac
+    cdef readonly str fill
+    cdef readonly dict geometry
+    cdef Py_ssize_t _shape[1]
+    cdef Py_ssize_t _strides[1]
+    cdef vector[uint8_t] _wait
+
+    def __init__(self, ranks, bytes keys, size_t d, int dtype, str mac="auto", str fill="nan", *,
+                 uint32_t job_id=0, uint16_t tensor_id=0, size_t max_datagram=1472, double grace=0.005,
+                 double drop_rate=0.0, uint64_t seed=0, str host="127.0.0.1", int port=0,
+                 size_t rcvbuf=64 << 20, bint gro=True, int batch=32):
+        cdef CReceiverConfig cfg
+        cdef CUdpSourceOptions opts
+        cfg.job_id = job_id
+        cfg.tensor_id = tensor_id
+        for r in ranks:
+            cfg.ranks.push_back(<uint32_t>r)
+        cfg.mac = _to_mac(mac)
+        if cfg.mac != CMacAlgo.kNone:
+            cfg.keys.resize(len(keys))
+            if len(keys):
+                memcpy(cfg.keys.data(), <const char*>keys, len(keys))
+        cfg.d = d
+        cfg.dtype = to_dtype(dtype)
+        cfg.max_datagram = max_datagram
+        cfg.fill = _to_fill(fill)
+        cfg.grace_s = grace
+        cfg.drop_rate = drop_rate
+        cfg.seed = seed
+        opts.host = host.encode("utf-8")
+        opts.port = port
+        opts.rcvbuf = rcvbuf
+        opts.gro = gro
+        opts.batch = batch
+        cdef CStatus st
+        with nogil:
+            st = make_udp_receiver(cfg, opts, &self.impl, &self.info)
+        raise_status(st)
+        self.n = cfg.ranks.size()
+        self.d = d
+        self.dtype = dtype
+        self.nbytes = self.n * self.impl.get().geometry().total_bytes
+        self.mac = mac_name(cfg.mac).decode()
+        self.fill = fill
+        self.geometry = _geometry_dict(self.impl.get().geometry())
+        self._wait.assign(self.n, 1)
+
+    @property
+    def address(self):
+        return (self.info.host.decode(), self.info.port)
+
+    @property
+    def socket_info(self):
+        return {"host": self.info.host.decode(), "port": self.info.port, "family": self.info.family,
+                "rcvbuf_requested": self.info.rcvbuf_requested, "rcvbuf_granted": self.info.rcvbuf_granted,
+                "gro": bool(self.info.gro)}
+
+    def describe(self):
+        self._check()
+        return self.impl.get().describe().decode()
+
+    cdef int _check(self) except -1:
+        if not self.impl:
+            from pyagg.errors import TransportError
+            raise TransportError("the receiver was released")
+        return 0
+
+    def expect(self, uint64_t step):
+        self._check()
+        raise_status(self.impl.get().expect(step))
+
+    def collect(self, uint64_t step, double deadline, wait=None):
+        """Ends `step`; returns (info dict, list of per-worker stats dicts)."""
+        self._check()
+        cdef size_t i
+        cdef uint8_t flag
+        if wait is None:
+            for i in range(self.n):
+                self._wait[i] = 1
+        else:
+            if <size_t>len(wait) != self.n:
+                raise ValueError(f"wait must have {self.n} entries, got {len(wait)}")
+            for i in range(self.n):
+                flag = 1 if wait[i] else 0
+                self._wait[i] = flag
+        cdef CStepResult res
+        cdef CStatus st
+        with nogil:
+            st = self.impl.get().collect(step, deadline, self._wait.data(), &res)
+        raise_status(st)
+        info = {"step": res.step, "reason": end_reason_name(res.reason).decode(), "elapsed_s": res.elapsed_s,
+                "wait_s": res.wait_s, "datagrams": res.datagrams, "kernel_dropped": res.kernel_dropped,
+                "unattributed": _rejects(res.unattributed)}
+        stats = [_worker_stats(res.workers[i], res.step) for i in range(res.workers.size())]
+        return info, stats
+
+    def close(self):
+        """Stops receiving and closes the socket (the buffer stays readable)."""
+        if self.impl:
+            with nogil:
+                self.impl.get().shutdown()
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        self._check()
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("the receiver buffer is read-only")
+        self._shape[0] = <Py_ssize_t>self.nbytes
+        self._strides[0] = 1
+        buf.buf = <void*>self.impl.get().buffer()
+        buf.obj = self
+        buf.len = <Py_ssize_t>self.nbytes
+        buf.readonly = 1
+        buf.itemsize = 1
+        buf.format = "B"
+        buf.ndim = 1
+        buf.shape = self._shape
+        buf.strides = self._strides
+        buf.suboffsets = NULL
+        buf.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        pass
+
+
+cdef class UdpSender:
+    """Engine UDP gradient sender (see lossympi.GradientSender for the Python API)."""
+
+    cdef unique_ptr[CGradientSender] impl
+    cdef readonly str mac
+    cdef readonly uint32_t rank
+
+    def __init__(self, str host, int port, uint32_t rank, key, str mac="auto", *, uint32_t job_id=0,
+                 uint16_t tensor_id=0, size_t max_datagram=1472, double rate=0.0, size_t burst=0,
+                 bint gso=True, size_t sndbuf=4 << 20, int end_copies=2, size_t batch=44):
+        cdef CSenderConfig cfg
+        cdef CUdpSinkOptions opts
+        cfg.job_id = job_id
+        cfg.rank = rank
+        cfg.tensor_id = tensor_id
+        cfg.mac = _to_mac(mac)
+        cdef bytes kb
+        if cfg.mac != CMacAlgo.kNone:
+            kb = bytes(key) if key is not None else b""
+            cfg.key.resize(len(kb))
+            if len(kb):
+                memcpy(cfg.key.data(), <const char*>kb, len(kb))
+        cfg.max_datagram = max_datagram
+        cfg.rate = rate
+        cfg.burst = burst
+        cfg.end_copies = end_copies
+        cfg.batch = batch
+        opts.host = host.encode("utf-8")
+        opts.port = port
+        opts.sndbuf = sndbuf
+        opts.gso = gso
+        cdef CStatus st
+        with nogil:
+            st = make_udp_sender(cfg, opts, &self.impl)
+        raise_status(st)
+        self.mac = mac_name(cfg.mac).decode()
+        self.rank = rank
+
+    def describe(self):
+        if not self.impl:
+            return "UdpSender(closed)"
+        return self.impl.get().describe().decode()
+
+    def send(self, uint64_t step, uintptr_t data, size_t d, int dtype):
+        """Sends d elements at address `data`; returns the send statistics."""
+        if not self.impl:
+            from pyagg.errors import TransportError
+            raise TransportError("the sender is closed")
+        cdef CSendStats s
+        cdef CStatus st
+        cdef CDType dt = to_dtype(dtype)
+        with nogil:
+            st = self.impl.get().send(step, <const void*>data, d, dt, &s)
+        raise_status(st)
+        return {"step": s.step, "chunks": s.chunks, "datagrams": s.datagrams, "bytes": s.bytes,
+                "syscalls": s.syscalls, "refused": s.refused, "retries": s.retries, "dropped": s.dropped,
+                "seconds": s.seconds, "paced_s": s.paced_s, "gso": bool(s.gso)}
+
+    def close(self):
+        self.impl.reset()

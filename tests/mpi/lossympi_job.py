@@ -1,0 +1,110 @@
+"""End-to-end LossyMPI job, run under mpiexec by tests/test_lossympi_mpi.py.
+
+Rank 0 runs a ServerTransport, ranks >= 1 WorkerTransports. Every step the
+server broadcasts parameters (length p != d), every worker answers with a
+gradient it derives deterministically from (rank, step, params), and the
+server checks every row it received bit for bit. Optionally one worker kills
+itself with SIGKILL at a given step; the job must go on without it and end
+cleanly. Rank 0 writes a JSON report to --out.
+
+    mpiexec -disable-auto-cleanup -n 5 python -m lossympi.guard tests/mpi/lossympi_job.py \
+        --transport udp --steps 6 --out /tmp/r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from lossympi import ServerTransport, WorkerTransport
+
+
+def expected_grad(rank: int, step: int, p0: float, d: int, dtype) -> np.ndarray:
+    return ((np.arange(d) % 1000) * 0.5 + rank * 10 + step + p0).astype(dtype)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--transport", default="udp")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--d", type=int, default=100_003)
+    ap.add_argument("--p", type=int, default=1_000)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--deadline", type=float, default=5.0)
+    ap.add_argument("--drop-rate", type=float, default=0.0)
+    ap.add_argument("--fill", default="nan")
+    ap.add_argument("--rate", type=float, default=None)
+    ap.add_argument("--dead-after", type=int, default=2)
+    ap.add_argument("--kill-rank", type=int, default=-1)
+    ap.add_argument("--kill-step", type=int, default=-1)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    dtype = np.dtype(a.dtype)
+
+    if rank == 0:
+        t_start = time.monotonic()
+        srv = ServerTransport(comm, a.d, dtype=dtype, transport=a.transport, deadline=a.deadline, fill=a.fill,
+                              rate=a.rate, drop_rate=a.drop_rate, seed=7, dead_after=a.dead_after)
+        report = {"workers": srv.workers, "mac": srv.mac, "transport": srv.transport, "steps": [],
+                  "socket_info": srv.socket_info, "startup_s": time.monotonic() - t_start}
+        for step in range(1, a.steps + 1):
+            params = np.full(a.p, float(step), dtype=np.float64)
+            t0 = time.monotonic()
+            srv.broadcast(step, params)
+            G, stats = srv.receive(step)
+            t1 = time.monotonic()
+            rows = []
+            for i, w in enumerate(srv.workers):
+                exp = expected_grad(w, step, float(step), a.d, dtype)
+                s = stats[i]
+                row = G[i]
+                if s["complete"]:
+                    ok = bool(np.array_equal(row, exp))
+                else:
+                    # every element is either the true value or filled
+                    filled = np.isnan(row) if a.fill == "nan" else np.zeros(a.d, bool)
+                    ok = bool(np.all((row == exp) | filled))
+                rows.append({"rank": w, "ok": ok, "complete": s["complete"], "received": s["received"],
+                             "expected": s["expected"], "filled": s["filled"], "dropped": s["dropped"],
+                             "rejected": s["rejected"], "late": s["late"], "dead": s["dead"],
+                             "all_nan": bool(np.isnan(row).all())})
+            report["steps"].append({"step": step, "seconds": t1 - t0, "reason": srv.last_info["reason"],
+                                    "rows": rows, "dead": sorted(srv.dead)})
+        srv.shutdown()
+        report["dead"] = sorted(srv.dead)
+        report["dead_reason"] = {str(k): v for k, v in srv.dead_reason.items()}
+        report["total_s"] = time.monotonic() - t_start
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
+        print(f"[rank 0] done: dead={report['dead']} total={report['total_s']:.2f}s", flush=True)
+        return 0
+
+    w = WorkerTransport(comm)
+    sent = 0
+    while True:
+        step, params = w.recv_params(timeout=120.0)
+        if step is None:
+            break
+        if rank == a.kill_rank and step == a.kill_step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        grad = expected_grad(rank, step, float(params[0]), w.d, w.dtype)
+        w.send(step, grad)
+        sent += 1
+    w.close()
+    print(f"[rank {rank}] stopped after {sent} steps ({w.stop_reason})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
