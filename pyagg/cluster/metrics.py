@@ -1,0 +1,209 @@
+"""Run outputs: metrics.csv, summary.json, accuracy plot, terminal progress bar."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import numpy as np
+
+from .checkpoint import atomic_write_text
+
+__all__ = ["MetricsCSV", "read_metrics", "write_summary", "plot_accuracy", "ProgressBar", "fmt"]
+
+
+def fmt(v: Any) -> str:
+    """CSV cell: empty for None, compact floats."""
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.6g}"
+    return str(v)
+
+
+def read_metrics(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and complete rows of a metrics.csv (a torn last line is ignored)."""
+    with open(path, newline="") as fh:
+        text = fh.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rd = csv.DictReader(io.StringIO(text))
+    rows = [r for r in rd if r and None not in r and all(v is not None for v in r.values())]
+    return list(rd.fieldnames or []), rows
+
+
+class MetricsCSV:
+    """metrics.csv, one row per step, flushed after each row.
+
+    Parameters
+    ----------
+    path : str
+        File path.
+    fields : list of str
+        Column names (used when the file is created).
+    resume_step : int or None
+        When resuming: keep the rows of steps <= ``resume_step`` (rewritten
+        atomically, dropping a torn last line and rows of steps done after the
+        checkpoint), then append; the existing header wins.
+    """
+
+    def __init__(self, path: str, fields: list[str], resume_step: int | None = None):
+        self.path = path
+        self.fields = list(fields)
+        if resume_step is not None and os.path.exists(path):
+            old_fields, rows = read_metrics(path)
+            if old_fields:
+                self.fields = old_fields
+            keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            w.writerows(keep)
+            atomic_write_text(path, buf.getvalue())
+            self.fh: TextIO = open(path, "a", newline="")
+        else:
+            self.fh = open(path, "w", newline="")
+            self.fh.write(",".join(self.fields) + "\n")
+            self.fh.flush()
+        self.writer = csv.DictWriter(self.fh, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.writerow({k: fmt(row.get(k)) for k in self.fields})
+        self.fh.flush()
+
+    def sync(self) -> None:
+        """flush + fsync (called at checkpoints so metrics never lag them on disk)."""
+        self.fh.flush()
+        try:
+            os.fsync(self.fh.fileno())
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self.sync()
+            self.fh.close()
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return _clean(obj.item())
+        except (ValueError, TypeError):
+            pass
+    return obj
+
+
+def write_summary(path: str, summary: dict[str, Any]) -> None:
+    """summary.json, written atomically (NaN -> null)."""
+    atomic_write_text(path, json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
+
+
+def plot_accuracy(csv_path: str, png_path: str, title: str = "", metric: str = "accuracy") -> str | None:
+    """PNG of test accuracy (or the experiment's metric) over steps; None when nothing to plot."""
+    _, rows = read_metrics(csv_path)
+    pts = [(int(r["step"]), float(r["accuracy"])) for r in rows if r.get("accuracy") not in ("", None)]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"test {metric}")
+    if metric == "accuracy":
+        ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+class ProgressBar:
+    """One-line progress bar (loss, accuracy, step time) on a terminal; periodic lines otherwise.
+
+    Parameters
+    ----------
+    total : int
+        Last step + 1.
+    start : int
+        First step (resume).
+    stream : file
+        Default ``sys.stderr``.
+    enabled : bool
+        False: print nothing.
+    """
+
+    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, enabled: bool = True,
+                 label: str = ""):
+        self.total = max(int(total), 1)
+        self.start = int(start)
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.label = label
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = max(1, (self.total - self.start) // 10)
+        self.last_draw = 0.0
+        self.loss: float | None = None
+        self.acc: float | None = None
+        self._open_line = False
+
+    def update(self, step: int, step_time: float, loss: float | None = None, acc: float | None = None,
+               extra: str = "") -> None:
+        if not self.enabled:
+            return
+        if loss is not None:
+            self.loss = loss
+        if acc is not None:
+            self.acc = acc
+        done = step + 1
+        now = time.monotonic()
+        last = done >= self.total
+        if self.tty:
+            if not last and now - self.last_draw < 0.1:
+                return
+            self.last_draw = now
+            width = 24
+            filled = int(width * done / self.total)
+            bar = "#" * filled + "." * (width - filled)
+            line = f"\r{self.label}step {done:>5}/{self.total} [{bar}] {self._stats(step_time)}{extra}"
+            self.stream.write(line + ("\n" if last else ""))
+            self.stream.flush()
+            self._open_line = not last
+        elif last or (done - self.start) % self.every == 0:
+            self.stream.write(f"{self.label}step {done}/{self.total} {self._stats(step_time)}{extra}\n")
+            self.stream.flush()
+
+    def _stats(self, step_time: float) -> str:
+        loss = "-" if self.loss is None else f"{self.loss:.4f}"
+        acc = "-" if self.acc is None else f"{self.acc:.3f}"
+        return f"loss {loss} acc {acc} step {step_time * 1e3:.1f}ms"
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open_line = False

@@ -1,0 +1,459 @@
+"""The trusted parameter server: owns the parameters, validates and aggregates gradients.
+
+One class, :class:`ParameterServer`, runs every launcher: only the
+*collector* differs (``LocalCollector`` computes every worker's gradient in
+this process; ``MpiCollector`` talks to worker processes through LossyMPI).
+A collector implements::
+
+    n_workers: int
+    broadcast(step, params)            # params go out over the reliable control plane
+    receive(step) -> (rows, stats)     # rows[i]: worker i's gradient as received (any
+                                       # length/dtype, or None when nothing usable came)
+    dead -> set[int]                   # workers (0-based) given up on
+    close()
+
+The server never trusts a row: wrong length or dtype -> rejected, counted,
+the row is filled (``--fill``); non-finite values are counted and left to the
+rule (robust rules ignore such rows; plain averaging is poisoned by them,
+which is the point of the comparison). An aggregate that is not finite is
+not applied (the step is counted as skipped): the parameters always stay
+finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from .. import api as _api
+from ..errors import InvalidArgumentError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .experiments import Experiment
+from .metrics import MetricsCSV, ProgressBar, plot_accuracy, read_metrics, write_summary
+from .model import FlatModel
+
+__all__ = ["Collector", "ParameterServer", "Optimizer", "make_aggregator"]
+
+STATUS_CODES = {"ok": 0, "nonfinite": 1, "partial": 2, "missing": 3, "rejected": 4, "dead": 5}
+"""Per-worker status column of metrics.csv (``w<i>_status``)."""
+
+
+class Collector(Protocol):
+    n_workers: int
+
+    def broadcast(self, step: int, params: np.ndarray) -> None: ...
+
+    def receive(self, step: int) -> tuple[list[np.ndarray | None], list[dict]]: ...
+
+    @property
+    def dead(self) -> set[int]: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------- optimizer ---
+class Optimizer:
+    """Server-side optimizers on the flat float32 parameter vector (numpy).
+
+    ``sgd``: p -= lr (g + wd p); ``momentum``/``nesterov``: heavy ball with
+    coefficient ``momentum``; ``adam``: Kingma & Ba with bias correction.
+    """
+
+    def __init__(self, name: str, d: int, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        self.name, self.lr, self.mu, self.wd = name, float(lr), float(momentum), float(weight_decay)
+        self.t = 0
+        self.state: dict[str, np.ndarray] = {}
+        if name in ("momentum", "nesterov"):
+            self.state["v"] = np.zeros(d, np.float32)
+        elif name == "adam":
+            self.state["m"] = np.zeros(d, np.float32)
+            self.state["s"] = np.zeros(d, np.float32)
+
+    def step(self, p: np.ndarray, g: np.ndarray) -> np.ndarray | None:
+        """New parameters for gradient ``g``; None (and no state change) when they would not be finite."""
+        g = g.astype(np.float32, copy=True)
+        if self.wd:
+            g += np.float32(self.wd) * p
+        lr = np.float32(self.lr)
+        new_state: dict[str, np.ndarray] = {}
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.name == "sgd":
+                out = p - lr * g
+            elif self.name in ("momentum", "nesterov"):
+                v = np.float32(self.mu) * self.state["v"] + g
+                upd = g + np.float32(self.mu) * v if self.name == "nesterov" else v
+                out = p - lr * upd
+                new_state["v"] = v
+            else:
+                b1, b2, t = 0.9, 0.999, self.t + 1
+                m = np.float32(b1) * self.state["m"] + np.float32(1 - b1) * g
+                s = np.float32(b2) * self.state["s"] + np.float32(1 - b2) * g * g
+                mh = m / np.float32(1 - b1**t)
+                sh = s / np.float32(1 - b2**t)
+                out = p - lr * mh / (np.sqrt(sh) + np.float32(1e-8))
+                new_state.update(m=m, s=s)
+            ok = bool(np.all(np.isfinite(out))) and all(bool(np.all(np.isfinite(x))) for x in new_state.values())
+        if not ok:
+            return None
+        self.state.update(new_state)
+        self.t += 1
+        return out.astype(np.float32, copy=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"opt_{k}": v for k, v in self.state.items()}
+
+    def load(self, arrays: dict[str, np.ndarray], t: int) -> None:
+        for k in self.state:
+            self.state[k] = np.array(arrays[f"opt_{k}"], dtype=np.float32)
+        self.t = int(t)
+
+
+def set_engine_threads(n: int) -> bool:
+    """Cap the engine's OpenMP threads for aggregations run from this thread (n <= 0: leave as is).
+
+    Calls libgomp's ``omp_set_num_threads`` (the engine sizes its parallel
+    regions with ``omp_get_max_threads()``). On a machine shared with the
+    workers, spinning OpenMP threads cost far more than they bring at small d.
+    """
+    if n <= 0:
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(int(n))
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def make_aggregator(cfg: TrainConfig, n: int) -> _api.Aggregator:
+    """The configured rule, with a friendly error when n is below its bound."""
+    info = _api.rules().get(cfg.rule)
+    if info is None:
+        raise InvalidArgumentError(f"unknown rule {cfg.rule!r}; known: {', '.join(_api.rules())}")
+    need = info["min_n"](cfg.f)
+    if n < need:
+        raise InvalidArgumentError(
+            f"rule {cfg.rule!r} needs n >= {info['bound']} = {need} workers for f={cfg.f}, got --workers={n}"
+        )
+    agg = _api.Aggregator(cfg.rule, cfg.f, pre=cfg.pre, **cfg.rule_args)
+    # Parameters that depend on n (e.g. multi-krum's m) are checked by the engine at the first
+    # call: make that call now, on a throw-away aggregator, so a bad value fails before training.
+    _api.Aggregator(cfg.rule, cfg.f, pre=cfg.pre, **cfg.rule_args).aggregate(np.zeros((n, 2), np.float32))
+    return agg
+
+
+# ------------------------------------------------------------------ server ---
+class ParameterServer:
+    """Rank 0: parameters, validation, aggregation, update, evaluation, outputs.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    exp : Experiment
+    collector : Collector
+    out_dir : str
+        Run directory (metrics.csv, summary.json, accuracy.png, checkpoint.npz).
+    extra_summary : dict
+        Merged into summary.json (launcher details, Byzantine ranks...).
+    model : FlatModel, optional
+        The server's model (built from ``exp`` when None).
+    observer : callable, optional
+        ``observer(step, G)`` is called with every validated (n, d) matrix,
+        outside the timed sections (used by ``pyagg experiment overhead``).
+    """
+
+    def __init__(self, cfg: TrainConfig, exp: Experiment, collector: Collector, out_dir: str,
+                 extra_summary: dict | None = None, model: FlatModel | None = None, observer: Any = None):
+        self.cfg, self.exp, self.collector, self.out = cfg, exp, collector, out_dir
+        os.makedirs(out_dir, exist_ok=True)
+        self.model = model or FlatModel(exp, seed=cfg.seed)
+        self.d = self.model.d
+        self.n = collector.n_workers
+        self.params = self.model.initial.copy()
+        self.opt = Optimizer(cfg.optimizer, self.d, cfg.lr, cfg.momentum, cfg.weight_decay)
+        set_engine_threads(cfg.agg_threads)
+        self.agg = make_aggregator(cfg, self.n)
+        self.extra = dict(extra_summary or {})
+        self.observer = observer
+        self.start_step = 0
+        self.elapsed0 = 0.0
+        self.skipped = 0
+        keys = ("ok", "nonfinite", "partial", "missing", "rejected")
+        self.counts = {k: np.zeros(self.n, np.int64) for k in keys}
+        self.last_rows: list[np.ndarray | None] = [None] * self.n
+        self.fill_rng = np.random.default_rng([cfg.seed, 4242])
+        self.resumed_from: int | None = None
+        self.last_eval: dict[str, float] = {}
+        self.history: list[tuple[int, float]] = []
+        if cfg.resume:
+            self._resume()
+        else:  # a fresh run must never be resumed from an older run's checkpoint
+            try:
+                os.unlink(os.path.join(out_dir, "checkpoint.npz"))
+            except FileNotFoundError:
+                pass
+
+    # ---------------------------------------------------------- resume ---
+    def _resume(self) -> None:
+        ck = load_checkpoint(self.out)
+        if ck is None:
+            return
+        meta, arrays = ck
+        fp = self.cfg.fingerprint()
+        if meta.get("fingerprint") != fp or int(meta.get("d", -1)) != self.d:
+            diff = {k: (meta.get("fingerprint", {}).get(k), v) for k, v in fp.items()
+                    if meta.get("fingerprint", {}).get(k) != v}
+            raise ValueError(f"--resume: the checkpoint in {self.out} is from another configuration: {diff}")
+        self.params = np.array(arrays["params"], dtype=np.float32)
+        self.opt.load(arrays, meta.get("opt_t", 0))
+        if "agg_state" in arrays:
+            self.agg.state = np.array(arrays["agg_state"])
+        self.agg.calls = int(meta.get("agg_calls", 0))
+        self.start_step = int(meta["step"]) + 1
+        self.resumed_from = int(meta["step"])
+        self.elapsed0 = float(meta.get("elapsed", 0.0))
+        self.skipped = int(meta.get("skipped", 0))
+        for k in self.counts:
+            if f"count_{k}" in arrays:
+                self.counts[k] = np.array(arrays[f"count_{k}"], dtype=np.int64)
+
+    def checkpoint(self, step: int, elapsed: float) -> None:
+        arrays = {"params": self.params, **self.opt.arrays()}
+        arrays.update({f"count_{k}": v for k, v in self.counts.items()})
+        if isinstance(getattr(self.agg, "state", None), np.ndarray):
+            arrays["agg_state"] = self.agg.state
+        meta = {
+            "fingerprint": self.cfg.fingerprint(),
+            "d": self.d,
+            "opt_t": self.opt.t,
+            "agg_calls": self.agg.calls,
+            "elapsed": elapsed,
+            "skipped": self.skipped,
+        }
+        if self.metrics is not None:
+            self.metrics.sync()
+        save_checkpoint(self.out, step, arrays, meta)
+
+    # ------------------------------------------------------- validation ---
+    def _fill_row(self, i: int) -> np.ndarray:
+        fill = self.cfg.fill
+        if fill == "zero":
+            return np.zeros(self.d, np.float32)
+        if fill == "random":
+            return self.fill_rng.standard_normal(self.d, dtype=np.float32)
+        if fill == "last" and self.last_rows[i] is not None:
+            return self.last_rows[i]
+        return np.full(self.d, np.nan, np.float32)
+
+    def validate(self, rows: list[Any], stats: list[dict]) -> tuple[np.ndarray, list[str]]:
+        """Check every row (length, dtype, finite values); build the (n, d) float32 matrix.
+
+        Returns the matrix (a buffer reused from step to step) and each
+        worker's status: ok, nonfinite (kept: the rule deals with it), missing,
+        dead (filled) or rejected (wrong dtype or length: filled).
+        """
+        if getattr(self, "_G", None) is None:
+            self._G = np.empty((self.n, self.d), np.float32)
+        G = self._G
+        status = []
+        dead = self.collector.dead
+        for i in range(self.n):
+            r = rows[i] if i < len(rows) else None
+            st = "ok"
+            ts = stats[i].pop("transport_status", None)
+            if ts is not None and r is not None and r.dtype == np.float32 and r.shape == (self.d,):
+                # The transport already validated and filled this row (lost chunks, rejected or
+                # missing datagrams, dead worker): keep its fill, record its verdict.
+                G[i] = r
+                status.append(ts)
+                continue
+            if r is None:
+                st = "dead" if i in dead or ts == "dead" else (ts or "missing")
+            elif not isinstance(r, np.ndarray) or r.dtype != np.float32:
+                st = "rejected"
+                stats[i]["reject_reason"] = f"dtype {getattr(r, 'dtype', type(r).__name__)}"
+            elif r.shape != (self.d,):
+                st = "rejected"
+                stats[i]["reject_reason"] = f"shape {r.shape} != ({self.d},)"
+            if st == "ok":
+                G[i] = r
+            else:
+                G[i] = self._fill_row(i)
+            status.append(st)
+        finite = np.isfinite(G)
+        nonfinite = self.d - np.count_nonzero(finite, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", G, G, dtype=np.float64))
+        for i in range(self.n):
+            st = status[i]
+            if st == "dead" and i not in dead:
+                st = status[i] = "missing"
+            if st == "ok" and nonfinite[i]:
+                st = status[i] = "nonfinite"
+            elif st == "ok" and self.cfg.fill == "last":
+                self.last_rows[i] = G[i].copy()
+            stats[i]["nonfinite"] = int(nonfinite[i])
+            stats[i]["norm"] = float(norms[i]) if not nonfinite[i] else float("nan")
+            stats[i]["status"] = st
+            self.counts["missing" if st == "dead" else st][i] += 1
+        return G, status
+
+    # --------------------------------------------------------------- run ---
+    def _fields(self, stats: list[dict]) -> list[str]:
+        base = ["step", "time", "step_time", "comm_time", "validate_time", "agg_time", "update_time", "loss",
+                "accuracy", "skipped", "n_ok", "n_nonfinite", "n_partial", "n_missing", "n_rejected", "n_dead",
+                "grad_norm"]
+        keys: list[str] = ["status"]
+        for s in stats:
+            for k, v in s.items():
+                if k not in keys and k != "reject_reason" and isinstance(v, (int, float, np.integer, np.floating)):
+                    keys.append(k)
+        return base + [f"w{i}_{k}" for i in range(self.n) for k in keys]
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.set_flat(self.params)
+        return self.model.evaluate()
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.metrics: MetricsCSV | None = None
+        csv_path = os.path.join(self.out, "metrics.csv")
+        bar = ProgressBar(cfg.steps, self.start_step, enabled=cfg.progress and not cfg.quiet,
+                          label=f"[{cfg.rule}|{cfg.attack}] " if not cfg.quiet else "")
+        if os.environ.get("PYAGG_TTY") == "1":
+            bar.tty = True
+        t_start = time.perf_counter()
+        step_times, agg_times, comm_times = [], [], []
+        last_step = self.start_step - 1
+        elapsed = self.elapsed0
+        completed = self.start_step >= cfg.steps
+        try:
+            for step in range(self.start_step, cfg.steps):
+                t0 = time.perf_counter()
+                self.collector.broadcast(step, self.params)
+                rows, stats = self.collector.receive(step)
+                stats = [dict(s) for s in stats] + [{} for _ in range(self.n - len(stats))]
+                t1 = time.perf_counter()
+                G, status = self.validate(rows, stats)
+                tv = time.perf_counter()
+                g = self.agg.aggregate(G)
+                t2 = time.perf_counter()
+                skipped = 0
+                new = self.opt.step(self.params, g) if np.all(np.isfinite(g)) else None
+                if new is not None:
+                    self.params = new
+                    gnorm = float(np.linalg.norm(g.astype(np.float64)))
+                else:  # a non-finite aggregate, or an update that would overflow: not applied
+                    skipped = 1
+                    self.skipped += 1
+                    gnorm = float("nan")
+                t3 = time.perf_counter()
+                if self.observer is not None:
+                    self.observer(step, G)
+                ev: dict[str, float] = {}
+                is_last = step == cfg.steps - 1
+                if is_last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step == self.start_step:
+                    ev = self.evaluate()
+                    self.last_eval = ev
+                    self.history.append((step, ev["accuracy"]))
+                elapsed = self.elapsed0 + (time.perf_counter() - t_start)
+                row: dict[str, Any] = {
+                    "step": step, "time": elapsed, "step_time": t3 - t0, "comm_time": t1 - t0,
+                    "validate_time": tv - t1, "agg_time": t2 - tv, "update_time": t3 - t2, "loss": ev.get("loss"),
+                    "accuracy": ev.get("accuracy"), "skipped": skipped, "grad_norm": gnorm,
+                    "n_ok": status.count("ok"), "n_nonfinite": status.count("nonfinite"),
+                    "n_missing": status.count("missing"), "n_rejected": status.count("rejected"),
+                    "n_dead": status.count("dead"), "n_partial": status.count("partial"),
+                }
+                for i, s in enumerate(stats):
+                    for k, v in s.items():
+                        row[f"w{i}_{k}"] = STATUS_CODES.get(v, v) if k == "status" else v
+                if self.metrics is None:
+                    self.metrics = MetricsCSV(csv_path, self._fields(stats),
+                                              resume_step=last_step if self.resumed_from is not None else None)
+                self.metrics.write(row)
+                step_times.append(t3 - t0)
+                agg_times.append(t2 - tv)
+                comm_times.append(t1 - t0)
+                last_step = step
+                if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or is_last):
+                    self.checkpoint(step, elapsed)
+                bar.update(step, t3 - t0, ev.get("loss"), ev.get("accuracy"))
+            completed = True
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+            bar.close()
+        return self._finish(completed, last_step, elapsed, step_times, agg_times, comm_times)
+
+    def _finish(self, completed, last_step, elapsed, step_times, agg_times, comm_times) -> dict[str, Any]:
+        cfg = self.cfg
+        csv_path = os.path.join(self.out, "metrics.csv")
+        png = None
+        all_steps = []
+        if os.path.exists(csv_path):
+            _, rows = read_metrics(csv_path)
+            all_steps = [float(r["step_time"]) for r in rows if r.get("step_time")]
+            title = (f"{self.exp.name}: {cfg.rule}, n={self.n}, f={cfg.f}, "
+                     f"{cfg.byzantine} Byzantine ({cfg.attack}), {cfg.launcher}/{cfg.transport}")
+            png = plot_accuracy(csv_path, os.path.join(self.out, "accuracy.png"), title, self.exp.metric)
+        final = self.last_eval or (self.evaluate() if last_step >= 0 else {})
+
+        def mean(x):
+            return float(np.mean(x)) if len(x) else float("nan")
+
+        def med(x):
+            return float(np.median(x)) if len(x) else float("nan")
+
+        summary = {
+            "completed": bool(completed),
+            "config": cfg.to_dict(),
+            "experiment": {"name": self.exp.name, "d": self.d, "metric": self.exp.metric, **self.exp.info},
+            "n_workers": self.n,
+            "declared_f": cfg.f,
+            "steps_done": last_step + 1,
+            "resumed_from_step": self.resumed_from,
+            "final_accuracy": final.get("accuracy"),
+            "final_loss": final.get("loss"),
+            "best_accuracy": max((a for _, a in self.history if a == a), default=None),
+            "mean_step_time": mean(all_steps[1:] if len(all_steps) > 1 else all_steps),
+            "median_step_time": med(all_steps[1:] if len(all_steps) > 1 else all_steps),
+            "first_step_time": all_steps[0] if all_steps else None,
+            "this_session": {
+                "steps": len(step_times),
+                "mean_step_time": mean(step_times[1:] if len(step_times) > 1 else step_times),
+                "mean_agg_time": mean(agg_times[1:] if len(agg_times) > 1 else agg_times),
+                "median_agg_time": med(agg_times[1:] if len(agg_times) > 1 else agg_times),
+                "mean_comm_time": mean(comm_times[1:] if len(comm_times) > 1 else comm_times),
+            },
+            "wall_time": elapsed,
+            "skipped_steps": self.skipped,
+            "workers": [
+                {"worker": i, **{k: int(v[i]) for k, v in self.counts.items()}, "dead": i in self.collector.dead}
+                for i in range(self.n)
+            ],
+            "files": {"metrics": csv_path, "plot": png, "checkpoint": os.path.join(self.out, "checkpoint.npz")
+                      if cfg.checkpoint_every else None},
+        }
+        summary.update(self.extra)
+        write_summary(os.path.join(self.out, "summary.json"), summary)
+        return summary
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    acc = s.get("final_accuracy")
+    acc_s = "nan" if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f"{acc:.4f}"
+    return (f"final {s['experiment']['metric']} {acc_s} after {s['steps_done']} steps, "
+            f"mean step {s['mean_step_time'] * 1e3:.2f} ms, skipped {s['skipped_steps']}; "
+            f"outputs in {os.path.dirname(s['files']['metrics'])}")
+
+
+def load_summary(out_dir: str) -> dict[str, Any]:
+    with open(os.path.join(out_dir, "summary.json")) as fh:
+        return json.load(fh)

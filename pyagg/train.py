@@ -1,0 +1,306 @@
+"""``pyagg train``: Byzantine-resilient distributed training (also ``python -m pyagg.train``).
+
+Rank 0 is the trusted parameter server, ranks 1..n the workers::
+
+    # a real cluster: 1 server + 5 workers, one of them Byzantine, UDP gradients
+    pyagg train --launcher mpi --transport udp --workers 5 --byzantine 1 \\
+                --attack gaussian --rule multi-krum --out runs/demo
+
+    # the same server code with every worker simulated in one process (fast)
+    pyagg train --workers 19 --byzantine 1 --attack corrupt_inputs --rule average
+
+    # across hosts: pass an MPICH host file (the command is the same everywhere)
+    pyagg train --launcher mpi --hostfile hosts --workers 18 ...
+
+``--launcher mpi`` starts ``mpiexec -disable-auto-cleanup -n WORKERS+1``
+(the venv's MPICH) on ``python -m pyagg.cluster.rank python -m pyagg.train
+...``: each rank runs under a tiny supervisor that turns its death into an
+exit status, so that hydra does not take the whole job down when one worker
+is killed. To launch by hand, use the same shape::
+
+    mpiexec -disable-auto-cleanup -f hosts -n 20 \\
+        python -m pyagg.cluster.rank python -m pyagg.train --launcher mpi ...
+
+Outputs (``--out DIR``): metrics.csv, summary.json, accuracy.png,
+checkpoint.npz (atomic; ``--resume`` continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from .cluster.config import FILLS, OPTIMIZERS, TrainConfig, parse_pre
+from .cluster.experiments import EXPERIMENTS, parse_kv
+
+__all__ = ["build_parser", "config_from_args", "run", "main"]
+
+
+def _rule_names() -> list[str]:
+    try:
+        from . import api
+
+        return list(api.rules())
+    except Exception:  # noqa: BLE001 - help must work even with a broken build
+        return []
+
+
+def _attack_names() -> list[str]:
+    from .cluster.byzantine import ALL_ATTACKS
+
+    return list(ALL_ATTACKS)
+
+
+def build_parser(prog: str = "pyagg train") -> argparse.ArgumentParser:
+    """The ``pyagg train`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a Keras model with a trusted parameter server and n workers, "
+        "up to f of them Byzantine, aggregating gradients with a robust rule (AggregaThor).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("experiment")
+    g.add_argument("--experiment", default="digits-mlp",
+                   help=f"built-in ({', '.join(EXPERIMENTS)}) or 'package.module:factory' returning an Experiment")
+    g.add_argument("--experiment-args", default="", metavar="K=V,...",
+                   help="factory keyword arguments, e.g. dim=100000,task=linear for synthetic")
+    g.add_argument("--shards", choices=["iid", "dirichlet"], default="iid", help="how the data is split")
+    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --shards dirichlet")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--workers", type=int, default=5, help="number of workers n (MPI ranks 1..n)")
+    g.add_argument("--byzantine", type=int, default=0, help="number of workers that really are Byzantine "
+                   "(ranks drawn from --seed)")
+    g.add_argument("--declared-f", type=int, default=None, help="f told to the rule (default: --byzantine)")
+    g.add_argument("--launcher", choices=["mpi", "local"], default="local",
+                   help="mpi: a real mpiexec cluster; local: all workers simulated in one process")
+    g.add_argument("--transport", choices=["udp", "mpi"], default="udp",
+                   help="gradient path of the mpi launcher: LossyMPI UDP datagrams or MPI messages")
+    g.add_argument("--deadline", type=float, default=2.0, help="seconds the server waits for a step's gradients")
+    g.add_argument("--fill", choices=FILLS, default="nan", help="what replaces a lost or rejected gradient part")
+    g.add_argument("--drop-rate", type=float, default=0.0, help="injected datagram loss on every worker's link")
+    g.add_argument("--hostfile", default=None, help="MPICH host file for --launcher mpi")
+    g.add_argument("--mpiexec", default=None, help="mpiexec to use (default: the one next to this Python)")
+    g.add_argument("--worker-timeout", type=float, default=60.0,
+                   help="a worker that hears nothing from the server this long exits")
+    g.add_argument("--startup-timeout", type=float, default=300.0,
+                   help="seconds the server waits for every worker to start (TensorFlow import, tracing)")
+    g.add_argument("--udp-host", default=None,
+                   help="address the server's UDP socket binds to (default 127.0.0.1, or 0.0.0.0 with --hostfile)")
+    g = p.add_argument_group("robustness")
+    g.add_argument("--rule", default="multi-krum", help="aggregation rule: " + ", ".join(_rule_names()))
+    g.add_argument("--rule-args", default="", metavar="K=V,...", help="rule parameters, e.g. m=10")
+    g.add_argument("--pre", action="append", default=[], metavar="NAME[:K=V...]",
+                   help="pre-aggregator (repeatable, applied in order): nnm, bucketing:s=2, clipping:tau=5")
+    g.add_argument("--agg-threads", type=int, default=1,
+                   help="OpenMP threads of the aggregation on the server (0: OpenMP's default); more only "
+                   "pays for large d on a server that does not share its cores with workers")
+    g.add_argument("--attack", default="none", help="what the Byzantine workers do: " + ", ".join(_attack_names()))
+    g.add_argument("--attack-args", default="", metavar="K=V,...",
+                   help="attack parameters, e.g. sigma=200 (gaussian), scale=-1e12 (corrupt_inputs), "
+                   "rate=0.3 (lossy), at_step=5 (crash)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=300, help="number of synchronous steps")
+    g.add_argument("--batch-size", type=int, default=32, help="mini-batch size per worker")
+    g.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="server-side optimizer")
+    g.add_argument("--momentum", type=float, default=0.9, help="momentum coefficient (momentum, nesterov)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    g.add_argument("--seed", type=int, default=0, help="seed of everything (init, shards, batches, Byzantine ranks)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", default="runs/train", help="output directory")
+    g.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N steps (0: at the end)")
+    g.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (0: never)")
+    g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz when there is one")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="print only errors")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """Namespace -> validated TrainConfig."""
+    cfg = TrainConfig(
+        experiment=a.experiment, experiment_args=parse_kv(a.experiment_args), workers=a.workers,
+        byzantine=a.byzantine, declared_f=a.declared_f, rule=a.rule, rule_args=parse_kv(a.rule_args),
+        pre=parse_pre(a.pre), attack=a.attack, attack_args=parse_kv(a.attack_args), transport=a.transport,
+        deadline=a.deadline, fill=a.fill, drop_rate=a.drop_rate, launcher=a.launcher, steps=a.steps,
+        batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, momentum=a.momentum,
+        weight_decay=a.weight_decay, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
+        resume=a.resume, seed=a.seed, out=a.out, shards=a.shards, alpha=a.alpha, hostfile=a.hostfile,
+        mpiexec=a.mpiexec, worker_timeout=a.worker_timeout, agg_threads=a.agg_threads,
+        startup_timeout=a.startup_timeout, udp_host=a.udp_host, progress=not a.no_progress, quiet=a.quiet,
+    )
+    cfg.validate()
+    from .cluster.byzantine import parse_attack
+
+    parse_attack(cfg.attack, cfg.attack_args)
+    return cfg
+
+
+# ------------------------------------------------------------------ local ---
+_CACHE: dict[str, Any] = {}
+
+
+def _models(cfg: TrainConfig):
+    """Experiment + server model + workers' model, reused across in-process runs of the same experiment.
+
+    Building and tracing the Keras models costs seconds; runs of a matrix
+    (``pyagg experiment``) differ in rule and attack only. The models are
+    rebuilt when the experiment, its arguments or the seed change; a reused
+    model starts from the same initial parameters (``FlatModel.initial``).
+    """
+    from .cluster.experiments import load_experiment
+    from .cluster.model import FlatModel
+
+    key = json.dumps([cfg.experiment, cfg.experiment_args, cfg.seed], sort_keys=True, default=str)
+    if _CACHE.get("key") != key:
+        _CACHE.clear()
+        exp = load_experiment(cfg.experiment, seed=cfg.seed, **cfg.experiment_args)
+        _CACHE.update(key=key, exp=exp, server=FlatModel(exp, seed=cfg.seed), workers=FlatModel(exp, seed=cfg.seed))
+    return _CACHE["exp"], _CACHE["server"], _CACHE["workers"]
+
+
+def run(cfg: TrainConfig, observer: Any = None) -> dict[str, Any]:
+    """Run one training with the local launcher (in this process); returns summary.json's content.
+
+    ``observer(step, G)``, when given, sees every step's validated gradient matrix.
+    """
+    if cfg.launcher != "local":
+        raise ValueError("run() drives the local launcher; use main() or launch_mpi() for --launcher mpi")
+    cfg.validate()
+    from .cluster.byzantine import choose_byzantine
+    from .cluster.local import LocalCollector
+    from .cluster.model import setup_tf
+    from .cluster.server import ParameterServer
+
+    setup_tf()
+    exp, server_model, worker_model = _models(cfg)
+    collector = LocalCollector(cfg, exp, model=worker_model)
+    byz = choose_byzantine(cfg.workers, cfg.byzantine, cfg.seed)
+    server = ParameterServer(cfg, exp, collector, cfg.out, model=server_model, extra_summary={
+        "byzantine_workers": byz, "byzantine_ranks": [b + 1 for b in byz], "launcher": "local",
+        "transport": "in-process"}, observer=observer)
+    return server.run()
+
+
+# -------------------------------------------------------------------- mpi ---
+def in_mpi_job() -> bool:
+    """True when this process was started by mpiexec (hydra / Open MPI / Slurm PMI)."""
+    env = os.environ
+    return any(k in env for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"))
+
+
+def find_mpiexec(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.exists(here):
+        return here
+    found = shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("mpiexec not found: install MPICH (pip install mpich) or pass --mpiexec")
+    return found
+
+
+def mpi_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
+    """The mpiexec command line that runs this training as a cluster."""
+    cmd = [find_mpiexec(cfg.mpiexec), "-disable-auto-cleanup"]
+    if cfg.hostfile:
+        cmd += ["-f", cfg.hostfile]
+    cmd += ["-n", str(cfg.workers + 1), sys.executable, "-m", "pyagg.cluster.rank",
+            sys.executable, "-m", "pyagg.train"] + list(argv)
+    return cmd
+
+
+def launch_mpi(cfg: TrainConfig, argv: list[str], timeout: float | None = None) -> int:
+    """Start the cluster with mpiexec, wait for it, report; returns an exit status."""
+    cmd = mpi_command(cfg, argv)
+    os.makedirs(cfg.out, exist_ok=True)
+    if not cfg.quiet:
+        print("[pyagg] " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    if sys.stderr.isatty() and cfg.progress:
+        env["PYAGG_TTY"] = "1"
+    summary_path = os.path.join(cfg.out, "summary.json")
+    done_path = os.path.join(cfg.out, "server.done")
+    for p in (done_path,):
+        if os.path.exists(p):
+            os.unlink(p)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+    ok = os.path.exists(done_path) and os.path.exists(summary_path)
+    if ok:
+        with open(summary_path) as fh:
+            s = json.load(fh)
+        from .cluster.server import summary_line
+
+        if not cfg.quiet:
+            dead = [w["worker"] + 1 for w in s.get("workers", []) if w.get("dead")]
+            print(f"[pyagg] {summary_line(s)}" + (f"; dead worker ranks: {dead}" if dead else ""),
+                  file=sys.stderr)
+        return 0 if s.get("completed") else 1
+    print(f"[pyagg] the cluster ended (mpiexec status {rc}) without the server finishing", file=sys.stderr)
+    return rc or 1
+
+
+def run_rank(cfg: TrainConfig) -> int:
+    """Body of one MPI rank (server or worker)."""
+    from .cluster.mpi import run_rank as _run_rank
+
+    return _run_rank(cfg)
+
+
+def main(argv: list[str] | None = None, prog: str = "pyagg train") -> int:
+    """Entry point of ``pyagg train`` / ``python -m pyagg.train``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(prog).parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.launcher == "mpi":
+        if in_mpi_job():
+            return run_rank(cfg)
+        try:  # fail here, not in a cluster of waiting workers
+            from .cluster.server import make_aggregator
+            from .cluster.transport import uses_lossympi
+
+            make_aggregator(cfg, cfg.workers)
+            uses_lossympi(cfg.transport)
+        except (ValueError, RuntimeError) as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        return launch_mpi(cfg, argv)
+    try:
+        s = run(cfg)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    from .cluster.server import summary_line
+
+    if not cfg.quiet:
+        print(f"[pyagg] {summary_line(s)}", file=sys.stderr)
+    return 0 if s.get("completed") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
