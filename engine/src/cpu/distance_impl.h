@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace pyagg {
@@ -193,15 +194,31 @@ inline std::vector<std::size_t> nnm_select(const double* D, std::size_t n, std::
 // at the best diameter of n greedy candidates (row i and its s-1 nearest), so
 // a partial subset is cut as soon as its diameter exceeds that bound, or
 // equals/exceeds the best complete subset already found (a later subset of
-// equal diameter is lexicographically larger). Returns the subset sorted.
+// equal diameter is lexicographically larger). The bound only prunes, it never
+// decides: the result is the exact optimum. Returns the subset sorted.
 // `nodes` (optional) receives the number of search nodes visited.
 inline std::vector<std::size_t> mda_select(const double* D, std::size_t n, std::size_t f,
                                            std::uint64_t* nodes = nullptr) {
   const std::size_t s = n - f;
   assert(s >= 1 && s <= n);
-  // Upper bound from greedy candidates (any subset's diameter bounds the optimum).
+  // Upper bound from greedy candidates (any subset's diameter bounds the
+  // optimum): row i with its s-1 nearest rows, for the few rows i whose s-th
+  // nearest distance (the "radius" of that candidate) is smallest; O(n^2) +
+  // O(s^2) per candidate, so the bound stays cheap for large n.
+  constexpr std::size_t kSeeds = 4;
+  std::vector<std::pair<double, std::size_t>> radius(n);
+  std::vector<double> row(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t j = 0; j < n; ++j)
+      row[j] = row_is_finite(D, n, j) ? D[i * n + j] : std::numeric_limits<double>::infinity();
+    std::nth_element(row.begin(), row.begin() + std::ptrdiff_t(s - 1), row.end());
+    radius[i] = {row[s - 1], i};
+  }
+  const std::size_t nseeds = std::min(kSeeds, n);
+  std::partial_sort(radius.begin(), radius.begin() + std::ptrdiff_t(nseeds), radius.end());
   double bound = std::numeric_limits<double>::infinity();
-  for (std::size_t i = 0; i < n; ++i) bound = std::min(bound, diameter(D, n, nnm_select(D, n, f, i)));
+  for (std::size_t q = 0; q < nseeds; ++q)
+    bound = std::min(bound, diameter(D, n, nnm_select(D, n, f, radius[q].second)));
 
   std::vector<std::size_t> c(s), best;
   std::vector<double> dm(s + 1, 0.0);  // dm[t]: diameter of c[0..t-1]

@@ -1,0 +1,958 @@
+// Distance-based rules (engine/src/cpu/distance.cpp) and their selection
+// phases (engine/src/cpu/distance_impl.h): pairwise_sqdist, krum, multi-krum,
+// bulyan, bulyan-multikrum, mda, nnm.
+//
+//  - hand-computed cases (expected numbers written out), ties -> lowest index;
+//  - an independent naive reference (exact double distances from the data,
+//    selections re-derived from the spec) on random data, with NaN / +-inf
+//    rows planted at various indices: non-finite rows are never selected and
+//    never mixed in, and with at most f of them the output is finite;
+//  - the Gram-form cancellation case (rows 1e3 + 1e-2 noise in float32);
+//  - d = 1, 7, 1013, 2*4096+13 (no multiple of any tile), float32/float64,
+//    rows as separate allocations, the public API (contiguous vs row pointers);
+//  - bitwise determinism across OpenMP thread counts.
+// Bulyan's coordinate phase is cpu::averaged_median (coordinate.cpp); the
+// selection phases are also tested alone through distance_impl.h.
+//
+// Set PYAGG_TIMING=1 to also print timings at n=20, f=4, d=1e6 float32.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "check.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/distance_impl.h"
+#include "pyagg/rules.h"
+
+using namespace pyagg;
+namespace dt = pyagg::cpu::detail;
+
+namespace {
+
+const double NaN = std::numeric_limits<double>::quiet_NaN();
+const double Inf = std::numeric_limits<double>::infinity();
+
+// ---- test data ----------------------------------------------------------------
+
+// n rows of d values, each row its own allocation.
+template <typename T>
+struct Rows {
+  std::vector<std::vector<T>> data;
+  std::vector<const T*> ptr;
+  Rows(std::size_t n, std::size_t d) : data(n, std::vector<T>(d)), ptr(n) {
+    for (std::size_t i = 0; i < n; ++i) ptr[i] = data[i].data();
+  }
+  // From a flat row-major list of n*d values.
+  Rows(std::size_t n, std::size_t d, const std::vector<double>& flat) : Rows(n, d) {
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < d; ++j) data[i][j] = static_cast<T>(flat[i * d + j]);
+  }
+  std::size_t n() const { return data.size(); }
+  std::size_t d() const { return data.empty() ? 0 : data[0].size(); }
+  const T* const* p() const { return ptr.data(); }
+};
+
+// splitmix64: deterministic, platform-independent.
+struct Rng {
+  std::uint64_t s;
+  explicit Rng(std::uint64_t seed) : s(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  double normal() {
+    const double u1 = 1.0 - uniform(), u2 = uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  }
+  std::size_t below(std::size_t k) { return std::size_t(next() % k); }
+};
+
+template <typename T>
+Rows<T> gaussian_rows(std::size_t n, std::size_t d, std::uint64_t seed, double spread = 1.0) {
+  Rng rng(seed);
+  Rows<T> r(n, d);
+  for (std::size_t i = 0; i < n; ++i) {
+    // a few rows far away (Byzantine-looking), the others around 0
+    const double centre = (i % 5 == 4) ? 5.0 * spread : 0.0;
+    for (std::size_t j = 0; j < d; ++j) r.data[i][j] = T(centre + spread * rng.normal());
+  }
+  return r;
+}
+
+template <typename T>
+bool same_bits(const T* a, const T* b, std::size_t k) {
+  return std::memcmp(a, b, k * sizeof(T)) == 0;
+}
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && same_bits(a.data(), b.data(), a.size());
+}
+template <typename T>
+bool all_finite(const std::vector<T>& v) {
+  for (T x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+std::string idx_str(const std::vector<std::size_t>& v) {
+  std::string s = "{";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "}";
+}
+
+template <typename T>
+double tol() {
+  return std::is_same<T, float>::value ? 1e-6 : 1e-13;
+}
+
+// ---- the library under test ---------------------------------------------------
+
+template <typename T>
+std::vector<double> lib_D(const Rows<T>& r) {
+  std::vector<double> D(r.n() * r.n(), -1.0);
+  cpu::pairwise_sqdist<T>(r.p(), r.n(), r.d(), D.data());
+  return D;
+}
+template <typename T>
+std::vector<T> lib_krum(const Rows<T>& r, std::size_t f) {
+  std::vector<T> o(r.d());
+  cpu::krum<T>(r.p(), r.n(), r.d(), f, o.data());
+  return o;
+}
+template <typename T>
+std::vector<T> lib_multi_krum(const Rows<T>& r, std::size_t f, std::size_t m) {
+  std::vector<T> o(r.d());
+  cpu::multi_krum<T>(r.p(), r.n(), r.d(), f, m, o.data());
+  return o;
+}
+template <typename T>
+std::vector<T> lib_bulyan(const Rows<T>& r, std::size_t f) {
+  std::vector<T> o(r.d());
+  cpu::bulyan<T>(r.p(), r.n(), r.d(), f, o.data());
+  return o;
+}
+template <typename T>
+std::vector<T> lib_bmk(const Rows<T>& r, std::size_t f, std::size_t m) {
+  std::vector<T> o(r.d());
+  cpu::bulyan_multikrum<T>(r.p(), r.n(), r.d(), f, m, o.data());
+  return o;
+}
+template <typename T>
+std::vector<T> lib_mda(const Rows<T>& r, std::size_t f) {
+  std::vector<T> o(r.d());
+  cpu::mda<T>(r.p(), r.n(), r.d(), f, o.data());
+  return o;
+}
+template <typename T>
+std::vector<T> lib_nnm(const Rows<T>& r, std::size_t f) {
+  std::vector<T> o(r.n() * r.d());
+  cpu::nnm<T>(r.p(), r.n(), r.d(), f, o.data());
+  return o;
+}
+
+// ---- naive reference (written from shared/spec/rules.md and the brief) --------
+
+struct Ref {
+  std::size_t n = 0;
+  std::vector<double> D;  // exact-difference distances in double, +inf for non-finite rows
+  std::vector<bool> fin;
+  double at(std::size_t i, std::size_t j) const { return D[i * n + j]; }
+};
+
+template <typename T>
+Ref ref_distances(const Rows<T>& r) {
+  Ref R;
+  R.n = r.n();
+  R.fin.assign(R.n, true);
+  for (std::size_t i = 0; i < R.n; ++i)
+    for (T x : r.data[i])
+      if (!std::isfinite(x)) R.fin[i] = false;
+  R.D.assign(R.n * R.n, 0.0);
+  for (std::size_t i = 0; i < R.n; ++i)
+    for (std::size_t j = 0; j < R.n; ++j) {
+      if (!R.fin[i] || !R.fin[j]) {
+        R.D[i * R.n + j] = Inf;
+        continue;
+      }
+      double s = 0.0;
+      for (std::size_t k = 0; k < r.d(); ++k) {
+        const double t = double(r.data[i][k]) - double(r.data[j][k]);
+        s += t * t;
+      }
+      R.D[i * R.n + j] = s;
+    }
+  return R;
+}
+
+// Ref from a given distance matrix (finiteness read off the diagonal).
+Ref ref_from_matrix(const std::vector<double>& D, std::size_t n) {
+  Ref R;
+  R.n = n;
+  R.D = D;
+  R.fin.assign(n, true);
+  for (std::size_t i = 0; i < n; ++i) R.fin[i] = D[i * n + i] == 0.0;
+  return R;
+}
+
+// Candidates sorted by (non-finite?, value, index).
+std::vector<std::size_t> ref_rank(const Ref& R, std::vector<std::size_t> cand, const std::vector<double>& value) {
+  std::stable_sort(cand.begin(), cand.end(), [&](std::size_t a, std::size_t b) {
+    if (R.fin[a] != R.fin[b]) return bool(R.fin[a]);
+    if (value[a] != value[b]) return value[a] < value[b];
+    return a < b;
+  });
+  return cand;
+}
+
+// Krum scores of the rows in `rem` among themselves, k = |rem| - f - 2.
+std::vector<double> ref_scores(const Ref& R, const std::vector<std::size_t>& rem, std::size_t f) {
+  std::vector<double> sc(R.n, Inf);
+  const long k = long(rem.size()) - long(f) - 2;
+  for (std::size_t i : rem) {
+    std::vector<double> ds;
+    for (std::size_t j : rem)
+      if (j != i) ds.push_back(R.at(i, j));
+    std::sort(ds.begin(), ds.end());
+    double s = 0.0;
+    for (long t = 0; t < k; ++t) s += ds[std::size_t(t)];
+    sc[i] = s;
+  }
+  return sc;
+}
+
+std::vector<std::size_t> iota_n(std::size_t n) {
+  std::vector<std::size_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i;
+  return v;
+}
+
+std::vector<std::size_t> ref_krum_rank(const Ref& R, std::size_t f) {
+  const auto all = iota_n(R.n);
+  return ref_rank(R, all, ref_scores(R, all, f));
+}
+
+std::vector<std::size_t> ref_bulyan_sel(const Ref& R, std::size_t f) {
+  std::vector<std::size_t> rem = iota_n(R.n), sel;
+  for (std::size_t t = 0; t < R.n - 2 * f; ++t) {
+    const std::size_t best = ref_rank(R, rem, ref_scores(R, rem, f))[0];
+    sel.push_back(best);
+    rem.erase(std::find(rem.begin(), rem.end(), best));
+  }
+  return sel;
+}
+
+std::vector<std::vector<std::size_t>> ref_bmk_sets(const Ref& R, std::size_t f, std::size_t m) {
+  std::vector<std::size_t> rem = iota_n(R.n);
+  std::vector<std::vector<std::size_t>> sets;
+  for (std::size_t t = 0; t < R.n - 2 * f - 2; ++t) {
+    const auto order = ref_rank(R, rem, ref_scores(R, rem, f));
+    std::vector<std::size_t> s(order.begin(), order.begin() + long(m - t));
+    std::sort(s.begin(), s.end());
+    sets.push_back(s);
+    rem.erase(std::find(rem.begin(), rem.end(), order[0]));
+  }
+  return sets;
+}
+
+// Brute force over all subsets of n-f rows.
+std::vector<std::size_t> ref_mda_sel(const Ref& R, std::size_t f) {
+  const std::size_t n = R.n, s = n - f;
+  std::vector<std::size_t> best;
+  double best_d = 0;
+  for (std::uint32_t mask = 0; mask < (1u << n); ++mask) {
+    if (std::size_t(__builtin_popcount(mask)) != s) continue;
+    std::vector<std::size_t> S;
+    for (std::size_t i = 0; i < n; ++i)
+      if (mask & (1u << i)) S.push_back(i);
+    double dm = 0;
+    for (std::size_t a : S)
+      for (std::size_t b : S) dm = std::max(dm, R.at(a, b));
+    if (best.empty() || dm < best_d || (dm == best_d && S < best)) {
+      best = S;
+      best_d = dm;
+    }
+  }
+  return best;
+}
+
+std::vector<std::size_t> ref_nnm_sel(const Ref& R, std::size_t f, std::size_t i) {
+  std::vector<double> di(R.n);
+  for (std::size_t j = 0; j < R.n; ++j) di[j] = R.at(i, j);
+  auto o = ref_rank(R, iota_n(R.n), di);
+  o.resize(R.n - f);
+  std::sort(o.begin(), o.end());
+  return o;
+}
+
+// Mean of the rows `sel` (sorted): double sum in index order, / count, to T.
+template <typename T>
+std::vector<T> ref_mean(const std::vector<const T*>& rows, std::vector<std::size_t> sel, std::size_t d) {
+  std::sort(sel.begin(), sel.end());
+  std::vector<T> o(d);
+  for (std::size_t c = 0; c < d; ++c) {
+    double s = 0.0;
+    for (std::size_t i : sel) s += double(rows[i][c]);
+    o[c] = T(s / double(sel.size()));
+  }
+  return o;
+}
+
+// Bulyan's coordinate phase on given rows, through the library's averaged_median.
+template <typename T>
+std::vector<T> ref_coordinate_phase(const std::vector<const T*>& rows, std::size_t d, std::size_t beta) {
+  std::vector<T> o(d);
+  cpu::averaged_median<T>(rows.data(), rows.size(), d, beta, o.data());
+  return o;
+}
+
+template <typename T>
+void check_vec(const std::vector<T>& got, const std::vector<double>& want, const std::string& what) {
+  CHECK_MSG(got.size() == want.size(), what + ": size");
+  for (std::size_t i = 0; i < std::min(got.size(), want.size()); ++i)
+    CHECK_MSG(std::fabs(double(got[i]) - want[i]) <= tol<T>() * std::max(1.0, std::fabs(want[i])),
+              what + "[" + std::to_string(i) + "] = " + std::to_string(double(got[i])) + ", want " +
+                  std::to_string(want[i]));
+}
+
+void set_threads(int t) {
+#ifdef _OPENMP
+  omp_set_num_threads(t);
+#else
+  (void)t;
+#endif
+}
+
+// The 2-D hand case: 7 rows, one outlier at index 0; Krum's order is not the
+// index order. Pairwise squared distances (exact integers):
+//        0    1    2    3    4    5    6
+//   0    0  218  145  200  242  164  181
+//   1  218    0   17   18   20   34   13
+//   2  145   17    0    5   13    5    2
+//   3  200   18    5    0    2    4    1
+//   4  242   20   13    2    0   10    5
+//   5  164   34    5    4   10    0    5
+//   6  181   13    2    1    5    5    0
+const std::vector<double> kHand7 = {10, 10, 3, -3, 2, 1, 0, 0, -1, -1, 0, 2, 1, 0};
+const double kHand7D[49] = {0,   218, 145, 200, 242, 164, 181, 218, 0,  17, 18, 20, 34, 13, 145, 17, 0,
+                            5,   13,  5,   2,   200, 18,  5,   0,   2,  4,  1,  242, 20, 13, 2,  0,  10,
+                            5,   164, 34,  5,   4,   10,  0,   5,   181, 13, 2,  1,  5,  5,  0};
+
+}  // namespace
+
+// =============================================================================
+// pairwise_sqdist
+// =============================================================================
+
+template <typename T>
+void hand_distances() {
+  Rows<T> r(3, 2, {0, 0, 3, 4, 1, 1});
+  const auto D = lib_D(r);
+  const double want[9] = {0, 25, 2, 25, 0, 13, 2, 13, 0};
+  for (int k = 0; k < 9; ++k) CHECK_MSG(D[k] == want[k], "D[" + std::to_string(k) + "] = " + std::to_string(D[k]));
+  Rows<T> h(7, 2, kHand7);
+  const auto D7 = lib_D(h);
+  for (int k = 0; k < 49; ++k) CHECK(D7[k] == kHand7D[k]);
+}
+TEST_CASE("pairwise_sqdist: hand cases (float, double)") {
+  hand_distances<float>();
+  hand_distances<double>();
+}
+
+template <typename T>
+void distances_vs_reference() {
+  const std::size_t ds[] = {1, 7, 1013, 2 * 4096 + 13};
+  const std::size_t ns[] = {1, 2, 3, 5, 9, 13};
+  for (std::size_t d : ds)
+    for (std::size_t n : ns) {
+      auto r = gaussian_rows<T>(n, d, 1000 * d + n);
+      const auto D = lib_D(r);
+      const Ref R = ref_distances(r);
+      bool ok = true, sym = true, diag = true;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+          const double want = R.at(i, j), got = D[i * n + j];
+          const double rel = std::is_same<T, float>::value ? 1e-5 : 1e-12;  // float: float lanes per tile
+          if (!(std::fabs(got - want) <= rel * want)) ok = false;
+          if (D[i * n + j] != D[j * n + i]) sym = false;
+          if (i == j && got != 0.0) diag = false;
+        }
+      const std::string what = "n=" + std::to_string(n) + " d=" + std::to_string(d);
+      CHECK_MSG(ok, "distances " + what);
+      CHECK_MSG(sym, "symmetry " + what);
+      CHECK_MSG(diag, "zero diagonal " + what);
+    }
+}
+TEST_CASE("pairwise_sqdist: d = 1, 7, 1013, 8205, n = 1..13 vs exact double reference") {
+  distances_vs_reference<float>();
+  distances_vs_reference<double>();
+}
+
+template <typename T>
+void nonfinite_distances() {
+  // d = 8205: two blocks of 4096 + a 13-coordinate tail (not a multiple of
+  // the accumulator lanes). Bad values in the first tile, in a later block,
+  // and in the tail.
+  const std::size_t n = 7, d = 2 * 4096 + 13;
+  auto r = gaussian_rows<T>(n, d, 77);
+  r.data[1][0] = T(NaN);
+  r.data[3][5000] = T(Inf);
+  r.data[4][d - 1] = T(-Inf);  // in the tail
+  r.data[6][d - 3] = T(NaN);   // in the tail
+  const auto D = lib_D(r);
+  const Ref R = ref_distances(r);
+  const bool bad[n] = {false, true, false, true, true, false, true};
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t j = 0; j < n; ++j) {
+      const double got = D[i * n + j];
+      if (bad[i] || bad[j]) {
+        CHECK_MSG(got == Inf, "D[" + std::to_string(i) + "][" + std::to_string(j) + "] must be +inf");
+      } else {
+        CHECK(std::isfinite(got));
+        CHECK(std::fabs(got - R.at(i, j)) <= 1e-5 * R.at(i, j));
+      }
+    }
+  // n = 1
+  Rows<T> one(1, 3, {1, NaN, 2});
+  CHECK(lib_D(one)[0] == Inf);
+  Rows<T> ok1(1, 3, {1, 5, 2});
+  CHECK(lib_D(ok1)[0] == 0.0);
+  // all rows non-finite: every entry +inf, no crash
+  Rows<T> all(3, 5, {NaN, 0, 0, 0, 0, 0, Inf, 0, 0, 0, 0, 0, 0, 0, -Inf});
+  for (double v : lib_D(all)) CHECK(v == Inf);
+}
+TEST_CASE("pairwise_sqdist: NaN / +-inf rows are +inf to everything (diagonal included)") {
+  nonfinite_distances<float>();
+  nonfinite_distances<double>();
+}
+
+TEST_CASE("pairwise_sqdist: float rows near the float range stay finite and exact") {
+  // (1e20 - (-1e20))^2 = 4e40 overflows float but not double; 3e38 - (-3e38)
+  // overflows even the float difference.
+  const std::size_t d = 10;
+  Rows<float> r(3, d);
+  for (std::size_t k = 0; k < d; ++k) {
+    r.data[0][k] = 1e20f;
+    r.data[1][k] = -1e20f;
+    r.data[2][k] = (k % 2) ? 3e38f : -3e38f;
+  }
+  const auto D = lib_D(r);
+  const Ref R = ref_distances(r);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(D[i * 3 + i] == 0.0);  // finite rows
+    for (std::size_t j = 0; j < 3; ++j)
+      CHECK_MSG(std::isfinite(D[i * 3 + j]) && std::fabs(D[i * 3 + j] - R.at(i, j)) <= 1e-12 * R.at(i, j),
+                std::to_string(D[i * 3 + j]) + " vs " + std::to_string(R.at(i, j)));
+  }
+  CHECK(std::fabs(D[1] - 4e41) <= 1e-6 * 4e41);
+}
+
+TEST_CASE("Gram cancellation: rows 1e3 + 1e-2 noise (float32), Krum picks the row exact distances pick") {
+  const std::size_t n = 9, f = 3, d = 1000 + 13;
+  for (std::uint64_t seed = 1; seed <= 5; ++seed) {
+    Rng rng(seed);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double scale = 1e-2 * (1.0 + 0.15 * double(i));  // rows of different spread
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(1e3 + scale * rng.normal());
+    }
+    const Ref R = ref_distances(r);  // exact differences in double
+    const std::size_t want = ref_krum_rank(R, f)[0];
+    const auto out = lib_krum(r, f);
+    CHECK_MSG(same_bits(out.data(), r.ptr[want], d),
+              "seed " + std::to_string(seed) + ": want row " + std::to_string(want));
+    // Our distances agree with the exact ones...
+    const auto D = lib_D(r);
+    double worst = 0, gram_worst = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) {
+        worst = std::max(worst, std::fabs(D[i * n + j] - R.at(i, j)) / R.at(i, j));
+        // ... whereas the Gram form in float (|x|^2 + |y|^2 - 2<x,y>) loses
+        // everything here: this case does discriminate the two forms.
+        float xx = 0, yy = 0, xy = 0;
+        for (std::size_t k = 0; k < d; ++k) {
+          xx += r.data[i][k] * r.data[i][k];
+          yy += r.data[j][k] * r.data[j][k];
+          xy += r.data[i][k] * r.data[j][k];
+        }
+        gram_worst = std::max(gram_worst, std::fabs(double(xx + yy - 2 * xy) - R.at(i, j)) / R.at(i, j));
+      }
+    CHECK_MSG(worst < 1e-5, "relative error " + std::to_string(worst));
+    CHECK_MSG(gram_worst > 1.0, "the Gram form should fail here (rel. error " + std::to_string(gram_worst) + ")");
+  }
+}
+
+// =============================================================================
+// krum / multi-krum
+// =============================================================================
+
+template <typename T>
+void hand_krum() {
+  // d = 1, rows 0 1 2 10 11, f = 1, k = 2: scores 5 2 5 65 82 -> row 1.
+  Rows<T> a(5, 1, {0, 1, 2, 10, 11});
+  check_vec(lib_krum(a, 1), {1.0}, "krum a");
+  // rows 0 2 4 6 8: scores 20 8 8 8 20, a three-way tie -> lowest index, row 1.
+  Rows<T> b(5, 1, {0, 2, 4, 6, 8});
+  check_vec(lib_krum(b, 1), {2.0}, "krum tie");
+  // The same tie with the rows reversed: 8 6 4 2 0 -> row 1 (= 6).
+  Rows<T> b2(5, 1, {8, 6, 4, 2, 0});
+  check_vec(lib_krum(b2, 1), {6.0}, "krum tie reversed");
+  // 2-D hand case, f = 1, k = 4: scores 690 68 25 12 30 24 13 -> row 3 = (0, 0).
+  Rows<T> h(7, 2, kHand7);
+  check_vec(lib_krum(h, 1), {0.0, 0.0}, "krum hand7");
+  const auto sc = dt::krum_scores_all(kHand7D, 7, 1);
+  const double want_sc[7] = {690, 68, 25, 12, 30, 24, 13};
+  for (int i = 0; i < 7; ++i) CHECK(sc[std::size_t(i)] == want_sc[i]);
+
+  // multi-krum on a: scores 5 2 5 65 82; m = 2 -> rows {1, 0} (0 and 2 tie at
+  // 5: index 0 wins) -> 0.5; m = 3 -> {0, 1, 2} -> 1.
+  check_vec(lib_multi_krum(a, 1, 2), {0.5}, "multi-krum m=2 tie");
+  check_vec(lib_multi_krum(a, 1, 3), {1.0}, "multi-krum m=3");
+  check_vec(lib_multi_krum(a, 1, 1), {1.0}, "multi-krum m=1 is krum");
+  // hand7: m = 3 -> rows {3, 6, 5} -> (1/3, 2/3); m = 5 -> {3, 6, 5, 2, 4} -> (2/5, 2/5)
+  check_vec(lib_multi_krum(h, 1, 3), {1.0 / 3.0, 2.0 / 3.0}, "multi-krum hand7 m=3");
+  check_vec(lib_multi_krum(h, 1, 5), {2.0 / 5.0, 2.0 / 5.0}, "multi-krum hand7 m=5");
+  const auto sel = dt::krum_select(kHand7D, 7, 1, 5);
+  CHECK_MSG((sel == std::vector<std::size_t>{3, 6, 5, 2, 4}), idx_str(sel));
+}
+TEST_CASE("krum, multi-krum: hand cases, ties -> lowest index") {
+  hand_krum<float>();
+  hand_krum<double>();
+}
+
+// =============================================================================
+// bulyan / bulyan-multikrum
+// =============================================================================
+
+TEST_CASE("bulyan selection (hook): hand7, rounds with ties and k <= 0") {
+  // n = 7, f = 1, theta = 5 rounds:
+  //   r=7 k=4: scores 690 68 25 12 30 24 13  -> 3
+  //   r=6 k=3: 490 50 20 . 28 20 12           -> 6
+  //   r=5 k=2: 309 37 18 . 23 15 .            -> 5
+  //   r=4 k=1: 145 17 13 . 13 . .             -> 2 (tie with 4: lowest index)
+  //   r=3 k=0: every score 0                  -> 0 (lowest index, the outlier)
+  const auto sel = dt::bulyan_select(kHand7D, 7, 1);
+  CHECK_MSG((sel == std::vector<std::size_t>{3, 6, 5, 2, 0}), idx_str(sel));
+  // Bulyan over Multi-Krum, theta = n-2f-2 = 3 rounds.
+  //   m = 3: round 0 {3,5,6} (remove 3); round 1: 2 best of 12(6) 20(2) 20(5)
+  //          -> {2,6} (tie 2/5: index 2) (remove 6); round 2: 1 best -> {5}
+  const auto s3 = dt::bulyan_multikrum_select(kHand7D, 7, 1, 3);
+  CHECK(s3.size() == 3);
+  if (s3.size() == 3) {
+    CHECK_MSG((s3[0] == std::vector<std::size_t>{3, 5, 6}), idx_str(s3[0]));
+    CHECK_MSG((s3[1] == std::vector<std::size_t>{2, 6}), idx_str(s3[1]));
+    CHECK_MSG((s3[2] == std::vector<std::size_t>{5}), idx_str(s3[2]));
+  }
+  //   m = 4: {2,3,5,6}, {2,5,6}, {2,5}
+  const auto s4 = dt::bulyan_multikrum_select(kHand7D, 7, 1, 4);
+  CHECK(s4.size() == 3);
+  if (s4.size() == 3) {
+    CHECK_MSG((s4[0] == std::vector<std::size_t>{2, 3, 5, 6}), idx_str(s4[0]));
+    CHECK_MSG((s4[1] == std::vector<std::size_t>{2, 5, 6}), idx_str(s4[1]));
+    CHECK_MSG((s4[2] == std::vector<std::size_t>{2, 5}), idx_str(s4[2]));
+  }
+  // f = 0, n = 3: rounds r=3 k=1, r=2 k=0, r=1 k=-1 (scores 0): all rows, in order of quality.
+  const double D3[9] = {0, 1, 9, 1, 0, 4, 9, 4, 0};  // rows 0 1 3 (d=1)
+  const auto s0 = dt::bulyan_select(D3, 3, 0);
+  CHECK_MSG((s0 == std::vector<std::size_t>{0, 1, 2}), idx_str(s0));
+}
+
+template <typename T>
+void hand_bulyan() {
+  Rows<T> h(7, 2, kHand7);
+  // selected rows {3,6,5,2,0} = (0,0) (1,0) (0,2) (2,1) (10,10); per coordinate
+  // the values 0 0 1 2 10, median 1, beta = 3 closest: 1, then 0 and 2 tie at
+  // distance 1 -> the smaller (0), then 0 -> (1+0+0)/3.
+  check_vec(lib_bulyan(h, 1), {1.0 / 3.0, 1.0 / 3.0}, "bulyan hand7");
+  // bulyan-multikrum m = 3: contributions (1/3, 2/3), (3/2, 1/2), (0, 2);
+  // beta = theta-2f = 1: the median -> (1/3, 2/3).
+  check_vec(lib_bmk(h, 1, 3), {1.0 / 3.0, 2.0 / 3.0}, "bulyan-multikrum hand7 m=3");
+  // m = 4: contributions (3/4, 3/4), (1, 1), (1, 3/2) -> medians (1, 1).
+  check_vec(lib_bmk(h, 1, 4), {1.0, 1.0}, "bulyan-multikrum hand7 m=4");
+}
+TEST_CASE("bulyan, bulyan-multikrum: hand cases") {
+  hand_bulyan<float>();
+  hand_bulyan<double>();
+}
+
+// =============================================================================
+// mda
+// =============================================================================
+
+template <typename T>
+void hand_mda() {
+  // d = 1, rows 0 1 2 3, f = 1: {0,1,2} and {1,2,3} both have diameter 4 ->
+  // the lexicographically smaller {0,1,2} -> mean 1 (not 2).
+  Rows<T> a(4, 1, {0, 1, 2, 3});
+  check_vec(lib_mda(a, 1), {1.0}, "mda tie");
+  Rows<T> a2(4, 1, {3, 2, 1, 0});
+  check_vec(lib_mda(a2, 1), {2.0}, "mda tie reversed");
+  // hand7, f = 2: {2,3,4,5,6} (diameter 13) -> (2/5, 2/5); f = 1: {1..6} (diameter 34) -> (5/6, -1/6)
+  Rows<T> h(7, 2, kHand7);
+  check_vec(lib_mda(h, 2), {0.4, 0.4}, "mda hand7 f=2");
+  check_vec(lib_mda(h, 1), {5.0 / 6.0, -1.0 / 6.0}, "mda hand7 f=1");
+  // f = 0: every row.
+  check_vec(lib_mda(a, 0), {1.5}, "mda f=0");
+  // Planted tight cluster: 6 rows within 1e-3 of c, 3 rows in a tighter
+  // cluster far away; n = 9, f = 3 -> the 6 near rows (placed at odd indices).
+  const std::size_t n = 9, f = 3, d = 50;
+  Rng rng(5);
+  Rows<T> r(n, d);
+  std::vector<std::size_t> near;
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool in = (i % 2 == 1) || i == 8 || i == 0;  // 0,1,3,5,7,8
+    if (in) near.push_back(i);
+    for (std::size_t k = 0; k < d; ++k)
+      r.data[i][k] = in ? T(1.0 + 1e-3 * rng.normal()) : T(40.0 + 1e-5 * rng.normal());
+  }
+  CHECK(near.size() == n - f);
+  const auto sel = dt::mda_select(lib_D(r).data(), n, f);
+  CHECK_MSG(sel == near, idx_str(sel));
+  CHECK(same_bits(lib_mda(r, f), ref_mean(r.ptr, near, d)));
+}
+TEST_CASE("mda: hand cases, ties -> lexicographically smallest subset, planted cluster") {
+  hand_mda<float>();
+  hand_mda<double>();
+}
+
+TEST_CASE("mda selection (hook): branch and bound == brute force, many ties and non-finite rows") {
+  Rng rng(11);
+  int cases = 0;
+  for (int it = 0; it < 400; ++it) {
+    const std::size_t n = 2 + rng.below(10);  // 2..11
+    const std::size_t f = rng.below((n - 1) / 2 + 1);  // n >= 2f+1
+    const std::size_t d = 1 + rng.below(3);
+    Rows<double> r(n, d);
+    for (auto& row : r.data)
+      for (auto& x : row) x = double(rng.below(4));  // small integers: many equal distances
+    const std::size_t nbad = rng.below(f + 1);
+    for (std::size_t b = 0; b < nbad; ++b) r.data[rng.below(n)][rng.below(d)] = (b % 2) ? Inf : NaN;
+    const auto D = lib_D(r);
+    const Ref R = ref_from_matrix(D, n);
+    std::uint64_t nodes = 0;
+    const auto got = dt::mda_select(D.data(), n, f, &nodes);
+    const auto want = ref_mda_sel(R, f);
+    CHECK_MSG(got == want, "n=" + std::to_string(n) + " f=" + std::to_string(f) + ": " + idx_str(got) + " vs " +
+                               idx_str(want));
+    for (std::size_t i : got) CHECK(R.fin[i] || nbad > f);
+    ++cases;
+  }
+  CHECK(cases == 400);
+}
+
+// =============================================================================
+// nnm
+// =============================================================================
+
+template <typename T>
+void hand_nnm() {
+  // d = 1, rows 0 1 3 10, f = 1 (3 neighbours, itself included):
+  //   row 0: 0(0) 1(1) 9(3)      -> {0,1,2} -> 4/3
+  //   row 1: 0(1) 1(0) 4(3)      -> 4/3
+  //   row 2: 0(3) 4(1) 9(0)      -> 4/3
+  //   row 3: 0(10) 49(3) 81(1)   -> {1,2,3} -> 14/3
+  Rows<T> a(4, 1, {0, 1, 3, 10});
+  check_vec(lib_nnm(a, 1), {4.0 / 3, 4.0 / 3, 4.0 / 3, 14.0 / 3}, "nnm a");
+  // ties: rows 0 2 4 10, f = 2 (2 neighbours): row 1 is at 4 from rows 0 and 2
+  // -> row 0 (lowest index) -> (2+0)/2 = 1; row 2: 4(2) vs 36(10) -> 3.
+  Rows<T> b(4, 1, {0, 2, 4, 10});
+  check_vec(lib_nnm(b, 2), {1.0, 1.0, 3.0, 7.0}, "nnm tie");
+  // A NaN row becomes the mean of the n-f lowest-index finite rows; it is
+  // never mixed into the others: rows 0 NaN 3 10, f = 1:
+  //   row 0: {0, 2(3), 3(10)} -> 13/3; row 1 (NaN): {0, 2, 3} -> 13/3;
+  //   row 2: {0, 2, 3} -> 13/3; row 3: {0, 2, 3} -> 13/3
+  Rows<T> c(4, 1, {0, NaN, 3, 10});
+  check_vec(lib_nnm(c, 1), {13.0 / 3, 13.0 / 3, 13.0 / 3, 13.0 / 3}, "nnm NaN row");
+  // hand7, f = 2: row 0 -> {0,2,3,5,6} = (13/5, 13/5); row 1 -> {1,2,3,4,6} = (1, -3/5);
+  // rows 2..6 -> {2,3,4,5,6} = (2/5, 2/5)
+  Rows<T> h(7, 2, kHand7);
+  check_vec(lib_nnm(h, 2), {2.6, 2.6, 1.0, -0.6, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4}, "nnm hand7");
+  // n = 1, f = 0: the row itself.
+  Rows<T> one(1, 3, {1, 2, 3});
+  check_vec(lib_nnm(one, 0), {1, 2, 3}, "nnm n=1");
+}
+TEST_CASE("nnm: hand cases, ties, a NaN row") {
+  hand_nnm<float>();
+  hand_nnm<double>();
+}
+
+// =============================================================================
+// every rule against the naive reference, with non-finite rows planted
+// =============================================================================
+
+enum class Bad { kNanRow, kOneNan, kPosInf, kNegInfTail, kHugeFinite };
+
+template <typename T>
+void corrupt(Rows<T>& r, std::size_t i, Bad kind, Rng& rng) {
+  const std::size_t d = r.d();
+  switch (kind) {
+    case Bad::kNanRow:
+      for (auto& x : r.data[i]) x = T(NaN);
+      break;
+    case Bad::kOneNan:  // an otherwise perfectly central row with one NaN coordinate
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = T(0);
+      r.data[i][rng.below(d)] = T(NaN);
+      break;
+    case Bad::kPosInf:
+      r.data[i][rng.below(d)] = T(Inf);
+      break;
+    case Bad::kNegInfTail:
+      r.data[i][d - 1] = T(-Inf);
+      break;
+    case Bad::kHugeFinite:  // finite but enormous: not "non-finite", just far
+      for (auto& x : r.data[i]) x = T(std::is_same<T, float>::value ? 1e30 : 1e200);
+      break;
+  }
+}
+
+template <typename T>
+void rules_vs_reference(std::size_t n, std::size_t f, std::size_t d, std::size_t nbad, std::uint64_t seed) {
+  Rng rng(seed);
+  auto r = gaussian_rows<T>(n, d, seed);
+  std::size_t nonfinite = 0;
+  for (std::size_t b = 0; b < nbad; ++b) {
+    const std::size_t i = b == 0 ? 0 : rng.below(n);  // index 0 always among them
+    const Bad kind = Bad(rng.below(5));
+    corrupt(r, i, kind, rng);
+  }
+  const Ref R = ref_distances(r);
+  for (bool fi : R.fin) nonfinite += fi ? 0 : 1;
+  const std::string what = std::string(std::is_same<T, float>::value ? "float" : "double") + " n=" +
+                           std::to_string(n) + " f=" + std::to_string(f) + " d=" + std::to_string(d) +
+                           " nonfinite=" + std::to_string(nonfinite) + " seed=" + std::to_string(seed);
+  const bool robust = nonfinite <= f;
+
+  // krum
+  const auto krank = ref_krum_rank(R, f);
+  const auto k_out = lib_krum(r, f);
+  CHECK_MSG(same_bits(k_out.data(), r.ptr[krank[0]], d), "krum " + what);
+  if (robust) CHECK_MSG(all_finite(k_out) && R.fin[krank[0]], "krum finite " + what);
+  // multi-krum, m = 1, default, n-f
+  for (std::size_t m : {std::size_t(1), n - f - 2, n - f}) {
+    std::vector<std::size_t> sel(krank.begin(), krank.begin() + long(m));
+    const auto out = lib_multi_krum(r, f, m);
+    CHECK_MSG(same_bits(out, ref_mean(r.ptr, sel, d)), "multi-krum m=" + std::to_string(m) + " " + what);
+    if (robust) CHECK_MSG(all_finite(out), "multi-krum finite " + what);
+  }
+  // nnm
+  {
+    const auto out = lib_nnm(r, f);
+    bool same = true, fin = true;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto want = ref_mean(r.ptr, ref_nnm_sel(R, f, i), d);
+      if (!same_bits(out.data() + i * d, want.data(), d)) same = false;
+      for (std::size_t k = 0; k < d; ++k) fin = fin && std::isfinite(out[i * d + k]);
+    }
+    CHECK_MSG(same, "nnm " + what);
+    if (robust) CHECK_MSG(fin, "nnm finite " + what);
+  }
+  // mda (n >= 2f+1)
+  if (n >= 2 * f + 1 && n <= 13) {
+    const auto sel = ref_mda_sel(R, f);
+    const auto out = lib_mda(r, f);
+    CHECK_MSG(same_bits(out, ref_mean(r.ptr, sel, d)), "mda " + what);
+    if (robust) CHECK_MSG(all_finite(out), "mda finite " + what);
+  }
+  // bulyan, bulyan-multikrum (n >= 4f+3)
+  if (n >= 4 * f + 3) {
+    auto sel = ref_bulyan_sel(R, f);
+    std::sort(sel.begin(), sel.end());
+    std::vector<const T*> srows;
+    for (std::size_t i : sel) srows.push_back(r.ptr[i]);
+    const auto out = lib_bulyan(r, f);
+    CHECK_MSG(same_bits(out, ref_coordinate_phase(srows, d, sel.size() - 2 * f)), "bulyan " + what);
+    if (robust) {
+      CHECK_MSG(all_finite(out), "bulyan finite " + what);
+      for (std::size_t i : sel) CHECK_MSG(R.fin[i], "bulyan selected a non-finite row " + what);
+    }
+    const std::size_t theta = n - 2 * f - 2;
+    for (std::size_t m : {theta, n - f - 2}) {
+      const auto sets = ref_bmk_sets(R, f, m);
+      std::vector<std::vector<T>> contrib;
+      for (const auto& s : sets) contrib.push_back(ref_mean(r.ptr, s, d));
+      std::vector<const T*> crows;
+      for (const auto& c : contrib) crows.push_back(c.data());
+      const auto bout = lib_bmk(r, f, m);
+      CHECK_MSG(same_bits(bout, ref_coordinate_phase(crows, d, theta - 2 * f)),
+                "bulyan-multikrum m=" + std::to_string(m) + " " + what);
+      if (robust) CHECK_MSG(all_finite(bout), "bulyan-multikrum finite " + what);
+    }
+  }
+}
+
+TEST_CASE("all rules vs naive reference on random data, up to f non-finite rows (never selected, never mixed)") {
+  std::uint64_t seed = 100;
+  const std::size_t ds[] = {1, 7, 1013};
+  for (std::size_t d : ds)
+    for (std::size_t f : {0, 1, 2})
+      for (std::size_t n : {4 * f + 3, 4 * f + 5, 2 * f + 3})
+        for (std::size_t nbad = 0; nbad <= f; ++nbad) {
+          rules_vs_reference<float>(n, f, d, nbad, ++seed);
+          rules_vs_reference<double>(n, f, d, nbad, ++seed);
+        }
+  // one larger d (several reduction blocks + tail)
+  rules_vs_reference<float>(11, 2, 2 * 4096 + 13, 2, ++seed);
+  rules_vs_reference<double>(11, 2, 2 * 4096 + 13, 1, ++seed);
+}
+
+TEST_CASE("more than f non-finite rows: finite rows still ranked first, no crash") {
+  // n = 7, f = 1 but three NaN rows: krum's choice is still a finite row.
+  Rows<double> r(7, 2, {NaN, 0, 5, 5, 0, NaN, 1, 1, Inf, 0, 2, 2, 0, 0});
+  const auto out = lib_krum(r, 1);
+  CHECK(all_finite(out));
+  // all rows non-finite: nothing finite to choose; the rules still return
+  // (the output is then non-finite, the honest answer).
+  Rows<double> all(5, 1, {NaN, NaN, Inf, -Inf, NaN});
+  (void)lib_krum(all, 1);
+  (void)lib_multi_krum(all, 1, 2);
+  (void)lib_mda(all, 2);
+  (void)lib_nnm(all, 2);
+  Rows<double> all7(7, 1, {NaN, NaN, Inf, -Inf, NaN, NaN, NaN});
+  (void)lib_bulyan(all7, 1);
+  (void)lib_bmk(all7, 1, 3);
+  CHECK(true);
+}
+
+// =============================================================================
+// determinism, row pointers, public API
+// =============================================================================
+
+template <typename T>
+void determinism() {
+  const std::size_t n = 11, f = 2, d = 3 * 4096 + 77;
+  auto r = gaussian_rows<T>(n, d, 4242);
+  r.data[4][100] = T(NaN);
+  struct Out {
+    std::vector<double> D;
+    std::vector<T> k, mk, b, bmk, mda, nnm;
+  };
+  auto run = [&]() {
+    Out o;
+    o.D = lib_D(r);
+    o.k = lib_krum(r, f);
+    o.mk = lib_multi_krum(r, f, n - f - 2);
+    o.b = lib_bulyan(r, f);
+    o.bmk = lib_bmk(r, f, n - f - 2);
+    o.mda = lib_mda(r, f);
+    o.nnm = lib_nnm(r, f);
+    return o;
+  };
+  set_threads(1);
+  const Out a = run();
+  for (int t : {2, 3}) {
+    set_threads(t);
+    const Out b = run();
+    const std::string tt = " threads=" + std::to_string(t);
+    CHECK_MSG(same_bits(a.D, b.D), "D" + tt);
+    CHECK_MSG(same_bits(a.k, b.k), "krum" + tt);
+    CHECK_MSG(same_bits(a.mk, b.mk), "multi-krum" + tt);
+    CHECK_MSG(same_bits(a.b, b.b), "bulyan" + tt);
+    CHECK_MSG(same_bits(a.bmk, b.bmk), "bulyan-multikrum" + tt);
+    CHECK_MSG(same_bits(a.mda, b.mda), "mda" + tt);
+    CHECK_MSG(same_bits(a.nnm, b.nnm), "nnm" + tt);
+  }
+}
+TEST_CASE("bitwise determinism across thread counts (1, 2, 3)") {
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+#endif
+  determinism<float>();
+  determinism<double>();
+#ifdef _OPENMP
+  omp_set_num_threads(saved);
+#endif
+}
+
+template <typename T>
+void api_contiguous_vs_rows() {
+  const std::size_t n = 11, f = 2, d = 1013;
+  auto r = gaussian_rows<T>(n, d, 99);
+  std::vector<T> flat(n * d);
+  for (std::size_t i = 0; i < n; ++i) std::copy(r.data[i].begin(), r.data[i].end(), flat.begin() + long(i * d));
+  GradView vc, vr;
+  vc.data = flat.data();
+  vr.rows = reinterpret_cast<const void* const*>(r.ptr.data());
+  vc.n = vr.n = n;
+  vc.d = vr.d = d;
+  vc.dtype = vr.dtype = std::is_same<T, float>::value ? DType::kFloat32 : DType::kFloat64;
+  for (const char* name : {"krum", "multi-krum", "bulyan", "bulyan-multikrum", "mda"}) {
+    RuleConfig cfg;
+    CHECK(make_rule(name, std::int64_t(f), {}, &cfg).ok());
+    std::vector<T> o1(d), o2(d);
+    Status s1 = aggregate(cfg, vc, o1.data());
+    Status s2 = aggregate(cfg, vr, o2.data());
+    CHECK_MSG(s1.ok() && s2.ok(), s1.message() + " / " + s2.message());
+    CHECK_MSG(same_bits(o1, o2), name);
+    CHECK_MSG(all_finite(o1), name);
+  }
+  // the API result is the kernel's result
+  {
+    RuleConfig cfg;
+    CHECK(make_rule("krum", std::int64_t(f), {}, &cfg).ok());
+    std::vector<T> o(d);
+    CHECK(aggregate(cfg, vc, o.data()).ok());
+    CHECK(same_bits(o, lib_krum(r, f)));
+  }
+  PreConfig pc;
+  CHECK(make_pre("nnm", std::int64_t(f), {}, &pc).ok());
+  std::vector<T> p1(n * d), p2(n * d);
+  CHECK(preaggregate(pc, vc, p1.data()).ok());
+  CHECK(preaggregate(pc, vr, p2.data()).ok());
+  CHECK(same_bits(p1, p2));
+  CHECK(same_bits(p1, lib_nnm(r, f)));
+}
+TEST_CASE("public API: contiguous block == separate row allocations (bitwise)") {
+  api_contiguous_vs_rows<float>();
+  api_contiguous_vs_rows<double>();
+}
+
+// =============================================================================
+// timings (not a test: printed with PYAGG_TIMING=1)
+// =============================================================================
+
+TEST_CASE("timings at n=20, f=4, d=1e6 float32 (PYAGG_TIMING=1)") {
+  if (!std::getenv("PYAGG_TIMING")) return;
+  const std::size_t n = 20, f = 4, d = 1000000;
+  const int reps = std::getenv("PYAGG_TIMING_REPS") ? std::atoi(std::getenv("PYAGG_TIMING_REPS")) : 7;
+  Rows<float> r = gaussian_rows<float>(n, d, 1);
+  std::vector<double> D(n * n);
+  std::vector<float> out(n * d);
+  const double bytes = double(n) * double(d) * sizeof(float);
+  auto time = [&](const char* name, auto fn) {
+    fn();  // warm-up
+    double best = 1e300;
+    for (int k = 0; k < reps; ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      const auto t1 = std::chrono::steady_clock::now();
+      best = std::min(best, std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    std::printf("  %-18s %9.2f ms  %7.2f GB/s\n", name, best, bytes / best / 1e6);
+  };
+#ifdef _OPENMP
+  std::printf("  threads: %d\n", omp_get_max_threads());
+#endif
+  time("pairwise_sqdist", [&] { cpu::pairwise_sqdist<float>(r.p(), n, d, D.data()); });
+  time("krum", [&] { cpu::krum<float>(r.p(), n, d, f, out.data()); });
+  time("multi-krum", [&] { cpu::multi_krum<float>(r.p(), n, d, f, n - f - 2, out.data()); });
+  time("bulyan", [&] { cpu::bulyan<float>(r.p(), n, d, f, out.data()); });
+  time("bulyan-multikrum", [&] { cpu::bulyan_multikrum<float>(r.p(), n, d, f, n - f - 2, out.data()); });
+  time("mda", [&] { cpu::mda<float>(r.p(), n, d, f, out.data()); });
+  time("nnm", [&] { cpu::nnm<float>(r.p(), n, d, f, out.data()); });
+}
+
+CHECK_MAIN()

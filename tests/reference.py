@@ -1,0 +1,454 @@
+"""Reference implementations of every rule and pre-aggregator, in plain numpy.
+
+Written from shared/spec/rules.md and the semantics the engine documents where
+the spec is silent (engine/src/cpu/cpu_backend.h), never from the C++ code.
+The code is deliberately simple, loop-based and slow: it is the oracle the
+engine is tested against, so it must be obviously correct rather than fast.
+
+Conventions (the engine's, decided where the spec is silent):
+
+- sums are taken in float64 and rounded to the input dtype once, at the end;
+- a "non-finite row" holds any NaN or +-inf; distance-based rules treat it as
+  infinitely far from every row (D = inf, D[i][i] = inf too) and never select
+  it; ties are broken by the lowest row index;
+- squared distances are exact: sum of (x_i - x_j)^2 computed in float64 from
+  the differences, never from the Gram form.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+F64 = np.float64
+
+MASK64 = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------- helpers ---
+def _rnd(x: np.ndarray | float, dtype: np.dtype) -> np.ndarray:
+    """Round a float64 result to the input dtype (once)."""
+    return np.asarray(x, dtype=F64).astype(dtype)
+
+
+def finite_rows(G: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows holding only finite values."""
+    return np.all(np.isfinite(G), axis=1)
+
+
+def mean64(rows: np.ndarray) -> np.ndarray:
+    """Mean of rows, in float64 (not rounded); inf + -inf -> NaN without a warning."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(rows, dtype=F64).sum(axis=0) / len(rows)
+
+
+def median_of(values: Sequence[float]) -> float:
+    """Median of finite values (even count: mean of the two middle ones); none -> 0."""
+    v = sorted(float(x) for x in values if math.isfinite(x))
+    k = len(v)
+    if k == 0:
+        return 0.0
+    if k % 2:
+        return v[k // 2]
+    return (v[k // 2 - 1] + v[k // 2]) / 2.0
+
+
+def median64(G: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median of the finite values, float64 (not rounded)."""
+    return np.array([median_of(G[:, c]) for c in range(G.shape[1])], dtype=F64)
+
+
+def sqdist(G: np.ndarray) -> np.ndarray:
+    """Exact squared distances; inf for any pair involving a non-finite row."""
+    n = G.shape[0]
+    G64 = G.astype(F64)
+    fin = finite_rows(G)
+    D = np.full((n, n), np.inf)
+    for i in range(n):
+        for j in range(n):
+            if fin[i] and fin[j]:
+                diff = G64[i] - G64[j]
+                D[i, j] = float(np.dot(diff, diff))
+    return D
+
+
+def krum_scores(D: np.ndarray, R: Sequence[int], f: int) -> dict[int, float]:
+    """Krum scores of the rows R, neighbours among R only.
+
+    score_i = sum of the k = |R|-f-2 smallest D[i][j], j in R, j != i; when
+    k <= 0 every score is 0. A non-finite row (D[i][i] = inf) scores +inf
+    whatever k is: the spec says it is never selected.
+    """
+    k = len(R) - f - 2
+    scores = {}
+    for i in R:
+        if math.isinf(D[i, i]):
+            scores[i] = math.inf
+            continue
+        if k <= 0:
+            scores[i] = 0.0
+            continue
+        others = sorted(float(D[i, j]) for j in R if j != i)
+        scores[i] = float(sum(others[:k]))
+    return scores
+
+
+def ranked(scores: dict[int, float]) -> list[int]:
+    """Row indices by increasing score, ties -> lowest index."""
+    return sorted(scores, key=lambda i: (scores[i], i))
+
+
+# ---------------------------------------------------- coordinate-wise rules ---
+def average(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """Mean of the n rows (non-robust baseline; NaN/inf propagate)."""
+    return _rnd(mean64(G), G.dtype)
+
+
+def average_nan(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """Per coordinate, mean of the finite values; none -> 0."""
+    out = np.zeros(G.shape[1], dtype=F64)
+    for c in range(G.shape[1]):
+        v = [float(x) for x in G[:, c] if math.isfinite(x)]
+        out[c] = math.fsum(v) / len(v) if v else 0.0
+    return _rnd(out, G.dtype)
+
+
+def median(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """Per coordinate, median of the finite values; none -> 0."""
+    return _rnd(median64(G), G.dtype)
+
+
+def trimmed_mean(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """Per coordinate: sort (-inf smallest, NaN as +inf), drop f each end, mean."""
+    n = G.shape[0]
+    out = np.zeros(G.shape[1], dtype=F64)
+    for c in range(G.shape[1]):
+        col = [float(x) for x in G[:, c]]
+        # NaN keyed as +inf (ties among +inf/NaN by row index).
+        order = sorted(range(n), key=lambda i: (math.inf if math.isnan(col[i]) else col[i], i))
+        kept = [col[i] for i in order[f : n - f]]
+        if all(map(math.isfinite, kept)):
+            out[c] = math.fsum(kept) / len(kept)
+        else:
+            with np.errstate(invalid="ignore"):
+                out[c] = float(np.mean(np.array(kept, dtype=F64)))
+    return _rnd(out, G.dtype)
+
+
+def _averaged_median_col(col: Sequence[float], beta: int) -> float:
+    v = [float(x) for x in col if math.isfinite(x)]
+    if not v:
+        return 0.0
+    m = median_of(v)
+    closest = sorted(v, key=lambda x: (abs(x - m), x))[: min(beta, len(v))]
+    return math.fsum(closest) / len(closest)
+
+
+def averaged_median(G: np.ndarray, f: int = 0, beta: int | None = None) -> np.ndarray:
+    """Per coordinate, the mean of the beta finite values closest to the median."""
+    n = G.shape[0]
+    beta = n - f if beta is None else beta
+    out = np.array([_averaged_median_col(G[:, c], beta) for c in range(G.shape[1])], dtype=F64)
+    return _rnd(out, G.dtype)
+
+
+# ------------------------------------------------------- distance rules ---
+def krum_index(G: np.ndarray, f: int) -> int:
+    """Index of the row Krum selects."""
+    D = sqdist(G)
+    return ranked(krum_scores(D, range(G.shape[0]), f))[0]
+
+
+def krum(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """The row with the lowest Krum score (a bitwise copy)."""
+    return G[krum_index(G, f)].copy()
+
+
+def multi_krum(G: np.ndarray, f: int = 0, m: int | None = None) -> np.ndarray:
+    """Mean of the m rows with the lowest Krum scores (scores computed once)."""
+    n = G.shape[0]
+    m = n - f - 2 if m is None else m
+    order = ranked(krum_scores(sqdist(G), range(n), f))
+    return _rnd(mean64(G[order[:m]]), G.dtype)
+
+
+def bulyan_selection(G: np.ndarray, f: int) -> list[int]:
+    """The theta = n-2f rows Bulyan selects, in selection order."""
+    n = G.shape[0]
+    D = sqdist(G)
+    R = list(range(n))
+    sel = []
+    for _ in range(n - 2 * f):
+        best = ranked(krum_scores(D, R, f))[0]
+        sel.append(best)
+        R.remove(best)
+    return sel
+
+
+def bulyan(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """Bulyan: n-2f Krum selections, then averaged median with beta = theta-2f."""
+    sel = bulyan_selection(G, f)
+    theta = len(sel)
+    return averaged_median(G[sel], beta=theta - 2 * f)
+
+
+def bulyan_multikrum(G: np.ndarray, f: int = 0, m: int | None = None) -> np.ndarray:
+    """AggregaThor's Bulyan over Multi-Krum (see module docstring of the spec)."""
+    n = G.shape[0]
+    m = n - f - 2 if m is None else m
+    theta = n - 2 * f - 2
+    D = sqdist(G)
+    R = list(range(n))
+    contrib = []
+    for t in range(theta):
+        order = ranked(krum_scores(D, R, f))
+        contrib.append(_rnd(mean64(G[order[: m - t]]), G.dtype))
+        R.remove(order[0])
+    return averaged_median(np.array(contrib, dtype=G.dtype), beta=theta - 2 * f)
+
+
+def mda_subset(G: np.ndarray, f: int) -> tuple[int, ...]:
+    """The n-f rows of smallest diameter; ties -> lexicographically smallest tuple."""
+    n = G.shape[0]
+    D = sqdist(G)
+    best, best_diam = None, math.inf
+    for S in itertools.combinations(range(n), n - f):
+        diam = float(D[np.ix_(S, S)].max())
+        if best is None or diam < best_diam:
+            best, best_diam = S, diam
+    return best
+
+
+def mda(G: np.ndarray, f: int = 0, max_subsets: float = 1e7) -> np.ndarray:
+    """Minimum-diameter averaging (exact)."""
+    return _rnd(mean64(G[list(mda_subset(G, f))]), G.dtype)
+
+
+# ------------------------------------------------------- iterative rules ---
+def geometric_median(G: np.ndarray, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7) -> np.ndarray:
+    """Smoothed Weiszfeld from the coordinate-wise median (RFA)."""
+    fin = finite_rows(G)
+    X = G[fin].astype(F64)
+    z = median64(G)
+    for _ in range(int(max_iter)):
+        w = np.array([1.0 / max(nu, float(np.linalg.norm(x - z))) for x in X])
+        sw = float(w.sum()) if len(w) else 0.0
+        z_new = (w[:, None] * X).sum(axis=0) / sw if sw > 0 else z.copy()
+        done = float(np.linalg.norm(z_new - z)) <= tol * float(np.linalg.norm(z))
+        z = z_new
+        if done:
+            break
+    return _rnd(z, G.dtype)
+
+
+def centered_clipping(
+    G: np.ndarray, f: int = 0, tau: float = 10.0, L: int = 1, state: np.ndarray | None = None
+) -> np.ndarray:
+    """v <- v + (1/n) sum_i clip(x_i - v, tau), L times, from `state` (or 0)."""
+    n, d = G.shape
+    fin = finite_rows(G)
+    v = np.zeros(d, dtype=F64) if state is None else np.asarray(state, dtype=F64).copy()
+    for _ in range(int(L)):
+        acc = np.zeros(d, dtype=F64)
+        for i in range(n):
+            if not fin[i]:
+                continue
+            y = G[i].astype(F64) - v
+            nrm = float(np.linalg.norm(y))
+            c = 1.0 if nrm == 0 else min(1.0, tau / nrm)
+            acc += c * y
+        v = v + acc / n
+    return _rnd(v, G.dtype)
+
+
+# -------------------------------------------------------- pre-aggregators ---
+def nnm(G: np.ndarray, f: int = 0) -> np.ndarray:
+    """Each row -> mean of its n-f nearest rows, ranked by (non-finite, D, index)."""
+    n = G.shape[0]
+    D = sqdist(G)
+    fin = finite_rows(G)
+    out = np.empty_like(G)
+    for i in range(n):
+        order = sorted(range(n), key=lambda j: (not fin[j], D[i, j], j))
+        out[i] = _rnd(mean64(G[order[: n - f]]), G.dtype)
+    return out
+
+
+class SplitMix64:
+    """splitmix64 (Steele, Lea, Flood 2014), the engine's shuffle generator."""
+
+    def __init__(self, seed: int):
+        self.state = int(seed) & MASK64
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+
+def bucket_permutation(n: int, seed: int) -> list[int]:
+    """Fisher-Yates shuffle of range(n) driven by splitmix64(seed)."""
+    rng = SplitMix64(seed)
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = rng.next() % (i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def bucketing(G: np.ndarray, f: int = 0, s: int = 2, seed: int = 0) -> np.ndarray:
+    """Shuffle the rows, average them in buckets of s (last bucket may be smaller)."""
+    n = G.shape[0]
+    perm = bucket_permutation(n, seed)
+    nb = -(-n // s)
+    return np.array([_rnd(mean64(G[perm[b * s : (b + 1) * s]]), G.dtype) for b in range(nb)], dtype=G.dtype)
+
+
+def clipping(G: np.ndarray, f: int = 0, tau: float = 0.0) -> np.ndarray:
+    """Static (tau > 0) or adaptive (tau == 0, ARC) norm clipping of each row."""
+    n = G.shape[0]
+    fin = finite_rows(G)
+    G64 = G.astype(F64)
+    norms = [float(np.linalg.norm(G64[i])) if fin[i] else math.inf for i in range(n)]
+    out = G.copy()
+    if tau > 0:
+        for i in range(n):
+            if fin[i] and norms[i] > 0:
+                out[i] = _rnd(G64[i] * min(1.0, tau / norms[i]), G.dtype)
+        return out
+    k = (2 * f * (n - f)) // n
+    if k == 0:
+        return out
+    order = sorted(range(n), key=lambda i: (-norms[i], i))
+    C = norms[order[k]]
+    if not math.isfinite(C):
+        return out
+    for i in range(n):
+        if fin[i] and norms[i] > C:
+            out[i] = _rnd(G64[i] * (C / norms[i]), G.dtype)
+    return out
+
+
+# ------------------------------------------------------------- dispatch ---
+RULES = {
+    "average": average,
+    "average-nan": average_nan,
+    "median": median,
+    "trimmed-mean": trimmed_mean,
+    "averaged-median": averaged_median,
+    "krum": krum,
+    "multi-krum": multi_krum,
+    "bulyan": bulyan,
+    "bulyan-multikrum": bulyan_multikrum,
+    "geometric-median": geometric_median,
+    "centered-clipping": centered_clipping,
+    "mda": mda,
+}
+
+PRE = {"nnm": nnm, "bucketing": bucketing, "clipping": clipping}
+
+# Smallest n for f (the spec's bounds).
+MIN_N = {
+    "average": lambda f: 1,
+    "average-nan": lambda f: 1,
+    "median": lambda f: 1,
+    "trimmed-mean": lambda f: 2 * f + 1,
+    "averaged-median": lambda f: 2 * f + 1,
+    "krum": lambda f: 2 * f + 3,
+    "multi-krum": lambda f: 2 * f + 3,
+    "bulyan": lambda f: 4 * f + 3,
+    "bulyan-multikrum": lambda f: 4 * f + 3,
+    "geometric-median": lambda f: 1,
+    "centered-clipping": lambda f: 1,
+    "mda": lambda f: 2 * f + 1,
+}
+
+ROBUST = [r for r in RULES if r != "average"]
+
+
+def aggregate(G: np.ndarray, rule: str, f: int = 0, **params) -> np.ndarray:
+    """Reference counterpart of :func:`pyagg.aggregate` (matrix input)."""
+    G = np.asarray(G)
+    return RULES[rule](G, f, **params)
+
+
+def preaggregate(G: np.ndarray, name: str, f: int = 0, **params) -> np.ndarray:
+    """Reference counterpart of :func:`pyagg.preaggregate`."""
+    return PRE[name](np.asarray(G), f, **params)
+
+
+class Aggregator:
+    """Reference counterpart of :class:`pyagg.Aggregator` (state + pre chain)."""
+
+    def __init__(self, rule: str, f: int = 0, pre: Sequence = (), **params):
+        self.rule, self.f, self.params = rule, f, params
+        self.pre = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in pre]
+        self.state = None
+        self.calls = 0
+
+    def aggregate(self, G: np.ndarray) -> np.ndarray:
+        for name, p in self.pre:
+            p = dict(p)
+            if name == "bucketing":
+                p["seed"] = p.get("seed", 0) + self.calls
+            G = preaggregate(G, name, self.f, **p)
+        params = dict(self.params)
+        if self.rule == "centered-clipping":
+            params["state"] = self.state
+        out = aggregate(G, self.rule, self.f, **params)
+        if self.rule == "centered-clipping":
+            self.state = out.copy()
+        self.calls += 1
+        return out
+
+
+# ------------------------------------------------------------ test data ---
+def make_data(kind: str, n: int, d: int, dtype, seed: int = 0, bad: int = 0) -> np.ndarray:
+    """Seeded (n, d) test gradients.
+
+    kind: "random" (standard normal, a few rows scaled), "ties" (small
+    integers: many equal values and equal distances), "nonfinite" (random,
+    then `bad` rows corrupted by :func:`corrupt`, row 0 among them).
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        G = rng.integers(-2, 3, size=(n, d)).astype(dtype)
+    else:
+        G = rng.standard_normal((n, d))
+        G *= rng.choice([0.5, 1.0, 3.0], size=(n, 1))
+        G = G.astype(dtype)
+    if kind == "nonfinite":
+        corrupt(G, bad, rng)
+    return np.ascontiguousarray(G)
+
+
+def corrupt(G: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """Make k distinct rows non-finite (row 0 first), in place; return their indices.
+
+    Patterns cycle over: NaN in some coordinates, +inf everywhere, -inf in
+    some coordinates, NaN everywhere, a mix of NaN/+inf/-inf.
+    """
+    n, d = G.shape
+    if k <= 0:
+        return []
+    rows = [0] + [int(i) for i in rng.choice(np.arange(1, n), size=k - 1, replace=False)]
+    for t, i in enumerate(rows):
+        some = rng.random(d) < 0.3
+        some[rng.integers(d)] = True
+        kind = t % 5
+        if kind == 0:
+            G[i, some] = np.nan
+        elif kind == 1:
+            G[i, :] = np.inf
+        elif kind == 2:
+            G[i, some] = -np.inf
+        elif kind == 3:
+            G[i, :] = np.nan
+        else:
+            G[i, :] = rng.choice([np.nan, np.inf, -np.inf], size=d)
+    return rows
