@@ -18,5 +18,11 @@ Status aggregate(const RuleConfig& resolved, const GradView& g, void* out, const
 Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
 Status device_count(int* count);
 
+// Test and benchmark hook: D (host memory, n*n doubles, row-major) = the
+// squared distances of the n rows of g (CUDA, contiguous), as computed for the
+// distance-based rules (+inf for pairs with a non-finite row, its diagonal
+// too; 0 on the diagonal of finite rows).
+Status pairwise_sqdist(const GradView& g, double* D);
+
 }  // namespace cuda
 }  // namespace pyagg

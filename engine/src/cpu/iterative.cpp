@@ -1,14 +1,278 @@
-// PLACEHOLDER — to be replaced by the real implementation. Fills NaN.
+// pyagg engine — CPU backend: iterative rules.
+//
+//   geometric-median   smoothed Weiszfeld iterations, as in RFA (Pillutla,
+//                      Kakade, Harchaoui, "Robust aggregation for federated
+//                      learning", IEEE TSP 2022). Breakdown point 1/2: n >= 1
+//                      (any f < n/2 keeps the output bounded by the honest
+//                      rows); output finite whenever at least one row is finite.
+//   centered-clipping  (Karimireddy, He, Jaggi, "Learning from history for
+//                      Byzantine robust optimization", ICML 2021). n >= 1;
+//                      robust for f < n/2 with a suitable tau (momentum).
+//
+// EXACT SEMANTICS. "Non-finite row" = a row holding a NaN or +-inf. Vectors
+// live in double during the iterations; out is rounded to T once at the end.
+// Every norm is a deterministic blocked reduction (reduce.h): per block of
+// kReduceBlock coordinates a double partial, partials combined in block order.
+//
+// geometric_median(nu, max_iter, tol):
+//   z = median<T>(rows) (coordinate-wise median of the finite values,
+//   coordinate.cpp), then in double. Rows are classified finite / non-finite
+//   once. Iteration t = 1..max_iter:
+//     w_i = 1 / max(nu, ||x_i - z||) for finite rows, 0 for non-finite rows;
+//     W = sum_i w_i (row order); if W == 0: stop (z is kept);
+//     z_new[j] = (sum over finite rows, row order, of w_i * x_ij) / W;
+//     stop if ||z_new - z|| <= tol * ||z|| (z: the point before the update);
+//     z = z_new.
+//   out = (T) z.  Implementation: one pass over the data per iteration; block b
+//   computes z_new on its coordinates, the partials of ||z_new - z||^2 and
+//   ||z||^2, then (data still in cache) the partials of ||x_i - z_new||^2 used
+//   by the next iteration.
+//
+// centered_clipping(tau, L, state):
+//   v = (double) state, or 0 when state == nullptr. L times:
+//     for each finite row: y_i = x_i - v, c_i = min(1, tau / ||y_i||)
+//     (||y_i|| == 0 -> c_i = 1);
+//     v[j] <- v[j] + (1/n) * (sum over finite rows, row order, of
+//     c_i * (x_ij - v[j])), 1/n computed once in double (non-finite rows
+//     contribute 0 but still count in n).
+//   out = (T) v.  Implementation: L+1 passes over the data (norms, then per
+//   iteration the update fused with the norms for the next one).
+//
+// No exception inside OpenMP regions: all scratch is allocated before them.
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
+#include <memory>
+#include <vector>
+
 #include "cpu/cpu_backend.h"
-namespace pyagg { namespace cpu {
-template <typename T> static void fill_nan(std::size_t k, T* out) { for (std::size_t i = 0; i < k; ++i) out[i] = std::numeric_limits<T>::quiet_NaN(); }
-template <typename T> void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter, double tol, T* out) { fill_nan<T>(d, out); }
-template void geometric_median<float>(const float* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter, double tol, float* out);
-template void geometric_median<double>(const double* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter, double tol, double* out);
-template <typename T> void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters, const T* state, T* out) { fill_nan<T>(d, out); }
-template void centered_clipping<float>(const float* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters, const float* state, float* out);
-template void centered_clipping<double>(const double* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters, const double* state, double* out);
-}}  // namespace pyagg::cpu
+#include "cpu/reduce.h"
+
+namespace pyagg {
+namespace cpu {
+namespace {
+
+// Sub-chunk of a block whose double accumulators stay in L1 (a multiple of
+// reduce::kLanes, so chunk-wise lane accumulation keeps the block kernels' order).
+constexpr std::size_t kChunk = 512;
+static_assert(kChunk % reduce::kLanes == 0, "chunk must be a multiple of the reduction lanes");
+static_assert(kReduceBlock % kChunk == 0, "block must be a whole number of chunks");
+
+inline std::int64_t as_i64(std::size_t v) { return static_cast<std::int64_t>(v); }
+
+// Pass 0 on block [lo, lo+len): z[j] = init(j) on the block, then for every
+// row the partial ||x_i - z||^2 into part[i] and its finiteness into fin[i].
+template <typename T, typename Init>
+inline void first_pass_block(const T* const* rows, std::size_t n, std::size_t lo, std::size_t len, double* z,
+                             Init init, double* part, unsigned char* fin) {
+  for (std::size_t j = lo; j < lo + len; ++j) z[j] = init(j);
+  for (std::size_t i = 0; i < n; ++i) {
+    bool ok = true;
+    part[i] = reduce::block_sqdist_finite(rows[i] + lo, z + lo, len, &ok);
+    fin[i] = ok ? 1 : 0;
+  }
+}
+
+// Combines pass-0 partials: finite[i], and the finite rows in order.
+inline std::vector<std::size_t> finite_rows(const unsigned char* fin_part, std::size_t n, std::size_t nb) {
+  std::vector<std::size_t> live;
+  for (std::size_t i = 0; i < n; ++i) {
+    unsigned char ok = 1;
+    for (std::size_t b = 0; b < nb; ++b) ok &= fin_part[b * n + i];
+    if (ok) live.push_back(i);
+  }
+  return live;
+}
+
+}  // namespace
+
+// --------------------------------------------------------- geometric-median ---
+template <typename T>
+void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
+                      double tol, T* out) {
+  const std::size_t nb = reduce::num_blocks(d);
+  const int threads = reduce::max_threads();
+  std::unique_ptr<double[]> z(new double[d]);  // first touched in pass 0, by the threads
+  std::vector<double> dist_part(nb * n), delta_part(nb), znorm_part(nb), dist(n), w(n);
+  std::vector<unsigned char> fin_part(nb * n);
+  std::vector<double> chunk_acc(std::size_t(threads) * kChunk);
+  double* zp = z.get();
+  double* dp = dist_part.data();
+
+  // z0: coordinate-wise median (into out), in double; pass 0: ||x_i - z0||^2
+  // partials and the finiteness of every row.
+  median<T>(rows, n, d, out);
+  {
+    unsigned char* fp = fin_part.data();
+    const T* z0 = out;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::int64_t b = 0; b < as_i64(nb); ++b) {
+      const std::size_t bb = std::size_t(b);
+      first_pass_block(rows, n, reduce::block_begin(bb), reduce::block_len(bb, d), zp,
+                       [z0](std::size_t j) { return static_cast<double>(z0[j]); }, dp + bb * n, fp + bb * n);
+    }
+  }
+  const std::vector<std::size_t> live = finite_rows(fin_part.data(), n, nb);
+  const std::size_t nlive = live.size();
+  std::vector<const T*> live_rows(nlive);
+  for (std::size_t t = 0; t < nlive; ++t) {
+    live_rows[t] = rows[live[t]];
+    dist[t] = std::sqrt(reduce::combine_blocks(dp + live[t], nb, n));
+  }
+  const T* const* lr = live_rows.data();
+
+  for (std::int64_t it = 0; it < max_iter && nlive > 0; ++it) {
+    double wsum = 0.0;
+    for (std::size_t t = 0; t < nlive; ++t) {
+      w[t] = 1.0 / std::max(nu, dist[t]);
+      wsum += w[t];
+    }
+    if (!(wsum > 0.0)) break;  // W == 0: z is kept
+    const double* wp = w.data();
+    double* delp = delta_part.data();
+    double* znp = znorm_part.data();
+    double* accs = chunk_acc.data();
+#pragma omp parallel num_threads(threads)
+    {
+      double* acc = accs + std::size_t(reduce::thread_num()) * kChunk;
+#pragma omp for schedule(static)
+      for (std::int64_t b = 0; b < as_i64(nb); ++b) {
+        const std::size_t bb = std::size_t(b);
+        const std::size_t lo = reduce::block_begin(bb), len = reduce::block_len(bb, d);
+        // z_new on the block, chunk by chunk, with the block partials of
+        // ||z_new - z||^2 and ||z||^2 in the reduce.h lane order.
+        double dlanes[reduce::kLanes] = {}, zlanes[reduce::kLanes] = {};
+        for (std::size_t c0 = 0; c0 < len; c0 += kChunk) {
+          const std::size_t cl = std::min(kChunk, len - c0);
+          for (std::size_t l = 0; l < cl; ++l) acc[l] = 0.0;
+          for (std::size_t t = 0; t < nlive; ++t) {
+            const T* __restrict x = lr[t] + lo + c0;
+            if (lo + c0 + 3 * kChunk <= d) reduce::prefetch_span(x + 2 * kChunk, kChunk * sizeof(T));
+            const double wt = wp[t];
+            for (std::size_t l = 0; l < cl; ++l) acc[l] += wt * static_cast<double>(x[l]);
+          }
+          double* __restrict zz = zp + lo + c0;
+          std::size_t l = 0;
+          for (; l + reduce::kLanes <= cl; l += reduce::kLanes)
+            for (std::size_t q = 0; q < reduce::kLanes; ++q) {
+              const double znew = acc[l + q] / wsum;
+              const double diff = znew - zz[l + q];
+              dlanes[q] += diff * diff;
+              zlanes[q] += zz[l + q] * zz[l + q];
+              zz[l + q] = znew;
+            }
+          for (; l < cl; ++l) {
+            const double znew = acc[l] / wsum;
+            const double diff = znew - zz[l];
+            dlanes[l % reduce::kLanes] += diff * diff;
+            zlanes[l % reduce::kLanes] += zz[l] * zz[l];
+            zz[l] = znew;
+          }
+        }
+        delp[bb] = reduce::fold_lanes(dlanes);
+        znp[bb] = reduce::fold_lanes(zlanes);
+        // Distances of the finite rows to z_new on this block (still in cache).
+        for (std::size_t t = 0; t < nlive; ++t) dp[bb * n + t] = reduce::block_sqdist(lr[t] + lo, zp + lo, len);
+      }
+    }
+    const double delta = std::sqrt(reduce::combine_blocks(delp, nb));
+    const double znorm = std::sqrt(reduce::combine_blocks(znp, nb));
+    for (std::size_t t = 0; t < nlive; ++t) dist[t] = std::sqrt(reduce::combine_blocks(dp + t, nb, n));
+    if (delta <= tol * znorm) break;
+  }
+
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t j = 0; j < as_i64(d); ++j) out[j] = static_cast<T>(zp[j]);
+}
+
+// -------------------------------------------------------- centered-clipping ---
+template <typename T>
+void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters,
+                       const T* state, T* out) {
+  const std::size_t nb = reduce::num_blocks(d);
+  const int threads = reduce::max_threads();
+  std::unique_ptr<double[]> v(new double[d]);  // first touched in pass 0, by the threads
+  std::vector<double> norm_part(nb * n), c(n);
+  std::vector<unsigned char> fin_part(nb * n);
+  std::vector<double> chunk_acc(std::size_t(threads) * kChunk);
+  double* vp = v.get();
+  double* np_ = norm_part.data();
+
+  // Pass 0: v0 = state (or 0), ||x_i - v0||^2 partials, finiteness of each row.
+  {
+    unsigned char* fp = fin_part.data();
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::int64_t b = 0; b < as_i64(nb); ++b) {
+      const std::size_t bb = std::size_t(b);
+      first_pass_block(rows, n, reduce::block_begin(bb), reduce::block_len(bb, d), vp,
+                       [state](std::size_t j) { return state ? static_cast<double>(state[j]) : 0.0; },
+                       np_ + bb * n, fp + bb * n);
+    }
+  }
+  const std::vector<std::size_t> live = finite_rows(fin_part.data(), n, nb);
+  const std::size_t nlive = live.size();
+  std::vector<const T*> live_rows(nlive);
+  for (std::size_t t = 0; t < nlive; ++t) live_rows[t] = rows[live[t]];
+  const T* const* lr = live_rows.data();
+  const double inv_n = 1.0 / static_cast<double>(n);  // the spec's (1/n) * sum
+  bool written = false;
+
+  for (std::int64_t it = 0; it < iters && nlive > 0; ++it) {
+    // row t of the partials: live row t (pass 0 wrote them by row index)
+    for (std::size_t t = 0; t < nlive; ++t) {
+      const std::size_t col = it == 0 ? live[t] : t;
+      const double nrm = std::sqrt(reduce::combine_blocks(np_ + col, nb, n));
+      c[t] = nrm == 0.0 ? 1.0 : std::min(1.0, tau / nrm);
+    }
+    const double* cp = c.data();
+    const bool last = it + 1 == iters;
+    double* accs = chunk_acc.data();
+#pragma omp parallel num_threads(threads)
+    {
+      double* acc = accs + std::size_t(reduce::thread_num()) * kChunk;
+#pragma omp for schedule(static)
+      for (std::int64_t b = 0; b < as_i64(nb); ++b) {
+        const std::size_t bb = std::size_t(b);
+        const std::size_t lo = reduce::block_begin(bb), len = reduce::block_len(bb, d);
+        for (std::size_t c0 = 0; c0 < len; c0 += kChunk) {
+          const std::size_t cl = std::min(kChunk, len - c0);
+          double* __restrict vv = vp + lo + c0;
+          for (std::size_t l = 0; l < cl; ++l) acc[l] = 0.0;
+          for (std::size_t t = 0; t < nlive; ++t) {
+            const T* __restrict x = lr[t] + lo + c0;
+            if (lo + c0 + 3 * kChunk <= d) reduce::prefetch_span(x + 2 * kChunk, kChunk * sizeof(T));
+            const double ct = cp[t];
+            for (std::size_t l = 0; l < cl; ++l) acc[l] += ct * (static_cast<double>(x[l]) - vv[l]);
+          }
+          if (last) {
+            T* __restrict o = out + lo + c0;
+            for (std::size_t l = 0; l < cl; ++l) o[l] = static_cast<T>(vv[l] + inv_n * acc[l]);
+          } else {
+            for (std::size_t l = 0; l < cl; ++l) vv[l] += inv_n * acc[l];
+          }
+        }
+        if (!last)
+          for (std::size_t t = 0; t < nlive; ++t) np_[bb * n + t] = reduce::block_sqdist(lr[t] + lo, vp + lo, len);
+      }
+    }
+    written = last;
+  }
+
+  if (!written) {  // every row non-finite: v = v0
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::int64_t j = 0; j < as_i64(d); ++j) out[j] = static_cast<T>(vp[j]);
+  }
+}
+
+template void geometric_median<float>(const float* const* rows, std::size_t n, std::size_t d, double nu,
+                                      std::int64_t max_iter, double tol, float* out);
+template void geometric_median<double>(const double* const* rows, std::size_t n, std::size_t d, double nu,
+                                       std::int64_t max_iter, double tol, double* out);
+template void centered_clipping<float>(const float* const* rows, std::size_t n, std::size_t d, double tau,
+                                       std::int64_t iters, const float* state, float* out);
+template void centered_clipping<double>(const double* const* rows, std::size_t n, std::size_t d, double tau,
+                                        std::int64_t iters, const double* state, double* out);
+
+}  // namespace cpu
+}  // namespace pyagg

@@ -1,0 +1,334 @@
+// pyagg engine — CUDA backend: entry points (cuda_backend.h), behind the
+// engine's single dispatch point (engine/src/rules.cpp, which validated the
+// input and resolved m/beta).
+//
+// Every call: selects g.device_id (restoring the caller's device after),
+// checks that the pointers are device memory of that device (a host pointer
+// would otherwise fault and poison the CUDA context), takes the device's
+// cached workspace (mutex), runs the rule's kernels on the legacy default
+// stream and synchronises before returning: outputs are ready when
+// aggregate() returns, and every CUDA error becomes a Status.
+//
+// Distance-based rules: the n x n distance matrix is computed on the GPU in one
+// pass over G (distance.cu) and copied to the host (n*n doubles); the
+// selection phases then run on the host with the CPU backend's own code
+// (cpu/distance_impl.h: krum_select, bulyan_select, bulyan_multikrum_select,
+// mda_select, nnm_select), so GPU and CPU choose the same rows whenever their
+// distance matrices rank the rows the same way (GPU distances differ from the
+// CPU's in the last bits: summation order). O(n^2 log n) host work on a few
+// kB, microseconds; a GPU kernel would not be faster at these sizes, and MDA's
+// branch and bound is sequential anyway.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "cpu/cpu_backend.h"
+#include "cpu/distance_impl.h"
+#include "cuda_backend.h"
+
+namespace pyagg {
+namespace cuda {
+namespace {
+
+constexpr cudaStream_t kStream = 0;  // legacy default stream: ordered after the caller's blocking streams
+
+template <typename V>
+Status upload(V* dst, const std::vector<V>& src) {
+  if (src.empty()) return Status::Ok();
+  PYAGG_CUDA_CHECK(cudaMemcpyAsync(dst, src.data(), src.size() * sizeof(V), cudaMemcpyHostToDevice, kStream));
+  return Status::Ok();
+}
+
+// D (host, n*n) of the rows of x (device).
+template <typename T>
+Status distance_matrix(const T* x, std::size_t n, std::size_t d, const DeviceInfo& dev, Workspace& ws,
+                       std::vector<double>* D) {
+  DistancePlan plan;
+  PYAGG_RETURN_IF_ERROR(plan_distance<T>(n, d, dev, &plan));
+  double *part = nullptr, *Dd = nullptr;
+  int* bad = nullptr;
+  Arena arena;
+  arena.add(&part, plan.partial_doubles);
+  arena.add(&bad, n);
+  arena.add(&Dd, n * n);
+  PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+  D->assign(n * n, 0.0);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const bool force_double = attempt == 1;
+    PYAGG_RETURN_IF_ERROR(run_distance<T>(plan, x, part, bad, Dd, force_double, kStream));
+    PYAGG_CUDA_CHECK(cudaMemcpyAsync(D->data(), Dd, n * n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
+    PYAGG_CUDA_CHECK(cudaStreamSynchronize(kStream));
+    if (!std::is_same<T, float>::value || force_double) break;
+    // A float partial overflowed for a pair of finite rows (values near the
+    // float range): recompute in double, as the CPU does per tile.
+    bool overflow = false;
+    for (std::size_t i = 0; i < n && !overflow; ++i)
+      for (std::size_t j = i + 1; j < n; ++j)
+        if ((*D)[i * n + i] == 0.0 && (*D)[j * n + j] == 0.0 && !std::isfinite((*D)[i * n + j])) {
+          overflow = true;
+          break;
+        }
+    if (!overflow) break;
+  }
+  return Status::Ok();
+}
+
+// Row-mean sets (CSR) on the device.
+struct DeviceSets {
+  int* off = nullptr;
+  int* idx = nullptr;
+};
+void add_sets(Arena& arena, DeviceSets* s, std::size_t nsets, std::size_t total) {
+  arena.add(&s->off, nsets + 1);
+  arena.add(&s->idx, std::max<std::size_t>(total, 1));
+}
+Status upload_sets(const DeviceSets& s, const std::vector<std::vector<std::size_t>>& sets) {
+  std::vector<int> off(1, 0), idx;
+  for (const auto& set : sets) {
+    for (std::size_t i : set) idx.push_back(int(i));
+    off.push_back(int(idx.size()));
+  }
+  PYAGG_RETURN_IF_ERROR(upload(s.off, off));
+  return upload(s.idx, idx);
+}
+std::size_t total_size(const std::vector<std::vector<std::size_t>>& sets) {
+  std::size_t t = 0;
+  for (const auto& s : sets) t += s.size();
+  return t;
+}
+
+template <typename T>
+Status mean_of_rows(const T* x, std::size_t d, const std::vector<std::size_t>& sel, T* out, Workspace& ws) {
+  DeviceSets s;
+  Arena arena;
+  add_sets(arena, &s, 1, sel.size());
+  PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+  PYAGG_RETURN_IF_ERROR(upload_sets(s, {sel}));
+  return run_gather_mean<T>(x, d, 1, s.off, s.idx, false, out, d, kStream);
+}
+
+template <typename T>
+Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out, const T* state,
+                const DeviceInfo& dev, Workspace& ws) {
+  const std::size_t f = r.f;
+  auto coordinate = [&](CoordOp op, std::size_t nw, const WireSource& src, std::size_t param,
+                        const std::vector<int>* rows) -> Status {
+    void* scratch = nullptr;
+    int* rows_d = nullptr;
+    Arena arena;
+    arena.add(reinterpret_cast<unsigned char**>(&scratch), coord_scratch_bytes(nw, d, sizeof(T)));
+    if (rows) arena.add(&rows_d, rows->size());
+    PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+    WireSource s = src;
+    if (rows) {
+      PYAGG_RETURN_IF_ERROR(upload(rows_d, *rows));
+      s.rows = rows_d;
+    }
+    return run_coordinate<T>(op, x, d, nw, s, param, out, scratch, dev, kStream);
+  };
+
+  switch (r.rule) {
+    case RuleId::kAverage: return run_average<T>(x, n, d, false, out, kStream);
+    case RuleId::kAverageNan: return run_average<T>(x, n, d, true, out, kStream);
+    case RuleId::kMedian: return coordinate(CoordOp::kMedian, n, WireSource{}, 0, nullptr);
+    case RuleId::kTrimmedMean: return coordinate(CoordOp::kTrimmedMean, n, WireSource{}, f, nullptr);
+    case RuleId::kAveragedMedian:
+      return coordinate(CoordOp::kAveragedMedian, n, WireSource{}, std::size_t(r.beta), nullptr);
+    case RuleId::kGeometricMedian: return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream);
+    case RuleId::kCenteredClipping: return run_centered_clipping<T>(r, x, n, d, state, out, ws, kStream);
+    default: break;
+  }
+
+  // Distance-based rules.
+  std::vector<double> D;
+  PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
+  switch (r.rule) {
+    case RuleId::kKrum: {
+      const auto sel = cpu::detail::krum_select(D.data(), n, f, 1);
+      PYAGG_CUDA_CHECK(
+          cudaMemcpyAsync(out, x + sel[0] * d, d * sizeof(T), cudaMemcpyDeviceToDevice, kStream));
+      return Status::Ok();
+    }
+    case RuleId::kMultiKrum: {
+      auto sel = cpu::detail::krum_select(D.data(), n, f, std::size_t(r.m));
+      std::sort(sel.begin(), sel.end());
+      return mean_of_rows<T>(x, d, sel, out, ws);
+    }
+    case RuleId::kMda: {
+      const auto sel = cpu::detail::mda_select(D.data(), n, f);
+      return mean_of_rows<T>(x, d, sel, out, ws);
+    }
+    case RuleId::kBulyan: {
+      auto sel = cpu::detail::bulyan_select(D.data(), n, f);
+      std::sort(sel.begin(), sel.end());  // the coordinate phase sees the rows in index order
+      const std::size_t theta = sel.size();
+      std::vector<int> rows(sel.begin(), sel.end());
+      return coordinate(CoordOp::kAveragedMedian, theta, WireSource{}, theta - 2 * f, &rows);
+    }
+    case RuleId::kBulyanMultiKrum: {
+      const auto sets = cpu::detail::bulyan_multikrum_select(D.data(), n, f, std::size_t(r.m));
+      const std::size_t theta = sets.size();
+      void* scratch = nullptr;
+      DeviceSets s;
+      Arena arena;
+      arena.add(reinterpret_cast<unsigned char**>(&scratch), coord_scratch_bytes(theta, d, sizeof(T)));
+      add_sets(arena, &s, theta, total_size(sets));
+      PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+      PYAGG_RETURN_IF_ERROR(upload_sets(s, sets));
+      WireSource src;
+      src.set_off = s.off;
+      src.set_idx = s.idx;
+      return run_coordinate<T>(CoordOp::kAveragedMedian, x, d, theta, src, theta - 2 * f, out, scratch, dev, kStream);
+    }
+    default: break;
+  }
+  return Status::Internal("CUDA backend: unhandled rule id " + std::to_string(int(r.rule)));
+}
+
+struct SplitMix64 {  // the CPU's bucketing stream (preagg.cpp)
+  std::uint64_t state;
+  std::uint64_t next() {
+    state += 0x9E3779B97F4A7C15ull;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+};
+
+template <typename T>
+Status run_pre(const PreConfig& c, const T* x, std::size_t n, std::size_t d, T* out, const DeviceInfo& dev,
+               Workspace& ws) {
+  switch (c.pre) {
+    case PreId::kNnm: {
+      std::vector<double> D;
+      PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
+      // Rows with the same neighbour set (typically all honest rows) share
+      // one mean: computed once, copied (the same bits, as the CPU does).
+      std::vector<std::vector<std::size_t>> uniq;
+      std::vector<int> uniq_row;        // output row of each distinct set
+      std::vector<std::size_t> same(n);  // row i's distinct set
+      for (std::size_t i = 0; i < n; ++i) {
+        auto si = cpu::detail::nnm_select(D.data(), n, c.f, i);
+        std::size_t u = 0;
+        while (u < uniq.size() && uniq[u] != si) ++u;
+        if (u == uniq.size()) {
+          uniq.push_back(std::move(si));
+          uniq_row.push_back(int(i));
+        }
+        same[i] = u;
+      }
+      DeviceSets s;
+      int* rows_d = nullptr;
+      Arena arena;
+      add_sets(arena, &s, uniq.size(), total_size(uniq));
+      arena.add(&rows_d, uniq_row.size());
+      PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+      PYAGG_RETURN_IF_ERROR(upload_sets(s, uniq));
+      PYAGG_RETURN_IF_ERROR(upload(rows_d, uniq_row));
+      PYAGG_RETURN_IF_ERROR(run_gather_mean<T>(x, d, uniq.size(), s.off, s.idx, false, out, d, kStream, rows_d));
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t src = std::size_t(uniq_row[same[i]]);
+        if (src != i)
+          PYAGG_CUDA_CHECK(cudaMemcpyAsync(out + i * d, out + src * d, d * sizeof(T), cudaMemcpyDeviceToDevice,
+                                           kStream));
+      }
+      return Status::Ok();
+    }
+    case PreId::kBucketing: {
+      const std::size_t sz = std::size_t(c.bucket_size);
+      std::vector<std::size_t> perm(n);
+      std::iota(perm.begin(), perm.end(), std::size_t(0));
+      SplitMix64 rng{c.seed};
+      for (std::size_t i = n; i-- > 1;) {
+        const std::size_t j = static_cast<std::size_t>(rng.next() % std::uint64_t(i + 1));
+        std::swap(perm[i], perm[j]);
+      }
+      const std::size_t nbk = (n + sz - 1) / sz;
+      std::vector<std::vector<std::size_t>> sets(nbk);
+      for (std::size_t b = 0; b < nbk; ++b)
+        for (std::size_t q = b * sz; q < std::min(n, (b + 1) * sz); ++q) sets[b].push_back(perm[q]);
+      DeviceSets s;
+      Arena arena;
+      add_sets(arena, &s, nbk, n);
+      PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+      PYAGG_RETURN_IF_ERROR(upload_sets(s, sets));
+      return run_gather_mean<T>(x, d, nbk, s.off, s.idx, true, out, d, kStream);
+    }
+    case PreId::kClipping: return run_clipping<T>(c, x, n, d, out, ws, kStream);
+  }
+  return Status::Internal("CUDA backend: unhandled pre-aggregator id " + std::to_string(int(c.pre)));
+}
+
+// Common frame: device, pointers, workspace, synchronisation, exceptions.
+template <typename Fn>
+Status with_device(const GradView& g, const void* out, const void* state, const char* what, Fn&& fn) {
+  try {
+    if (g.rows) return Status::Invalid("the CUDA backend needs a contiguous n*d block, got row pointers");
+    DeviceGuard guard;
+    PYAGG_RETURN_IF_ERROR(guard.set(g.device_id));
+    PYAGG_RETURN_IF_ERROR(check_device_pointer(g.data, g.device_id, "gradients (GradView.data)"));
+    PYAGG_RETURN_IF_ERROR(check_device_pointer(out, g.device_id, "output"));
+    if (state) PYAGG_RETURN_IF_ERROR(check_device_pointer(state, g.device_id, "state"));
+    DeviceInfo dev;
+    PYAGG_RETURN_IF_ERROR(device_info(g.device_id, &dev));
+    Workspace& ws = workspace(g.device_id);
+    std::lock_guard<std::mutex> lock(ws.mu);
+    Status st = fn(dev, ws);
+    // Drain the stream whatever happened, and report an asynchronous error.
+    const cudaError_t e = cudaStreamSynchronize(kStream);
+    if (!st.ok()) return st;
+    if (e != cudaSuccess) return cuda_error(what, e);
+    return Status::Ok();
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory(std::string("out of host memory in the CUDA backend (") + what + ")");
+  } catch (const std::exception& ex) {
+    return Status::Internal(std::string("internal error in the CUDA backend: ") + ex.what());
+  } catch (...) {
+    return Status::Internal("internal error in the CUDA backend: unknown exception");
+  }
+}
+
+}  // namespace
+
+Status aggregate(const RuleConfig& r, const GradView& g, void* out, const void* state) {
+  const void* st = r.rule == RuleId::kCenteredClipping ? state : nullptr;
+  return with_device(g, out, st, "aggregate", [&](const DeviceInfo& dev, Workspace& ws) -> Status {
+    if (g.dtype == DType::kFloat32)
+      return run_rule<float>(r, static_cast<const float*>(g.data), g.n, g.d, static_cast<float*>(out),
+                             static_cast<const float*>(st), dev, ws);
+    return run_rule<double>(r, static_cast<const double*>(g.data), g.n, g.d, static_cast<double*>(out),
+                            static_cast<const double*>(st), dev, ws);
+  });
+}
+
+Status preaggregate(const PreConfig& c, const GradView& g, void* out) {
+  return with_device(g, out, nullptr, "preaggregate", [&](const DeviceInfo& dev, Workspace& ws) -> Status {
+    if (g.dtype == DType::kFloat32)
+      return run_pre<float>(c, static_cast<const float*>(g.data), g.n, g.d, static_cast<float*>(out), dev, ws);
+    return run_pre<double>(c, static_cast<const double*>(g.data), g.n, g.d, static_cast<double*>(out), dev, ws);
+  });
+}
+
+Status pairwise_sqdist(const GradView& g, double* D) {
+  if (!D) return Status::Invalid("pairwise_sqdist: null output");
+  if (g.n == 0 || g.d == 0) return Status::Invalid("pairwise_sqdist: empty input");
+  return with_device(g, g.data, nullptr, "pairwise_sqdist", [&](const DeviceInfo& dev, Workspace& ws) -> Status {
+    std::vector<double> h;
+    if (g.dtype == DType::kFloat32)
+      PYAGG_RETURN_IF_ERROR(distance_matrix<float>(static_cast<const float*>(g.data), g.n, g.d, dev, ws, &h));
+    else
+      PYAGG_RETURN_IF_ERROR(distance_matrix<double>(static_cast<const double*>(g.data), g.n, g.d, dev, ws, &h));
+    std::memcpy(D, h.data(), h.size() * sizeof(double));
+    return Status::Ok();
+  });
+}
+
+}  // namespace cuda
+}  // namespace pyagg
