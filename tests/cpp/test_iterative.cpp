@@ -255,7 +255,7 @@ TEST_CASE("geometric-median: n = 1, all rows non-finite, robustness") {
 }
 
 TEST_CASE("geometric-median: random data vs the scalar reference, f32/f64, tails") {
-  for (std::size_t d : {std::size_t(1), std::size_t(7), std::size_t(33), std::size_t(1013), 2 * cpu::kReduceBlock + 5}) {
+  for (std::size_t d : std::vector<std::size_t>{1, 7, 33, 1013, 2 * cpu::kReduceBlock + 5}) {
     for (std::size_t n : {2, 5, 8}) {
       Rows<double> rd = gaussian_rows<double>(n, d, 100 + n + d);
       Rows<float> rf = gaussian_rows<float>(n, d, 100 + n + d);
@@ -314,7 +314,7 @@ TEST_CASE("centered-clipping: hand-computed steps, state, non-finite rows") {
 }
 
 TEST_CASE("centered-clipping: random data vs the scalar reference, state, tails") {
-  for (std::size_t d : {std::size_t(1), std::size_t(7), std::size_t(33), std::size_t(1013), 2 * cpu::kReduceBlock + 5}) {
+  for (std::size_t d : std::vector<std::size_t>{1, 7, 33, 1013, 2 * cpu::kReduceBlock + 5}) {
     for (std::size_t n : {1, 4, 9}) {
       Rows<double> rd = gaussian_rows<double>(n, d, 7 + n * d);
       Rows<float> rf = gaussian_rows<float>(n, d, 7 + n * d);

@@ -213,7 +213,7 @@ TEST_CASE("ARC: k = floor(2f(n-f)/n), clip to the (k+1)-th largest norm") {
 }
 
 TEST_CASE("clipping: random data, tails, the clipped norm is tau") {
-  for (std::size_t d : {std::size_t(1), std::size_t(7), std::size_t(33), std::size_t(1013), 3 * cpu::kReduceBlock + 1}) {
+  for (std::size_t d : std::vector<std::size_t>{1, 7, 33, 1013, 3 * cpu::kReduceBlock + 1}) {
     const std::size_t n = 6;
     Rows<float> r = gaussian_rows<float>(n, d, d);
     std::vector<float> o(n * d);

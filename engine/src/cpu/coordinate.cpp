@@ -151,7 +151,8 @@ inline __attribute__((always_inline)) void store_d(T* p, VD v) {
 #if defined(__AVX512F__)
 template <>
 inline __attribute__((always_inline)) VD load_d<float>(const float* p) {
-  return reinterpret_cast<VD>(_mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_loadu_ps(p)));  // maskz: no GCC 12 -Wuninitialized false positive
+  // maskz: the same instruction, without GCC 12's -Wuninitialized false positive
+  return reinterpret_cast<VD>(_mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_loadu_ps(p)));
 }
 template <>
 inline __attribute__((always_inline)) void store_d<float>(float* p, VD v) {

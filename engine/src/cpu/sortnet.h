@@ -224,39 +224,36 @@ struct FixedNetOf {
 // networks are used for every n.)
 #if defined(__GNUC__) && defined(__SSE2__) && !defined(__CUDACC__)  // nvcc: run-time networks only
 #define PYAGG_STATIC_NETWORKS 1
+// (Casts between same-size GCC vector types reinterpret the bits.)
 template <typename V>
 inline __attribute__((always_inline)) V vmin(V y, V x) {
   constexpr bool f32 = sizeof(y[0]) == 4;
 #if defined(__AVX512F__)
-  // maskz forms: same instruction, no GCC 12 -Wuninitialized false positive
-  if constexpr (sizeof(V) == 64 && f32)
-    return reinterpret_cast<V>(_mm512_maskz_min_ps(__mmask16(0xFFFF), reinterpret_cast<__m512>(y), reinterpret_cast<__m512>(x)));
-  if constexpr (sizeof(V) == 64 && !f32)
-    return reinterpret_cast<V>(_mm512_maskz_min_pd(__mmask8(0xFF), reinterpret_cast<__m512d>(y), reinterpret_cast<__m512d>(x)));
+  // maskz forms: the same instruction, without GCC 12's -Wuninitialized false positive
+  if constexpr (sizeof(V) == 64 && f32) return (V)_mm512_maskz_min_ps(0xFFFF, (__m512)y, (__m512)x);
+  if constexpr (sizeof(V) == 64 && !f32) return (V)_mm512_maskz_min_pd(0xFF, (__m512d)y, (__m512d)x);
 #endif
 #if defined(__AVX__)
-  if constexpr (sizeof(V) == 32 && f32) return reinterpret_cast<V>(_mm256_min_ps(reinterpret_cast<__m256>(y), reinterpret_cast<__m256>(x)));
-  if constexpr (sizeof(V) == 32 && !f32) return reinterpret_cast<V>(_mm256_min_pd(reinterpret_cast<__m256d>(y), reinterpret_cast<__m256d>(x)));
+  if constexpr (sizeof(V) == 32 && f32) return (V)_mm256_min_ps((__m256)y, (__m256)x);
+  if constexpr (sizeof(V) == 32 && !f32) return (V)_mm256_min_pd((__m256d)y, (__m256d)x);
 #endif
-  if constexpr (sizeof(V) == 16 && f32) return reinterpret_cast<V>(_mm_min_ps(reinterpret_cast<__m128>(y), reinterpret_cast<__m128>(x)));
-  if constexpr (sizeof(V) == 16 && !f32) return reinterpret_cast<V>(_mm_min_pd(reinterpret_cast<__m128d>(y), reinterpret_cast<__m128d>(x)));
+  if constexpr (sizeof(V) == 16 && f32) return (V)_mm_min_ps((__m128)y, (__m128)x);
+  if constexpr (sizeof(V) == 16 && !f32) return (V)_mm_min_pd((__m128d)y, (__m128d)x);
   return y < x ? y : x;
 }
 template <typename V>
 inline __attribute__((always_inline)) V vmax(V x, V y) {
   constexpr bool f32 = sizeof(y[0]) == 4;
 #if defined(__AVX512F__)
-  if constexpr (sizeof(V) == 64 && f32)
-    return reinterpret_cast<V>(_mm512_maskz_max_ps(__mmask16(0xFFFF), reinterpret_cast<__m512>(x), reinterpret_cast<__m512>(y)));
-  if constexpr (sizeof(V) == 64 && !f32)
-    return reinterpret_cast<V>(_mm512_maskz_max_pd(__mmask8(0xFF), reinterpret_cast<__m512d>(x), reinterpret_cast<__m512d>(y)));
+  if constexpr (sizeof(V) == 64 && f32) return (V)_mm512_maskz_max_ps(0xFFFF, (__m512)x, (__m512)y);
+  if constexpr (sizeof(V) == 64 && !f32) return (V)_mm512_maskz_max_pd(0xFF, (__m512d)x, (__m512d)y);
 #endif
 #if defined(__AVX__)
-  if constexpr (sizeof(V) == 32 && f32) return reinterpret_cast<V>(_mm256_max_ps(reinterpret_cast<__m256>(x), reinterpret_cast<__m256>(y)));
-  if constexpr (sizeof(V) == 32 && !f32) return reinterpret_cast<V>(_mm256_max_pd(reinterpret_cast<__m256d>(x), reinterpret_cast<__m256d>(y)));
+  if constexpr (sizeof(V) == 32 && f32) return (V)_mm256_max_ps((__m256)x, (__m256)y);
+  if constexpr (sizeof(V) == 32 && !f32) return (V)_mm256_max_pd((__m256d)x, (__m256d)y);
 #endif
-  if constexpr (sizeof(V) == 16 && f32) return reinterpret_cast<V>(_mm_max_ps(reinterpret_cast<__m128>(x), reinterpret_cast<__m128>(y)));
-  if constexpr (sizeof(V) == 16 && !f32) return reinterpret_cast<V>(_mm_max_pd(reinterpret_cast<__m128d>(x), reinterpret_cast<__m128d>(y)));
+  if constexpr (sizeof(V) == 16 && f32) return (V)_mm_max_ps((__m128)x, (__m128)y);
+  if constexpr (sizeof(V) == 16 && !f32) return (V)_mm_max_pd((__m128d)x, (__m128d)y);
   return y < x ? x : y;
 }
 
