@@ -230,8 +230,8 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&state, d * sizeof(float)));
     CK(cudaMemset(state, 0, d * sizeof(float)));
     {
-      Status ls = cuda::launch("fill kernel", fill_kernel, dim3(unsigned(prop.multiProcessorCount) * 8), dim3(256), 0,
-                               cudaStream_t(0), x, int(n), (long long)d, int(c.f), 42ull);
+      Status ls = pyagg::cuda::launch("fill kernel", fill_kernel, dim3(unsigned(prop.multiProcessorCount) * 8),
+                                      dim3(256), 0, cudaStream_t(0), x, int(n), (long long)d, int(c.f), 42ull);
       if (!ls.ok()) {
         std::fprintf(stderr, "gpu_bench: %s\n", ls.message().c_str());
         return 2;
@@ -249,11 +249,11 @@ int main(int argc, char** argv) {
       g.dtype = DType::kFloat32;
       g.device = Device::kCuda;
       std::vector<double> D(n * n);
-      Status s = cuda::pairwise_sqdist(g, D.data());
+      Status s = pyagg::cuda::pairwise_sqdist(g, D.data());
       std::vector<double> t;
       for (int r = 0; r < reps && s.ok(); ++r) {
         auto t0 = Clock::now();
-        s = cuda::pairwise_sqdist(g, D.data());
+        s = pyagg::cuda::pairwise_sqdist(g, D.data());
         t.push_back(seconds_since(t0));
       }
       Row row;

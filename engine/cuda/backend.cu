@@ -119,10 +119,10 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
   const std::size_t f = r.f;
   auto coordinate = [&](CoordOp op, std::size_t nw, const WireSource& src, std::size_t param,
                         const std::vector<int>* rows) -> Status {
-    void* scratch = nullptr;
+    unsigned char* scratch = nullptr;
     int* rows_d = nullptr;
     Arena arena;
-    arena.add(reinterpret_cast<unsigned char**>(&scratch), coord_scratch_bytes(nw, d, sizeof(T)));
+    arena.add(&scratch, coord_scratch_bytes(nw, d, sizeof(T)));
     if (rows) arena.add(&rows_d, rows->size());
     PYAGG_RETURN_IF_ERROR(arena.commit(ws));
     WireSource s = src;
@@ -174,10 +174,10 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
     case RuleId::kBulyanMultiKrum: {
       const auto sets = cpu::detail::bulyan_multikrum_select(D.data(), n, f, std::size_t(r.m));
       const std::size_t theta = sets.size();
-      void* scratch = nullptr;
+      unsigned char* scratch = nullptr;
       DeviceSets s;
       Arena arena;
-      arena.add(reinterpret_cast<unsigned char**>(&scratch), coord_scratch_bytes(theta, d, sizeof(T)));
+      arena.add(&scratch, coord_scratch_bytes(theta, d, sizeof(T)));
       add_sets(arena, &s, theta, total_size(sets));
       PYAGG_RETURN_IF_ERROR(arena.commit(ws));
       PYAGG_RETURN_IF_ERROR(upload_sets(s, sets));
