@@ -70,6 +70,20 @@ cdef CDevice to_device(int code) except *:
     raise ValueError(f"device code must be 0 (cpu) or 1 (cuda), got {code}")
 
 
+cdef CGradView make_view(uintptr_t data, uintptr_t rows, size_t n, size_t d, int dtype, int device,
+                         int device_id) except *:
+    """The engine's view of n gradients at `data` (n*d block) or `rows` (n row addresses)."""
+    cdef CGradView g
+    g.data = <const void*>data
+    g.rows = <const void* const*>rows
+    g.n = n
+    g.d = d
+    g.dtype = to_dtype(dtype)
+    g.device = to_device(device)
+    g.device_id = device_id
+    return g
+
+
 cdef class Rule:
     """A parsed rule: name, f and parameters checked by the engine once."""
 
@@ -95,14 +109,7 @@ cdef class Rule:
     def run(self, uintptr_t data, uintptr_t rows, size_t n, size_t d, int dtype, int device,
             int device_id, uintptr_t out, uintptr_t state):
         """Aggregate n rows at address `data` (n*d block) or `rows` (n row addresses) into `out`."""
-        cdef CGradView g
-        g.data = <const void*>data
-        g.rows = <const void* const*>rows
-        g.n = n
-        g.d = d
-        g.dtype = to_dtype(dtype)
-        g.device = to_device(device)
-        g.device_id = device_id
+        cdef CGradView g = make_view(data, rows, n, d, dtype, device, device_id)
         cdef CStatus st
         with nogil:
             st = aggregate(self.cfg, g, <void*>out, <const void*>state)
@@ -143,14 +150,7 @@ cdef class Pre:
     def run(self, uintptr_t data, uintptr_t rows, size_t n, size_t d, int dtype, int device,
             int device_id, uintptr_t out, seed=None):
         """Pre-aggregate into `out` (output_rows(n) x d); `seed` overrides the bucketing seed."""
-        cdef CGradView g
-        g.data = <const void*>data
-        g.rows = <const void* const*>rows
-        g.n = n
-        g.d = d
-        g.dtype = to_dtype(dtype)
-        g.device = to_device(device)
-        g.device_id = device_id
+        cdef CGradView g = make_view(data, rows, n, d, dtype, device, device_id)
         cdef CPreConfig cfg = self.cfg
         if seed is not None:
             cfg.seed = <uint64_t>seed
