@@ -84,6 +84,14 @@ cdef CGradView make_view(uintptr_t data, uintptr_t rows, size_t n, size_t d, int
     return g
 
 
+cdef int64_t check_f(f) except? -1:
+    """f as an integer (bools and non-integers refused; the engine checks the range)."""
+    if isinstance(f, bool) or not hasattr(f, "__index__"):
+        from pyagg.errors import InvalidArgumentError
+        raise InvalidArgumentError(f"f must be an integer, got {f!r}")
+    return int(f)
+
+
 cdef class Rule:
     """A parsed rule: name, f and parameters checked by the engine once."""
 
@@ -93,13 +101,10 @@ cdef class Rule:
     cdef readonly tuple params
 
     def __init__(self, str name, f, params=()):
-        if isinstance(f, bool) or not hasattr(f, "__index__"):
-            from pyagg.errors import InvalidArgumentError
-            raise InvalidArgumentError(f"f must be an integer, got {f!r}")
+        self.f = check_f(f)
         cdef vector[CNamedParam] cparams = to_params(params)
-        raise_status(make_rule(name.encode("utf-8"), int(f), cparams, &self.cfg))
+        raise_status(make_rule(name.encode("utf-8"), self.f, cparams, &self.cfg))
         self.name = name
-        self.f = int(f)
         self.params = tuple(params)
 
     def check(self, size_t n, size_t d):
@@ -128,13 +133,10 @@ cdef class Pre:
     cdef readonly tuple params
 
     def __init__(self, str name, f, params=()):
-        if isinstance(f, bool) or not hasattr(f, "__index__"):
-            from pyagg.errors import InvalidArgumentError
-            raise InvalidArgumentError(f"f must be an integer, got {f!r}")
+        self.f = check_f(f)
         cdef vector[CNamedParam] cparams = to_params(params)
-        raise_status(make_pre(name.encode("utf-8"), int(f), cparams, &self.cfg))
+        raise_status(make_pre(name.encode("utf-8"), self.f, cparams, &self.cfg))
         self.name = name
-        self.f = int(f)
         self.params = tuple(params)
 
     @property

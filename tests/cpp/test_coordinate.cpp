@@ -22,6 +22,7 @@
 #endif
 
 #include "check.h"
+#include "testdata.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/sortnet.h"
 #include "pyagg/rules.h"
@@ -31,25 +32,9 @@ namespace sortnet = pyagg::cpu::sortnet;
 
 namespace {
 
-const double NaN = std::numeric_limits<double>::quiet_NaN();
-const double Inf = std::numeric_limits<double>::infinity();
-
-// n rows of d values, each row its own allocation.
-template <typename T>
-struct Rows {
-  std::vector<std::vector<T>> data;
-  std::vector<const T*> ptr;
-  Rows(std::size_t n, std::size_t d) : data(n, std::vector<T>(d)), ptr(n) {
-    for (std::size_t i = 0; i < n; ++i) ptr[i] = data[i].data();
-  }
-  // From columns given row-major as a flat list (n rows of d values).
-  Rows(std::size_t n, std::size_t d, const std::vector<double>& flat) : Rows(n, d) {
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) data[i][j] = static_cast<T>(flat[i * d + j]);
-  }
-  std::size_t n() const { return data.size(); }
-  const T* const* p() const { return ptr.data(); }
-};
+using testdata::Inf;
+using testdata::NaN;
+using testdata::Rows;
 
 template <typename T>
 bool same_bits(T a, T b) {

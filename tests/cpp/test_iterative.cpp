@@ -21,6 +21,7 @@
 #endif
 
 #include "check.h"
+#include "testdata.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
 #include "pyagg/rules.h"
@@ -30,22 +31,9 @@ namespace reduce = pyagg::cpu::reduce;
 
 namespace {
 
-const double NaN = std::numeric_limits<double>::quiet_NaN();
-const double Inf = std::numeric_limits<double>::infinity();
-
-template <typename T>
-struct Rows {
-  std::vector<std::vector<T>> data;  // each row its own allocation
-  std::vector<const T*> ptr;
-  Rows(std::size_t n, std::size_t d) : data(n, std::vector<T>(d)), ptr(n) {
-    for (std::size_t i = 0; i < n; ++i) ptr[i] = data[i].data();
-  }
-  Rows(std::size_t n, std::size_t d, const std::vector<double>& flat) : Rows(n, d) {
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) data[i][j] = static_cast<T>(flat[i * d + j]);
-  }
-  const T* const* p() const { return ptr.data(); }
-};
+using testdata::Inf;
+using testdata::NaN;
+using testdata::Rows;
 
 template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
