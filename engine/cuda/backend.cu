@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "common/splitmix.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/distance_impl.h"
 #include "cuda_backend.h"
@@ -191,15 +192,9 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
   return Status::Internal("CUDA backend: unhandled rule id " + std::to_string(int(r.rule)));
 }
 
-struct SplitMix64 {  // the CPU's bucketing stream (preagg.cpp)
+struct SplitMix64 {  // the CPU's bucketing stream (preagg.cpp), on the host
   std::uint64_t state;
-  std::uint64_t next() {
-    state += 0x9E3779B97F4A7C15ull;
-    std::uint64_t z = state;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  std::uint64_t next() { return splitmix64(&state); }
 };
 
 template <typename T>

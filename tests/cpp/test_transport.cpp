@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -19,6 +20,7 @@
 
 #include "check.h"
 #include "pyagg/transport.h"
+#include "transport/reassembler.h"
 
 using namespace pyagg;
 using namespace pyagg::transport;
@@ -255,6 +257,8 @@ TEST_CASE("loss injection is reproducible from the seed") {
   CHECK(got[0] == got[1]);
 }
 
+// Accounting: a rejection is charged to rank 1 only when rank 1's MAC verified
+// (authentic but malformed / wrong step); everything else is unattributed.
 TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data intact") {
   const std::size_t d = 1000;  // 3 chunks
   const MacAlgo mac = best();
@@ -277,18 +281,18 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
   CHECK(r.workers[0].complete && r.workers[1].complete);
 
   CHECK(s.rx->expect(2).ok());
-  int expect_bad_mac = 0, expect_header = 0, expect_len = 0, expect_range = 0, expect_step = 0;
-  int expect_unknown = 0, expect_unattr_len = 0, expect_unattr_hdr = 0;
+  int expect_header = 0, expect_len = 0, expect_range = 0, expect_step = 0;
+  int expect_unknown = 0, expect_unattr_len = 0, expect_unattr_hdr = 0, expect_unattr_mac = 0;
   // 1. forged MAC: a genuine current datagram with one payload bit flipped
   {
     auto f = cur[0];
     f[kHeaderSize + 5] ^= 0x01;
     s.ch->inject(f.data(), f.size());
-    ++expect_bad_mac;
+    ++expect_unattr_mac;
     auto t = cur[1];
     t[t.size() - 1] ^= 0x80;  // tag bit
     s.ch->inject(t.data(), t.size());
-    ++expect_bad_mac;
+    ++expect_unattr_mac;
   }
   // 2. rank 2's identity with rank 1's key (a worker forging another's datagrams)
   {
@@ -304,6 +308,7 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
     std::vector<uint8_t> dg;
     CHECK(seal_datagram(h, evil.data(), 1408, key_of(1).data(), &dg).ok());
     s.ch->inject(dg.data(), dg.size());
+    ++expect_unattr_mac;  // not charged to rank 2 (innocent) nor rank 1 (unprovable)
   }
   // 3. replay of step 1 (the step before the open one): counted late, not written
   for (auto& o : old) s.ch->inject(o.data(), o.size());
@@ -343,9 +348,10 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
     CHECK(seal_datagram(b, evil.data(), 1408, key_of(1).data(), &dg).ok());
     s.ch->inject(dg.data(), dg.size());
     b = h;
-    b.mac = MacAlgo::kNone;  // downgrade attempt
+    b.mac = MacAlgo::kNone;  // downgrade attempt: verified under the configured MAC, fails
     CHECK(seal_datagram(b, evil.data(), 1408, nullptr, &dg).ok());
     s.ch->inject(dg.data(), dg.size());
+    ++expect_unattr_mac;
     b = h;
     b.dtype = 1;
     CHECK(seal_datagram(b, evil.data(), 1408, key_of(1).data(), &dg).ok());
@@ -354,13 +360,13 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
     b.header_len = 52;
     CHECK(seal_datagram(b, evil.data(), 1408, key_of(1).data(), &dg).ok());
     s.ch->inject(dg.data(), dg.size());
-    expect_header += 5;
-    // payload_len field lying about the datagram size
+    expect_header += 4;
+    // payload_len field lying about the datagram size (changed after sealing: the MAC fails)
     CHECK(seal_datagram(h, evil.data(), 1408, key_of(1).data(), &dg).ok());
     dg[36] = 0xFF;
     dg[37] = 0xFF;
     s.ch->inject(dg.data(), dg.size());
-    ++expect_len;
+    ++expect_unattr_mac;
     // future step and a very old step: authentic, wrong step
     b = h;
     b.step = 3;
@@ -370,16 +376,16 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
     CHECK(seal_datagram(b, evil.data(), 1408, key_of(1).data(), &dg).ok());
     s.ch->inject(dg.data(), dg.size());
     expect_step += 2;
-    // oversized: more than max_datagram
+    // oversized: more than max_datagram (rejected on its length, before any MAC work)
     std::vector<float> big(5000, 3.0f);
     CHECK(seal_datagram(h, big.data(), 5000 * 4, key_of(1).data(), &dg).ok());
     s.ch->inject(dg.data(), dg.size());
-    ++expect_len;
-    // truncated genuine datagram
+    ++expect_unattr_len;
+    // truncated genuine datagram: the tag is not where it was, the MAC fails
     auto tr = cur[0];
     tr.resize(tr.size() - 100);
     s.ch->inject(tr.data(), tr.size());
-    ++expect_len;
+    ++expect_unattr_mac;
   }
   // 5. garbage, too short, unknown sender
   {
@@ -414,13 +420,17 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
   CHECK(same_bits(buf + d, g2.data(), d * 4));
   const WorkerStats& w1 = r.workers[0];
   const WorkerStats& w2 = r.workers[1];
-  CHECK_MSG(w1.rejected.bad_mac == uint64_t(expect_bad_mac), std::to_string(w1.rejected.bad_mac));
-  CHECK(w2.rejected.bad_mac == 1);
+  CHECK_MSG(w1.rejected.bad_mac == 0, std::to_string(w1.rejected.bad_mac));
+  CHECK_MSG(w2.rejected.total() == 0, std::to_string(w2.rejected.total()));  // rank 2 was impersonated: no blame
+  CHECK_MSG(r.unattributed.bad_mac == uint64_t(expect_unattr_mac), std::to_string(r.unattributed.bad_mac));
   CHECK_MSG(w1.rejected.out_of_range == uint64_t(expect_range), std::to_string(w1.rejected.out_of_range));
   CHECK_MSG(w1.rejected.bad_length == uint64_t(expect_len), std::to_string(w1.rejected.bad_length));
   CHECK_MSG(w1.rejected.bad_header == uint64_t(expect_header), std::to_string(w1.rejected.bad_header));
   CHECK_MSG(w1.rejected.wrong_step == uint64_t(expect_step), std::to_string(w1.rejected.wrong_step));
-  CHECK_MSG(w1.late == old.size() - 2, std::to_string(w1.late));  // the 2 END copies of a closed step are ignored
+  CHECK_MSG(w1.late == old.size() - 2, std::to_string(w1.late));  // DATA of the previous step
+  // END replays: the 2 END copies of step 1 + the honest second END copy of step 2
+  CHECK_MSG(w1.end_replays == 3 && w2.end_replays == 1, std::to_string(w1.end_replays));
+  CHECK(w1.end_markers == 2);
   CHECK(w1.duplicates >= 1);
   CHECK(w1.chunks_received == 3 && w2.chunks_received == 3);
   CHECK_MSG(r.unattributed.unknown_sender == uint64_t(expect_unknown), std::to_string(r.unattributed.unknown_sender));
@@ -606,6 +616,538 @@ TEST_CASE("UDP: garbage from a raw socket is counted, not fatal") {
   CHECK(rx->collect(1, 0.2, nullptr, &r).ok());
   CHECK_MSG(r.unattributed.total() == 6, std::to_string(r.unattributed.total()));
   CHECK(r.workers[0].chunks_received == 0);
+}
+
+// ---------------------------------------------------------------------------
+// Accounting, isolation, registration, key agreement, shutdown, fill export.
+
+TEST_CASE("accounting: forged datagrams claiming rank 1 never touch rank 1's counters") {
+  const MacAlgo mac = best();
+  if (mac == MacAlgo::kNone) {
+    std::printf("  (skipped: no MAC in this build)\n");
+    return;
+  }
+  const std::size_t d = 1000;
+  Setup s = make({1, 2}, d, DType::kFloat32, FillPolicy::kNan);
+  auto g1 = ramp<float>(d, 1), g2 = ramp<float>(d, 2);
+  auto cur = capture(1, 1, g1.data(), d, DType::kFloat32);
+  CHECK(s.rx->expect(1).ok());
+  std::vector<float> evil(d, 9.0f);
+  Header h;
+  h.kind = Kind::kData;
+  h.mac = mac;
+  h.job_id = 77;
+  h.rank = 1;
+  h.step = 1;
+  h.chunk_count = 3;
+  h.total_elems = d;
+  std::vector<uint8_t> dg;
+  uint64_t forged_mac = 0, forged_len = 0;
+  for (int i = 0; i < 20; ++i) {  // claims rank 1, sealed under another key
+    h.chunk_index = uint32_t(i % 3);
+    CHECK(seal_datagram(h, evil.data(), h.chunk_index == 2 ? 1184 : 1408, key_of(9).data(), &dg).ok());
+    s.ch->inject(dg.data(), dg.size());
+    ++forged_mac;
+  }
+  h.chunk_index = 7;  // out of range, forged: not rank 1's fault
+  CHECK(seal_datagram(h, evil.data(), 1408, key_of(9).data(), &dg).ok());
+  s.ch->inject(dg.data(), dg.size());
+  ++forged_mac;
+  h.job_id = 78;  // wrong job, forged
+  CHECK(seal_datagram(h, evil.data(), 1408, key_of(9).data(), &dg).ok());
+  s.ch->inject(dg.data(), dg.size());
+  ++forged_mac;
+  auto sh = cur[0];
+  sh.resize(kOverhead - 1);  // too short
+  s.ch->inject(sh.data(), sh.size());
+  ++forged_len;
+  CHECK(s.tx[0]->send(1, g1.data(), d, DType::kFloat32, nullptr).ok());
+  CHECK(s.tx[1]->send(1, g2.data(), d, DType::kFloat32, nullptr).ok());
+  StepResult r;
+  CHECK(s.rx->collect(1, 1.0, nullptr, &r).ok());
+  CHECK(r.reason == EndReason::kComplete);
+  const WorkerStats& w1 = r.workers[0];
+  CHECK_MSG(w1.rejected.total() == 0, std::to_string(w1.rejected.total()));
+  CHECK(w1.chunks_received == 3 && w1.duplicates == 0 && w1.dropped == 0 && w1.late == 0);
+  CHECK_MSG(r.unattributed.bad_mac == forged_mac, std::to_string(r.unattributed.bad_mac));
+  CHECK_MSG(r.unattributed.bad_length == forged_len, std::to_string(r.unattributed.bad_length));
+  CHECK(r.unattributed.out_of_range == 0 && r.unattributed.bad_header == 0);
+  CHECK(same_bits(s.rx->buffer(), g1.data(), d * 4));
+}
+
+TEST_CASE("END replays: authentic END copies after the first and ENDs of older steps are counted") {
+  const std::size_t d = 500;
+  Setup s = make({1}, d, DType::kFloat32, FillPolicy::kNan);
+  auto g = ramp<float>(d, 1);
+  auto s1 = capture(1, 1, g.data(), d, DType::kFloat32);
+  auto s2 = capture(1, 2, g.data(), d, DType::kFloat32);
+  const auto& end1 = s1.back();
+  const auto& end2 = s2.back();
+  CHECK(s.rx->expect(2).ok());
+  for (int i = 0; i < 3; ++i) s.ch->inject(end1.data(), end1.size());  // older step
+  for (int i = 0; i < 4; ++i) s.ch->inject(end2.data(), end2.size());  // 1 genuine + 3 replays
+  // the data last (FIFO): the step completes only after every END above was counted
+  for (std::size_t i = 0; i + 2 < s2.size(); ++i) s.ch->inject(s2[i].data(), s2[i].size());
+  StepResult r;
+  CHECK(s.rx->collect(2, 1.0, nullptr, &r).ok());
+  CHECK(r.workers[0].complete);
+  CHECK_MSG(r.workers[0].end_replays == 6, std::to_string(r.workers[0].end_replays));
+  CHECK(r.workers[0].end_markers == 4 && r.workers[0].rejected.total() == 0);
+  // an END of the closed step arriving before the next expect(): a replay too
+  s.ch->inject(end2.data(), end2.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(s.rx->expect(3).ok());
+  CHECK(s.rx->collect(3, 0.05, nullptr, &r).ok());
+  CHECK_MSG(r.workers[0].end_replays == 1, std::to_string(r.workers[0].end_replays));
+}
+
+TEST_CASE("loss injection runs after verification: forged traffic cannot steer which chunks drop") {
+  const MacAlgo mac = best();
+  if (mac == MacAlgo::kNone) {
+    std::printf("  (skipped: no MAC in this build)\n");
+    return;
+  }
+  const std::size_t d = 20000;
+  auto g = ramp<float>(d, 3);
+  std::vector<std::vector<uint8_t>> rows;
+  std::vector<StepResult> results;
+  for (int variant = 0; variant < 2; ++variant) {
+    Setup s = make({1}, d, DType::kFloat32, FillPolicy::kNan, 0.3);
+    CHECK(s.rx->expect(1).ok());
+    if (variant == 1) {
+      Header h;
+      h.kind = Kind::kData;
+      h.mac = mac;
+      h.job_id = 77;
+      h.rank = 1;
+      h.step = 1;
+      h.chunk_count = uint32_t(s.rx->geometry().chunk_count);
+      h.total_elems = d;
+      std::vector<float> evil(352, 5.0f);
+      std::vector<uint8_t> dg;
+      for (int i = 0; i < 500; ++i) {
+        h.chunk_index = uint32_t(i % 50);
+        CHECK(seal_datagram(h, evil.data(), 1408, key_of(4).data(), &dg).ok());
+        s.ch->inject(dg.data(), dg.size());
+      }
+    }
+    CHECK(s.tx[0]->send(1, g.data(), d, DType::kFloat32, nullptr).ok());
+    StepResult r;
+    CHECK(s.rx->collect(1, 2.0, nullptr, &r).ok());
+    const uint8_t* b = static_cast<const uint8_t*>(s.rx->buffer());
+    rows.emplace_back(b, b + d * 4);
+    results.push_back(r);
+  }
+  CHECK(results[0].workers[0].dropped > 0);
+  CHECK(results[0].workers[0].dropped == results[1].workers[0].dropped);
+  CHECK(results[0].workers[0].chunks_received == results[1].workers[0].chunks_received);
+  CHECK(rows[0] == rows[1]);  // the same chunks arrived (NaN elsewhere, bit-identical)
+  CHECK(results[1].unattributed.bad_mac == 500 && results[1].workers[0].rejected.total() == 0);
+}
+
+namespace {
+std::vector<uint8_t> v4addr(uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::vector<uint8_t> v(sizeof(a));
+  std::memcpy(v.data(), &a, sizeof(a));
+  return v;
+}
+std::vector<uint8_t> register_dg(uint32_t rank, uint64_t seq, MacAlgo mac, uint32_t job = 77) {
+  Header h;
+  h.kind = Kind::kRegister;
+  h.mac = mac;
+  h.job_id = job;
+  h.rank = rank;
+  h.step = seq;
+  h.chunk_index = kRegisterChunkIndex;
+  std::vector<uint8_t> dg;
+  CHECK(seal_datagram(h, nullptr, 0, mac == MacAlgo::kNone ? nullptr : key_of(int(rank)).data(), &dg).ok());
+  return dg;
+}
+}  // namespace
+
+TEST_CASE("reassembler: isolation, registration, unknown source, source mismatch, stolen addresses") {
+  const MacAlgo mac = best();
+  if (mac == MacAlgo::kNone) {
+    std::printf("  (skipped: no MAC in this build)\n");
+    return;
+  }
+  const std::size_t d = 1000;
+  ReceiverConfig rc;
+  rc.job_id = 77;
+  rc.ranks = {1, 2};
+  rc.mac = mac;
+  for (int r : {1, 2}) {
+    auto k = key_of(r);
+    rc.keys.insert(rc.keys.end(), k.begin(), k.end());
+  }
+  rc.d = d;
+  rc.isolate = true;
+  std::unique_ptr<Reassembler> re;
+  CHECK(Reassembler::create(rc, &re).ok());
+  using C = Reassembler::Clock;
+  const auto now = C::now();
+  auto g = ramp<float>(d, 1);
+  auto dat1 = capture(1, 1, g.data(), d, DType::kFloat32);
+  auto dat2 = capture(2, 1, g.data(), d, DType::kFloat32);
+  const auto a1 = v4addr(4001), a2 = v4addr(4002), evil = v4addr(6666);
+  CHECK(re->open(1, now).ok());
+  // DATA from an unregistered source: unknown_source, no MAC work
+  for (auto& x : dat1) re->ingest(x.data(), x.size(), false, kOriginUnregistered, evil.data(), evil.size(), now);
+  // registration of rank 1 from a1 (twice: a repeat) and rank 2 from a2
+  auto reg1 = register_dg(1, 10, mac), reg2 = register_dg(2, 10, mac);
+  re->ingest(reg1.data(), reg1.size(), false, kOriginUnregistered, a1.data(), a1.size(), now);
+  re->ingest(reg1.data(), reg1.size(), false, kOriginUnregistered, a1.data(), a1.size(), now);
+  CHECK(re->registration_epoch() == 1);
+  // rank 2 tries to register rank 1's address: refused
+  re->ingest(reg2.data(), reg2.size(), false, kOriginUnregistered, a1.data(), a1.size(), now);
+  CHECK(re->registration_epoch() == 1);
+  re->ingest(reg2.data(), reg2.size(), false, kOriginUnregistered, a2.data(), a2.size(), now);
+  CHECK(re->registration_epoch() == 2);
+  // forged REGISTER for rank 1 (wrong key) from the attacker: bad MAC, nothing changes
+  {
+    Header h;
+    h.kind = Kind::kRegister;
+    h.mac = mac;
+    h.job_id = 77;
+    h.rank = 1;
+    h.step = 99;
+    h.chunk_index = kRegisterChunkIndex;
+    std::vector<uint8_t> f;
+    CHECK(seal_datagram(h, nullptr, 0, key_of(2).data(), &f).ok());
+    re->ingest(f.data(), f.size(), false, kOriginUnregistered, evil.data(), evil.size(), now);
+  }
+  // replay of rank 1's (stale) REGISTER from the attacker's address: refused
+  re->ingest(reg1.data(), reg1.size(), false, kOriginUnregistered, evil.data(), evil.size(), now);
+  std::vector<uint8_t> got;
+  CHECK(re->registered_address(0, &got) && got == a1);
+  CHECK(re->registered_address(1, &got) && got == a2);
+  std::vector<Registration> regs;
+  re->registrations(&regs);
+  CHECK(regs.size() == 2 && regs[0].rank == 1 && regs[0].address == "127.0.0.1:4001" && regs[0].seq == 10);
+  // rank 2's datagrams arriving on rank 1's socket: source mismatch; rank 1's on its own: accepted
+  for (auto& x : dat2) re->ingest(x.data(), x.size(), false, 0, a1.data(), a1.size(), now);
+  for (auto& x : dat1) re->ingest(x.data(), x.size(), false, 0, a1.data(), a1.size(), now);
+  // with isolation, kOriginAny counts as unregistered
+  re->ingest(dat2[0].data(), dat2[0].size(), false, kOriginAny, nullptr, 0, now);
+  StepResult r;
+  CHECK(re->close(1, nullptr, EndReason::kDeadline, now, &r).ok());
+  CHECK_MSG(r.unattributed.unknown_source == dat1.size() + 1, std::to_string(r.unattributed.unknown_source));
+  CHECK_MSG(r.unattributed.source_mismatch == dat2.size(), std::to_string(r.unattributed.source_mismatch));
+  CHECK(r.unattributed.bad_mac == 1);
+  CHECK(r.workers[0].complete && r.workers[0].rejected.total() == 0 && r.workers[1].rejected.total() == 0);
+  CHECK(r.workers[0].registers == 2 && r.workers[0].register_refused == 1);
+  CHECK(r.workers[1].registers == 1 && r.workers[1].register_refused == 1);
+  // a fresh registration (higher sequence number) from a new address moves rank 1
+  const auto a1b = v4addr(4003);
+  auto reg1b = register_dg(1, 11, mac);
+  re->ingest(reg1b.data(), reg1b.size(), false, kOriginUnregistered, a1b.data(), a1b.size(), now);
+  CHECK(re->registration_epoch() == 3 && re->registered_address(0, &got) && got == a1b);
+  // random bytes with random origins never crash (what the fuzzer does at scale)
+  std::mt19937 rng(11);
+  CHECK(re->open(2, now).ok());
+  for (int i = 0; i < 5000; ++i) {
+    auto m = dat1[rng() % dat1.size()];
+    m[rng() % m.size()] ^= uint8_t(1 + rng() % 255);
+    if (rng() % 3 == 0) m[5] = uint8_t(rng() % 5);
+    re->ingest(m.data(), m.size(), rng() % 7 == 0, int(rng() % 6) - 3, a1.data(), a1.size(), now);
+  }
+  CHECK(re->close(2, nullptr, EndReason::kDeadline, now, &r).ok());
+  CHECK(r.workers[0].chunks_received == 0);
+  // (a mutation that restores the original byte leaves a genuine step-1 datagram: late / END replay)
+  CHECK_MSG(r.unattributed.total() + r.workers[0].rejected.total() + r.workers[0].late + r.workers[0].end_replays ==
+                5000,
+            std::to_string(r.unattributed.total()) + " " + std::to_string(r.workers[0].rejected.total()));
+}
+
+TEST_CASE("shutdown wakes a blocked collect promptly with an I/O error") {
+  Setup s = make({1}, 100, DType::kFloat32, FillPolicy::kNan);
+  CHECK(s.rx->expect(1).ok());
+  Status st;
+  double el = 0;
+  std::thread th([&] {
+    StepResult r;
+    auto t0 = std::chrono::steady_clock::now();
+    st = s.rx->collect(1, 5.0, nullptr, &r);
+    el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto t1 = std::chrono::steady_clock::now();
+  s.rx->shutdown();
+  th.join();
+  const double after = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  CHECK_MSG(st.code() == StatusCode::kIoError, st.message());
+  CHECK_MSG(el < 0.5 && after < 0.3, std::to_string(el) + " " + std::to_string(after));
+  CHECK(s.rx->expect(2).code() == StatusCode::kIoError);
+  s.rx->shutdown();  // idempotent
+  CHECK(s.rx->describe().find("closed") != std::string::npos);
+}
+
+TEST_CASE("key agreement: both sides derive the same per-rank key, bound to job and rank") {
+  uint8_t spk[32], ssk[32], apk[32], ask[32], bpk[32], bsk[32];
+  Status st = kx_keypair(spk, ssk);
+  if (st.code() == StatusCode::kUnsupported) {
+    std::printf("  (skipped: built without libsodium)\n");
+    return;
+  }
+  CHECK(st.ok());
+  CHECK(kx_keypair(apk, ask).ok() && kx_keypair(bpk, bsk).ok());
+  uint8_t ks[32], kw[32], x[32], y[32];
+  CHECK(kx_server_key(spk, ssk, apk, 7, 1, ks).ok());
+  CHECK(kx_worker_key(apk, ask, spk, 7, 1, kw).ok());
+  CHECK(std::memcmp(ks, kw, 32) == 0);
+  CHECK(kx_server_key(spk, ssk, apk, 7, 2, x).ok());
+  CHECK(std::memcmp(ks, x, 32) != 0);  // other rank
+  CHECK(kx_server_key(spk, ssk, apk, 8, 1, x).ok());
+  CHECK(std::memcmp(ks, x, 32) != 0);  // other job
+  CHECK(kx_server_key(spk, ssk, bpk, 7, 2, x).ok());
+  CHECK(kx_worker_key(bpk, bsk, spk, 7, 2, y).ok());
+  CHECK(std::memcmp(x, y, 32) == 0 && std::memcmp(x, ks, 32) != 0);
+  // worker b presents a's public key as rank 2: the server's key for it is not
+  // anything b can compute with its own secret key
+  uint8_t stolen[32];
+  CHECK(kx_server_key(spk, ssk, apk, 7, 2, stolen).ok());
+  CHECK(kx_worker_key(apk, bsk, spk, 7, 2, y).ok());  // a's pk with b's sk
+  CHECK(std::memcmp(stolen, y, 32) != 0);
+  CHECK(kx_worker_key(bpk, bsk, spk, 7, 2, y).ok());
+  CHECK(std::memcmp(stolen, y, 32) != 0);
+  // low-order public keys are refused
+  uint8_t zero[32] = {0};
+  CHECK(kx_server_key(spk, ssk, zero, 7, 1, x).code() == StatusCode::kInvalidArgument);
+  CHECK(kx_worker_key(apk, ask, zero, 7, 1, x).code() == StatusCode::kInvalidArgument);
+  CHECK(!kx_server_key(spk, ssk, nullptr, 7, 1, x).ok());
+}
+
+TEST_CASE("fill_chunks fills exactly what the receiver fills (nan, zero, random, last; f32, f64)") {
+  const std::size_t d = 9000;
+  for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+    for (FillPolicy fill : {FillPolicy::kNan, FillPolicy::kZero, FillPolicy::kRandom, FillPolicy::kLast}) {
+      Setup s = make({3, 5}, d, dt, fill, 0.3);
+      const Geometry& geo = s.rx->geometry();
+      const std::size_t es = geo.elem_size;
+      std::vector<uint8_t> prev(2 * d * es);
+      for (uint64_t step = 1; step <= 2; ++step) {
+        std::vector<std::vector<uint8_t>> data(2);
+        CHECK(s.rx->expect(step).ok());
+        for (int w = 0; w < 2; ++w) {
+          if (dt == DType::kFloat32) {
+            auto v = ramp<float>(d, 10.0 * step + w + 1);
+            data[w].assign(reinterpret_cast<uint8_t*>(v.data()), reinterpret_cast<uint8_t*>(v.data()) + d * es);
+          } else {
+            auto v = ramp<double>(d, 10.0 * step + w + 1);
+            data[w].assign(reinterpret_cast<uint8_t*>(v.data()), reinterpret_cast<uint8_t*>(v.data()) + d * es);
+          }
+          CHECK(s.tx[w]->send(step, data[w].data(), d, dt, nullptr).ok());
+        }
+        StepResult r;
+        CHECK(s.rx->collect(step, 2.0, nullptr, &r).ok());
+        const uint8_t* buf = static_cast<const uint8_t*>(s.rx->buffer());
+        for (int w = 0; w < 2; ++w) {
+          // received chunks are the ones equal to what was sent (the data differ per step)
+          std::vector<uint8_t> mask((geo.chunk_count + 7) / 8, 0);
+          std::vector<uint8_t> expect = prev;
+          expect.resize(2 * d * es);
+          std::vector<uint8_t> row(expect.begin() + w * d * es, expect.begin() + (w + 1) * d * es);
+          std::size_t got = 0;
+          for (std::size_t c = 0; c < geo.chunk_count; ++c) {
+            const std::size_t off = c * geo.chunk_bytes, len = geo.chunk_len(c);
+            if (std::memcmp(buf + w * d * es + off, data[w].data() + off, len) == 0) {
+              mask[c / 8] |= uint8_t(1u << (c % 8));
+              std::memcpy(row.data() + off, data[w].data() + off, len);
+              ++got;
+            }
+          }
+          CHECK(got == r.workers[w].chunks_received && got < geo.chunk_count);
+          CHECK(fill_chunks(row.data(), geo, dt, fill, mask.data(), s.rc.seed, step, s.rc.ranks[w]).ok());
+          CHECK_MSG(same_bits(row.data(), buf + w * d * es, d * es),
+                    std::string(fill_name(fill)) + " " + dtype_name(dt));
+        }
+        std::memcpy(prev.data(), buf, 2 * d * es);
+      }
+    }
+  }
+  // argument checks
+  Geometry g;
+  CHECK(make_geometry(10, DType::kFloat32, 1472, &g).ok());
+  std::vector<float> row(10, 1.0f);
+  CHECK(fill_chunks(row.data(), g, DType::kFloat32, FillPolicy::kZero, nullptr, 0, 0, 0).ok() && row[9] == 0.0f);
+  CHECK(!fill_chunks(row.data(), g, DType::kFloat64, FillPolicy::kZero, nullptr, 0, 0, 0).ok());
+  Geometry bad = g;
+  bad.chunk_count = 1000;
+  CHECK(!fill_chunks(row.data(), bad, DType::kFloat32, FillPolicy::kZero, nullptr, 0, 0, 0).ok());
+  CHECK(!fill_chunks(nullptr, g, DType::kFloat32, FillPolicy::kZero, nullptr, 0, 0, 0).ok());
+}
+
+namespace {
+// Registers every sender with an isolating receiver (REGISTER until ready).
+bool register_all(GradientReceiver* rx, std::vector<std::unique_ptr<GradientSender>>& tx) {
+  for (int i = 0; i < 200; ++i) {
+    for (auto& t : tx) CHECK(t->send_register().ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::vector<Registration> regs;
+    CHECK(rx->registrations(&regs).ok());
+    std::size_t ready = 0;
+    for (auto& g : regs) ready += g.ready;
+    if (ready == tx.size()) return true;
+  }
+  return false;
+}
+}  // namespace
+
+TEST_CASE("UDP isolation: a flood of forged datagrams from an unregistered source costs honest senders nothing") {
+  const MacAlgo mac = best();
+  if (mac == MacAlgo::kNone) {
+    std::printf("  (skipped: no MAC in this build)\n");
+    return;
+  }
+  const std::size_t d = 250003;
+  ReceiverConfig rc;
+  rc.job_id = 9;
+  rc.ranks = {1, 2};
+  rc.mac = mac;
+  for (int r : {1, 2}) {
+    auto k = key_of(r);
+    rc.keys.insert(rc.keys.end(), k.begin(), k.end());
+  }
+  rc.d = d;
+  UdpSourceOptions uo;
+  uo.isolate = true;
+  UdpSourceInfo info;
+  std::unique_ptr<GradientReceiver> rx;
+  Status st = make_udp_receiver(rc, uo, &rx, &info);
+  CHECK_MSG(st.ok(), st.message());
+  if (!st.ok()) return;
+  std::vector<std::unique_ptr<GradientSender>> tx;
+  for (int r : {1, 2}) {
+    SenderConfig sc;
+    sc.job_id = 9;
+    sc.rank = uint32_t(r);
+    sc.mac = mac;
+    sc.key = key_of(r);
+    sc.rate = 200e6;
+    UdpSinkOptions so;
+    so.port = info.port;
+    std::unique_ptr<GradientSender> t;
+    CHECK(make_udp_sender(sc, so, &t).ok());
+    tx.push_back(std::move(t));
+  }
+  CHECK(register_all(rx.get(), tx));
+  std::vector<Registration> regs;
+  CHECK(rx->registrations(&regs).ok() && regs.size() == 2);
+  CHECK(regs[0].address.rfind("127.0.0.1:", 0) == 0);
+  CHECK(rx->describe().find("2/2 workers attached") != std::string::npos);
+
+  // The attacker: its own socket (unregistered address), forged DATA claiming rank 1.
+  const int n_forged = 100000;
+  std::atomic<bool> flood_done{false};
+  std::atomic<uint64_t> cur_step{1};
+  std::thread attacker([&] {
+    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(info.port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    Header h;
+    h.kind = Kind::kData;
+    h.mac = mac;
+    h.job_id = 9;
+    h.rank = 1;
+    h.chunk_count = 711;
+    h.total_elems = d;
+    std::vector<float> evil(352, 1e30f);
+    std::vector<uint8_t> dg;
+    for (int i = 0; i < n_forged; ++i) {
+      h.step = cur_step.load();
+      h.chunk_index = uint32_t(i % 711);
+      CHECK(seal_datagram(h, evil.data(), 1408, key_of(3).data(), &dg).ok());
+      while (::sendto(fd, dg.data(), dg.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
+        std::this_thread::yield();  // ENOBUFS: retry (the datagram must leave to be counted)
+      }
+    }
+    ::close(fd);
+    flood_done.store(true);
+  });
+  auto g1 = ramp<float>(d, 1), g2 = ramp<float>(d, 2);
+  uint64_t unknown_source = 0, catch_drops = 0, other_unattr = 0, steps = 0;
+  bool all_complete = true;
+  for (uint64_t step = 1; step <= 200; ++step) {
+    const bool last = flood_done.load();
+    cur_step.store(step);
+    CHECK(rx->expect(step).ok());
+    std::thread th([&] { CHECK(tx[1]->send(step, g2.data(), d, DType::kFloat32, nullptr).ok()); });
+    CHECK(tx[0]->send(step, g1.data(), d, DType::kFloat32, nullptr).ok());
+    th.join();
+    StepResult r;
+    CHECK(rx->collect(step, 5.0, nullptr, &r).ok());
+    ++steps;
+    const bool ok = r.reason == EndReason::kComplete && r.workers[0].complete && r.workers[1].complete;
+    all_complete = all_complete && ok;
+    CHECK_MSG(ok, std::string(end_reason_name(r.reason)) + " " + std::to_string(r.workers[0].chunks_received) +
+                      "," + std::to_string(r.workers[1].chunks_received) + " kdrop " +
+                      std::to_string(r.workers[0].kernel_dropped) + "," + std::to_string(r.workers[1].kernel_dropped));
+    const float* buf = static_cast<const float*>(rx->buffer());
+    CHECK(same_bits(buf, g1.data(), d * 4));
+    CHECK(same_bits(buf + d, g2.data(), d * 4));
+    for (auto& w : r.workers) CHECK(w.rejected.total() == 0 && w.kernel_dropped == 0);
+    unknown_source += r.unattributed.unknown_source;
+    catch_drops += r.unattributed_kernel_dropped;
+    other_unattr += r.unattributed.total() - r.unattributed.unknown_source;
+    if (last && step >= 3) break;
+  }
+  attacker.join();
+  // sweep what is still queued
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  StepResult r;
+  CHECK(rx->expect(1000).ok());
+  CHECK(rx->collect(1000, 0.1, nullptr, &r).ok());
+  unknown_source += r.unattributed.unknown_source;
+  catch_drops += r.unattributed_kernel_dropped;
+  std::printf("  %llu steps under flood; forged: %llu unknown_source + %llu catch-all kernel drops\n",
+              (unsigned long long)steps, (unsigned long long)unknown_source, (unsigned long long)catch_drops);
+  CHECK(all_complete);
+  CHECK(other_unattr == 0);
+  CHECK_MSG(unknown_source + catch_drops == uint64_t(n_forged),
+            std::to_string(unknown_source) + " + " + std::to_string(catch_drops));
+}
+
+TEST_CASE("UDP isolation: refused unless the source isolates; unregistered senders' data is not accepted") {
+  ReceiverConfig rc;
+  rc.ranks = {1};
+  rc.d = 100;
+  rc.isolate = true;
+  auto ch = LoopbackChannel::create(16);
+  std::unique_ptr<GradientReceiver> rx;
+  CHECK(GradientReceiver::create(rc, ch->make_source(), &rx).code() == StatusCode::kInvalidArgument);
+  rc.mac = best();
+  if (rc.mac != MacAlgo::kNone) rc.keys = key_of(1);
+  UdpSourceOptions uo;
+  UdpSourceInfo info;
+  CHECK(make_udp_receiver(rc, uo, &rx, &info).ok());
+  if (!rx) return;
+  SenderConfig sc;
+  sc.rank = 1;
+  sc.mac = rc.mac;
+  sc.key = key_of(1);
+  UdpSinkOptions so;
+  so.port = info.port;
+  std::unique_ptr<GradientSender> t;
+  CHECK(make_udp_sender(sc, so, &t).ok());
+  std::vector<float> g(100, 2.0f);
+  CHECK(rx->expect(1).ok());
+  CHECK(t->send(1, g.data(), 100, DType::kFloat32, nullptr).ok());  // not registered yet
+  StepResult r;
+  CHECK(rx->collect(1, 0.1, nullptr, &r).ok());
+  CHECK(r.workers[0].chunks_received == 0 && r.unattributed.unknown_source == 3);  // 1 chunk + 2 END
+  std::vector<std::unique_ptr<GradientSender>> tx;
+  tx.push_back(std::move(t));
+  CHECK(register_all(rx.get(), tx));
+  CHECK(rx->expect(2).ok());
+  CHECK(tx[0]->send(2, g.data(), 100, DType::kFloat32, nullptr).ok());
+  CHECK(rx->collect(2, 1.0, nullptr, &r).ok());
+  CHECK(r.reason == EndReason::kComplete && r.workers[0].registers >= 1);
 }
 
 CHECK_MAIN()

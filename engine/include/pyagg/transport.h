@@ -15,20 +15,20 @@
 //   off size field
 //    0   4   magic            0x4C4D5049 ("LMPI")
 //    4   1   version          1
-//    5   1   kind             1 = DATA, 2 = END (end-of-gradient marker)
+//    5   1   kind             1 = DATA, 2 = END (end-of-gradient marker), 3 = REGISTER (source proof)
 //    6   1   mac algorithm    0 = none, 1 = AES-256-GCM (GMAC), 2 = ChaCha20-Poly1305-IETF
 //    7   1   dtype            0 = float32, 1 = float64
 //    8   4   job id
 //   12   4   sender rank
-//   16   8   step             < 2^48
+//   16   8   step             < 2^48; REGISTER: registration sequence number (>= 1)
 //   24   2   tensor id
 //   26   2   header length    48 (reserved for extensions; anything else is rejected)
-//   28   4   chunk index      DATA: 0..count-1; END: 0xFFFFFFFF
-//   32   4   chunk count      ceil(d * elem / chunk_bytes)
+//   28   4   chunk index      DATA: 0..count-1 (<= 0xFFFFFFFD); END: 0xFFFFFFFF; REGISTER: 0xFFFFFFFE
+//   32   4   chunk count      ceil(d * elem / chunk_bytes); REGISTER: 0
 //   36   4   payload length   bytes after the header
-//   40   8   total elements   d
+//   40   8   total elements   d; REGISTER: 0 (and dtype 0)
 //   48   L   payload          DATA: elements [i*chunk_elems, ...) little-endian IEEE-754;
-//                             END: u32 data datagrams sent for this step, u32 zero
+//                             END: u32 data datagrams sent for this step, u32 zero; REGISTER: none (L = 0)
 //   48+L 16  tag              MAC over bytes [0, 48+L) (zeros when mac = none)
 //
 // chunk_bytes = floor((max_datagram - 64) / elem) * elem (1408 bytes = 352 float32
@@ -38,16 +38,37 @@
 // data) with the worker's own 32-byte key, so a worker cannot forge another's
 // datagrams. Nonce (12 bytes) = step (low 48 bits, BE) || tensor id (BE) ||
 // chunk index (BE): unique per key because a sender refuses to send a step that
-// is not larger than the last one it sent, and the two copies of an END marker
-// are bit-identical. Keys are per job (fresh random keys at every start-up).
+// is not larger than the last one it sent, the two copies of an END marker
+// are bit-identical, and the chunk index field keeps the kinds apart (DATA
+// <= 0xFFFFFFFD, REGISTER 0xFFFFFFFE, END 0xFFFFFFFF); REGISTER's step field is
+// a sequence number that strictly increases per sender (seeded from the wall
+// clock in ms, so a restarted worker does not reuse one). Keys are per job and
+// rank, from key agreement (kx_*, below) or fresh random keys at start-up.
 // libsodium provides the primitives; nothing here is hand-written crypto.
 //
-// Validation (receiver), before any write: length, magic/version, known sender,
-// kind/mac/dtype/job/tensor/header length/total elements/chunk count, payload
-// length (exact for that chunk index), chunk index range, MAC, then the step
-// (open step only), then the duplicate bitmap. Only then is the payload copied,
-// to offset index*chunk_bytes of that sender's row, which the checks above
-// bound to the row.
+// Registration and isolation (ReceiverConfig::isolate; off by default): a
+// worker proves its UDP source address with REGISTER datagrams. The freshest
+// authentic REGISTER (a sequence number above every one accepted from that
+// rank) from an address no other rank holds registers the address; the UDP
+// receiver then gives the rank its own socket, connect()ed to that address on
+// the same port, so the kernel routes that source's datagrams to it alone
+// (verified on Linux loopback: a connected UDP socket outscores the unconnected
+// catch-all bound to the same address and port). Only REGISTER datagrams are
+// processed from the catch-all; anything else there is unknown_source.
+//
+// Validation (receiver), before any write, in this order. Unauthenticated
+// checks, rejections counted in StepResult::unattributed (never blamed on a
+// rank): length (>= 64, <= max_datagram, not truncated), magic/version,
+// isolation (only REGISTER from the catch-all: unknown_source), known sender
+// (unknown_sender), the socket's rank == the claimed rank (source_mismatch),
+// the MAC under the claimed rank's key (bad_mac). Then, authentic, charged to
+// that rank's WorkerStats::rejected: payload length field, mac/header
+// length/job/tensor, kind, dtype/total elements/chunk count, chunk index range
+// and exact payload length for that index, then the step (open step only;
+// the previous step's DATA is `late`, older or repeated END is `end_replays`),
+// then the test-only loss injection, then the duplicate bitmap. Only then is
+// the payload copied, to offset index*chunk_bytes of that sender's row, which
+// the checks above bound to the row.
 #pragma once
 
 #include <cstddef>
@@ -73,11 +94,12 @@ inline constexpr std::size_t kDefaultMaxDatagram = 1472;          // 1500 - IPv4
 inline constexpr std::size_t kMinMaxDatagram = 128;
 inline constexpr std::size_t kMaxMaxDatagram = 65507;             // largest IPv4 UDP payload
 inline constexpr uint32_t kEndChunkIndex = 0xFFFFFFFFu;
+inline constexpr uint32_t kRegisterChunkIndex = 0xFFFFFFFEu;
 inline constexpr std::size_t kEndPayloadSize = 8;
 inline constexpr uint64_t kMaxStep = (uint64_t{1} << 48) - 1;
 inline constexpr std::size_t kKeySize = 32;
 
-enum class Kind : uint8_t { kData = 1, kEnd = 2 };
+enum class Kind : uint8_t { kData = 1, kEnd = 2, kRegister = 3 };
 enum class MacAlgo : uint8_t { kNone = 0, kAes256Gcm = 1, kChaCha20Poly1305 = 2 };
 enum class FillPolicy : int { kNan = 0, kRandom = 1, kZero = 2, kLast = 3 };
 
@@ -141,6 +163,10 @@ struct DatagramView {
   const uint8_t* data = nullptr;
   std::size_t len = 0;
   bool truncated = false;  // the kernel cut it (it was larger than the receive buffer)
+  int origin = -2;         // isolating sources: the row whose connected socket delivered it, or -1 (catch-all);
+                           // -2 (kOriginAny): the source does not isolate senders
+  const void* src = nullptr;  // the sender's socket address (sockaddr bytes), valid like data; may be null
+  std::size_t src_len = 0;
 };
 
 // Receiving end of a datagram channel (one socket, or an in-process queue).
@@ -156,6 +182,16 @@ class DatagramSource {
   // Datagrams the kernel dropped because the socket buffer was full, since the
   // source was opened (SO_RXQ_OVFL); 0 where unknown.
   virtual uint64_t kernel_drops() const { return 0; }
+  // Isolating sources only (others: Unsupported / no-op): gives row `row` its
+  // own socket that receives only the datagrams from source address
+  // addr[0, len) (a sockaddr); replaces the row's previous one. Thread-safe
+  // with respect to recv_batch() only if called from the receiving thread.
+  virtual Status attach(std::size_t row, const void* addr, std::size_t len) {
+    return Status::Unsupported("this datagram source does not isolate senders");
+  }
+  virtual bool isolating() const { return false; }
+  // Cumulative kernel drops of row `row`'s own socket (0 if none).
+  virtual uint64_t row_kernel_drops(std::size_t row) const { return 0; }
 };
 
 struct SinkCounters {
@@ -203,6 +239,17 @@ struct UdpSourceOptions {
                                                // by net.core.rmem_max); the kernel reports double the request
   bool gro = true;
   int batch = 32;                              // messages per recvmmsg
+  // Per-worker isolation (make_udp_receiver; make_udp_source ignores it): one
+  // advertised port; a small unconnected catch-all socket that only REGISTER
+  // datagrams get past, plus, per registered rank, a socket bound to the same
+  // port (SO_REUSEADDR) and connect()ed to the rank's registered source address,
+  // so the kernel delivers that source's datagrams to that socket only. The
+  // receive thread serves the sockets round-robin, one recvmmsg each per round,
+  // the catch-all last.
+  bool isolate = false;
+  std::size_t worker_rcvbuf = 0;               // per-worker socket buffer; 0 = auto: 2 steps of that worker's
+                                               // datagrams, at least 1 MiB, at most `rcvbuf`
+  std::size_t catchall_rcvbuf = std::size_t{256} << 10;  // the catch-all's (isolation on)
 };
 struct UdpSourceInfo {
   std::string host;           // numeric address bound
@@ -234,8 +281,26 @@ struct ReceiverConfig {
   std::size_t max_datagram = kDefaultMaxDatagram;
   FillPolicy fill = FillPolicy::kNan;
   double grace_s = 0.005;        // after the last expected END marker
-  double drop_rate = 0.0;        // receiver-side loss injection, in [0, 1]
+  double drop_rate = 0.0;        // test-only loss injection of authentic DATA/END datagrams of the open step
+                                 // (applied after verification), in [0, 1]
   uint64_t seed = 0;             // loss injection and `random` fill
+  // Per-worker source isolation (off by default). On: a datagram is accepted
+  // only from the source address its rank registered with an authentic
+  // REGISTER datagram; anything but REGISTER from elsewhere (origin
+  // kOriginUnregistered, or a source that cannot tell origins apart) is
+  // counted unattributed.unknown_source without MAC work. make_udp_receiver
+  // turns it on when either this or UdpSourceOptions::isolate is set.
+  bool isolate = false;
+};
+
+// A rank whose REGISTER datagram verified (GradientReceiver::registrations()).
+struct Registration {
+  uint32_t rank = 0;
+  std::size_t row = 0;       // index in ReceiverConfig::ranks
+  std::string address;       // the registered source, "host:port" ("[v6]:port"); "" if the source gave none
+  uint64_t seq = 0;          // the freshest registration sequence number accepted
+  bool ready = false;        // the receiver accepts this rank's data now (isolation: its socket exists);
+                             // tell the worker it is registered only when ready
 };
 
 // Datagrams rejected, by reason.
@@ -245,17 +310,22 @@ struct RejectCounts {
   uint64_t out_of_range = 0;  // chunk index >= chunk count
   uint64_t bad_mac = 0;
   uint64_t wrong_step = 0;    // authentic, but for a step other than the open one or the one before
-  uint64_t unknown_sender = 0;  // (unattributed counts only)
+  uint64_t unknown_sender = 0;   // (unattributed only) rank field names no configured sender
+  uint64_t unknown_source = 0;   // (unattributed only, isolation on) DATA/END (or garbage) on the catch-all socket:
+                                 // from a source address no rank registered; dropped without MAC work
+  uint64_t source_mismatch = 0;  // (unattributed only, isolation on) arrived on rank A's socket, claims rank B
   uint64_t total() const {
-    return bad_length + bad_header + out_of_range + bad_mac + wrong_step + unknown_sender;
+    return bad_length + bad_header + out_of_range + bad_mac + wrong_step + unknown_sender + unknown_source +
+           source_mismatch;
   }
 };
 
 // One worker, one step. Counters cover everything that arrived from the end of
 // the previous collect() to the end of this one (so a chunk of step s arriving
-// after step s closed is counted `late` in step s+1's statistics). Rejections
-// are attributed to the rank the datagram claims (the claim is unauthenticated
-// when the reason is bad_mac or earlier).
+// after step s closed is counted `late` in step s+1's statistics). A rejection
+// is charged to a rank (`rejected`) only after the datagram's MAC verified
+// under that rank's key (authentic, but malformed or for the wrong step);
+// everything rejected before that is in StepResult::unattributed.
 struct WorkerStats {
   uint32_t rank = 0;
   uint64_t chunks_expected = 0;
@@ -265,6 +335,12 @@ struct WorkerStats {
   uint64_t late = 0;             // authentic DATA datagrams of the previous step (late END copies are ignored)
   uint64_t dropped = 0;          // discarded by the receiver's loss injection
   uint64_t end_markers = 0;      // authentic END datagrams of this step received (copies included)
+  uint64_t end_replays = 0;      // authentic END datagrams beyond the first of this step (an honest sender's extra
+                                 // end_copies land here too) and authentic END datagrams of any earlier step
+  uint64_t kernel_dropped = 0;   // isolation: datagrams the kernel dropped on this worker's socket (buffer full)
+  uint64_t registers = 0;        // authentic REGISTER datagrams accepted (repeats included)
+  uint64_t register_refused = 0; // authentic REGISTER datagrams refused: stale sequence number from a new address,
+                                 // or an address another rank already holds
   int64_t chunks_sent = -1;      // from the END marker; -1 when none arrived
   uint64_t bytes_received = 0;   // payload bytes written
   RejectCounts rejected;
@@ -284,9 +360,10 @@ struct StepResult {
   double elapsed_s = 0.0;        // from expect() to the end of the step
   double wait_s = 0.0;           // time spent inside collect()
   std::vector<WorkerStats> workers;
-  RejectCounts unattributed;     // datagrams naming no known sender (or too short to name one)
+  RejectCounts unattributed;     // datagrams rejected before any MAC verified, by reason
   uint64_t datagrams = 0;        // datagrams seen in this window, all kinds
-  uint64_t kernel_dropped = 0;   // datagrams (or GSO runs) the kernel dropped in this window: socket buffer full
+  uint64_t kernel_dropped = 0;   // datagrams (or GRO runs) the kernel dropped in this window, all sockets
+  uint64_t unattributed_kernel_dropped = 0;  // of those, on the shared socket (isolation: the catch-all)
 };
 
 // Reassembles every configured sender's gradient of one step at a time.
@@ -316,9 +393,14 @@ class GradientReceiver {
   virtual const Geometry& geometry() const = 0;
   virtual std::size_t rows() const = 0;
   virtual std::string describe() const = 0;
+  // Non-blocking (thread-safe): the ranks registered so far (REGISTER verified),
+  // in row order. A rank whose `ready` is true may send its gradients.
+  virtual Status registrations(std::vector<Registration>* out) = 0;
 };
 
-// Convenience: a UDP source + receiver.
+// Convenience: a UDP source + receiver. Isolation (per-worker sockets) when
+// cfg.isolate or o.isolate; then the per-worker socket buffers are sized from
+// cfg (2 steps of datagrams, >= 1 MiB) unless o.worker_rcvbuf is set.
 Status make_udp_receiver(const ReceiverConfig& cfg, const UdpSourceOptions& o, std::unique_ptr<GradientReceiver>* out,
                          UdpSourceInfo* info);
 
@@ -359,10 +441,51 @@ class GradientSender {
   // (end_copies times). step must exceed every step sent before (nonce
   // uniqueness) and be < 2^48.
   virtual Status send(uint64_t step, const void* data, std::size_t d, DType dtype, SendStats* st) = 0;
+  // Sends one REGISTER datagram (proof of this sender's source address, MAC'd
+  // under its key) with a fresh registration sequence number. Repeat it (e.g.
+  // every 50 ms) until the server reports the rank registered and ready.
+  virtual Status send_register() = 0;
   virtual std::string describe() const = 0;
 };
 
 Status make_udp_sender(const SenderConfig& cfg, const UdpSinkOptions& o, std::unique_ptr<GradientSender>* out);
+
+// ---------------------------------------------------------------- fill ------
+// Fills every chunk of `row` (g.d elements of `dtype`, laid out by g) that is
+// not marked received, exactly as the receiver does at the end of a step:
+//   nan    quiet NaN;  zero   0.0;
+//   random standard normal values (Box-Muller over splitmix64), reproducible
+//          from (seed, step, rank, chunk index): the receiver passes its
+//          cfg.seed, the step and the sender's rank;
+//   last   nothing (the chunk keeps whatever the row held).
+// received: bitmap of g.chunk_count bits, bit c = byte c/8, bit c%8 (LSB
+// first; numpy.packbits(mask, bitorder="little")), at least
+// ceil(chunk_count/8) bytes; nullptr = nothing received (fill every chunk).
+// g must be what make_geometry(g.d, dtype, ...) returns.
+Status fill_chunks(void* row, const Geometry& g, DType dtype, FillPolicy policy, const uint8_t* received,
+                   uint64_t seed, uint64_t step, uint32_t rank);
+
+// --------------------------------------------------------- key agreement ----
+// X25519 key agreement (libsodium crypto_kx) for the per-rank datagram keys,
+// so no secret crosses the network: the server publishes its public key
+// (through the trusted launcher), each worker sends its public key over the
+// control plane, and both sides derive the same 32-byte key for (job, rank):
+//   session = crypto_kx session key (worker = client, its tx key; server =
+//             server, its rx key: the same 32 bytes)
+//   key     = BLAKE2b-256 keyed with `session` over
+//             "pyagg.lossympi.v1.datagram-key" || job_id (u32 BE) || rank (u32 BE)
+//             || worker public key || server public key.
+// A worker that presents another worker's public key for its rank gets a key
+// the server computes from a Diffie-Hellman secret the presenter cannot
+// compute. Public keys crypto_kx refuses (low-order points) are Invalid.
+// Secrets are zeroed after use. Without libsodium: Status::Unsupported.
+inline constexpr std::size_t kKxPublicKeySize = 32;
+inline constexpr std::size_t kKxSecretKeySize = 32;
+Status kx_keypair(uint8_t* pk32, uint8_t* sk32);
+Status kx_server_key(const uint8_t* server_pk, const uint8_t* server_sk, const uint8_t* worker_pk, uint32_t job_id,
+                     uint32_t rank, uint8_t* out32);
+Status kx_worker_key(const uint8_t* worker_pk, const uint8_t* worker_sk, const uint8_t* server_pk, uint32_t job_id,
+                     uint32_t rank, uint8_t* out32);
 
 }  // namespace transport
 }  // namespace pyagg

@@ -52,6 +52,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/splitmix.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
 
@@ -63,13 +64,7 @@ constexpr std::size_t kBucketTile = 512;  // coordinates per accumulator tile (4
 
 struct SplitMix64 {
   std::uint64_t state;
-  std::uint64_t next() {
-    state += 0x9E3779B97F4A7C15ull;
-    std::uint64_t z = state;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  std::uint64_t next() { return splitmix64(&state); }
 };
 
 // o = (T)((double)x * s), element-wise (o may equal x: in-place rescaling).

@@ -117,6 +117,38 @@ class SenderImpl final : public GradientSender {
     return Status::Ok();
   }
 
+  Status send_register() override {
+    // The sequence number is the REGISTER's step field (its nonce: step || tensor
+    // id || 0xFFFFFFFE, disjoint from every DATA/END nonce): strictly increasing
+    // within this sender, and seeded from the wall clock in milliseconds so a
+    // restarted worker with the same key does not reuse one (unless it sent
+    // more than 1000 per second before).
+    const uint64_t now_ms = uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
+    uint64_t seq = std::max(reg_seq_ + 1, now_ms);
+    if (seq > kMaxStep) return Status::Internal("registration sequence number exhausted");
+    reg_seq_ = seq;
+    Header h;
+    h.kind = Kind::kRegister;
+    h.mac = cfg_.mac;
+    h.dtype = 0;
+    h.job_id = cfg_.job_id;
+    h.rank = cfg_.rank;
+    h.step = seq;
+    h.tensor_id = cfg_.tensor_id;
+    h.chunk_index = kRegisterChunkIndex;
+    h.chunk_count = 0;
+    h.payload_len = 0;
+    h.total_elems = 0;
+    uint8_t dg[kOverhead];
+    encode_header(h, dg);
+    uint8_t nonce[12];
+    make_nonce(h, nonce);
+    mac_.sign(dg, kHeaderSize, nonce, dg + kHeaderSize);
+    return sink_->send(dg, sizeof(dg), sizeof(dg));
+  }
+
   std::string describe() const override {
     return "GradientSender(rank=" + std::to_string(cfg_.rank) + ", mac=" + mac_name(cfg_.mac) +
            ", rate=" + (cfg_.rate > 0 ? std::to_string(cfg_.rate) + " B/s" : std::string("unpaced")) +
@@ -157,6 +189,7 @@ class SenderImpl final : public GradientSender {
   std::vector<uint8_t> staging_;
   bool sent_any_ = false;
   uint64_t last_step_ = 0;
+  uint64_t reg_seq_ = 0;
 };
 
 }  // namespace

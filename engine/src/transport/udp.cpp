@@ -116,6 +116,7 @@ class UdpSource final : public DatagramSource {
     msgs_.resize(batch_);
     iov_.resize(batch_);
     ctrl_.resize(std::size_t(batch_) * kCtrlSize);
+    names_.resize(batch_);
   }
   ~UdpSource() override {
     ::close(fd_);
@@ -169,13 +170,15 @@ class UdpSource final : public DatagramSource {
           drops_.fetch_add(uint32_t(drops - prev), std::memory_order_relaxed);
         }
       }
+      const void* name = &names_[i];
+      const std::size_t name_len = msgs_[i].msg_hdr.msg_namelen;
       if (seg > 0 && std::size_t(seg) < len && !trunc) {
         // A GRO run: datagrams of `seg` bytes back to back, the last possibly shorter.
         for (std::size_t off = 0; off < len; off += std::size_t(seg)) {
-          out->push_back({base + off, std::min<std::size_t>(std::size_t(seg), len - off), false});
+          out->push_back({base + off, std::min<std::size_t>(std::size_t(seg), len - off), false, -2, name, name_len});
         }
       } else {
-        out->push_back({base, len, trunc});
+        out->push_back({base, len, trunc, -2, name, name_len});
       }
     }
     return Status::Ok();
@@ -212,6 +215,8 @@ class UdpSource final : public DatagramSource {
       h.msg_iovlen = 1;
       h.msg_control = ctrl_.data() + std::size_t(i) * kCtrlSize;
       h.msg_controllen = kCtrlSize;
+      h.msg_name = &names_[i];
+      h.msg_namelen = sizeof(sockaddr_storage);
       msgs_[i].msg_len = 0;
     }
     return ::recvmmsg(fd_, msgs_.data(), static_cast<unsigned>(batch_), MSG_DONTWAIT, nullptr);
@@ -226,6 +231,7 @@ class UdpSource final : public DatagramSource {
   std::vector<mmsghdr> msgs_;
   std::vector<iovec> iov_;
   std::vector<uint8_t> ctrl_;
+  std::vector<sockaddr_storage> names_;
   std::atomic<uint64_t> drops_{0};
 };
 
@@ -459,6 +465,331 @@ Status make_udp_sink(const UdpSinkOptions& o, std::unique_ptr<DatagramSink>* out
   const std::string desc = "udp://" + (ss.ss_family == AF_INET6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
   out->reset(new UdpSink(fd.release(), o.gso, desc));
   return Status::Ok();
+}
+
+// ------------------------------------------------------ isolated source -----
+namespace {
+
+uint64_t meminfo_drops(int fd) {
+  uint32_t mem[16] = {0};
+  socklen_t len = sizeof(mem);
+  if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 && len > 8 * sizeof(uint32_t)) {
+    return mem[8];  // SK_MEMINFO_DROPS
+  }
+  return 0;
+}
+
+void set_rcvbuf(int fd, std::size_t bytes) {
+  if (bytes == 0) return;
+  const int want = static_cast<int>(std::min<std::size_t>(bytes, std::size_t(INT32_MAX) / 2));
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof(want)) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof(want));
+  }
+}
+
+bool same_peer(const sockaddr_storage& a, std::size_t alen, const void* b, std::size_t blen) {
+  sockaddr_storage x{};
+  std::memcpy(&x, b, std::min(blen, sizeof(x)));
+  if (a.ss_family != x.ss_family) return false;
+  if (a.ss_family == AF_INET) {
+    if (alen < sizeof(sockaddr_in) || blen < sizeof(sockaddr_in)) return false;
+    auto* p = reinterpret_cast<const sockaddr_in*>(&a);
+    auto* q = reinterpret_cast<const sockaddr_in*>(&x);
+    return p->sin_port == q->sin_port && p->sin_addr.s_addr == q->sin_addr.s_addr;
+  }
+  if (a.ss_family == AF_INET6) {
+    if (alen < sizeof(sockaddr_in6) || blen < sizeof(sockaddr_in6)) return false;
+    auto* p = reinterpret_cast<const sockaddr_in6*>(&a);
+    auto* q = reinterpret_cast<const sockaddr_in6*>(&x);
+    return p->sin6_port == q->sin6_port && std::memcmp(&p->sin6_addr, &q->sin6_addr, sizeof(in6_addr)) == 0;
+  }
+  return false;
+}
+
+// One socket's batched receive state.
+struct Ring {
+  int fd = -1;
+  int batch = 0;
+  std::size_t slot = 0;
+  std::vector<uint8_t> storage;
+  std::vector<mmsghdr> msgs;
+  std::vector<iovec> iov;
+  std::vector<uint8_t> ctrl;
+  std::vector<sockaddr_storage> names;
+  static constexpr std::size_t kCtrl = CMSG_SPACE(sizeof(int)) + 64;
+
+  void init(int f, int b, std::size_t s) {
+    fd = f;
+    batch = b;
+    slot = s;
+    storage.assign(std::size_t(b) * s, 0);
+    msgs.resize(b);
+    iov.resize(b);
+    ctrl.assign(std::size_t(b) * kCtrl, 0);
+    names.resize(b);
+  }
+  void close() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  int receive() {
+    for (int i = 0; i < batch; ++i) {
+      iov[i].iov_base = storage.data() + std::size_t(i) * slot;
+      iov[i].iov_len = slot;
+      msghdr& h = msgs[i].msg_hdr;
+      std::memset(&h, 0, sizeof(h));
+      h.msg_iov = &iov[i];
+      h.msg_iovlen = 1;
+      h.msg_control = ctrl.data() + std::size_t(i) * kCtrl;
+      h.msg_controllen = kCtrl;
+      h.msg_name = &names[i];
+      h.msg_namelen = sizeof(sockaddr_storage);
+      msgs[i].msg_len = 0;
+    }
+    return ::recvmmsg(fd, msgs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
+  }
+};
+
+// Errors a UDP socket reports for ICMP messages or transient conditions: not fatal.
+bool transient(int e) {
+  return e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNREFUSED || e == EHOSTUNREACH ||
+         e == ENETUNREACH || e == EHOSTDOWN || e == ENETDOWN || e == ENOMEM || e == ENOBUFS;
+}
+
+class IsolatedUdpSource final : public DatagramSource {
+ public:
+  IsolatedUdpSource(int catch_fd, int wake_fd, const sockaddr_storage& local, socklen_t local_len, std::size_t rows,
+                    const UdpSourceOptions& o, std::size_t worker_rcvbuf, std::size_t worker_slot, std::string desc)
+      : wake_fd_(wake_fd), local_(local), local_len_(local_len), o_(o), worker_rcvbuf_(worker_rcvbuf),
+        worker_slot_(worker_slot), desc_(std::move(desc)) {
+    catch_.init(catch_fd, std::min(o.batch, 16), 2048);  // only REGISTER (64 bytes) is accepted there
+    rows_.resize(rows);
+    // 64 KiB GRO slots: fewer of them per worker (each can hold a run of ~44 datagrams).
+    worker_batch_ = worker_slot_ >= kRecvBufSize ? std::min(o.batch, 8) : o.batch;
+  }
+  ~IsolatedUdpSource() override {
+    catch_.close();
+    for (auto& r : rows_) r.ring.close();
+    ::close(wake_fd_);
+  }
+
+  bool isolating() const override { return true; }
+
+  Status recv_batch(int timeout_ms, std::vector<DatagramView>* out) override {
+    out->clear();
+    PYAGG_RETURN_IF_ERROR(round(out));
+    if (!out->empty()) return Status::Ok();
+    pfds_.clear();
+    pfds_.push_back({wake_fd_, POLLIN, 0});
+    pfds_.push_back({catch_.fd, POLLIN, 0});
+    for (auto& r : rows_) {
+      if (r.ring.fd >= 0) pfds_.push_back({r.ring.fd, POLLIN, 0});
+    }
+    const int rc = ::poll(pfds_.data(), pfds_.size(), timeout_ms);
+    if (rc < 0) {
+      if (errno == EINTR) return Status::Ok();
+      return io_error("poll on " + desc_, errno);
+    }
+    if (pfds_[0].revents & POLLIN) {
+      uint64_t v;
+      ssize_t r = ::read(wake_fd_, &v, sizeof(v));
+      (void)r;
+    }
+    for (std::size_t i = 1; i < pfds_.size(); ++i) {
+      if (pfds_[i].revents & POLLNVAL) return Status::Io("a socket of " + desc_ + " is not open");
+    }
+    if (rc == 0 || (rc == 1 && (pfds_[0].revents & POLLIN))) return Status::Ok();
+    return round(out);
+  }
+
+  void wake() override {
+    uint64_t one = 1;
+    ssize_t r = ::write(wake_fd_, &one, sizeof(one));
+    (void)r;
+  }
+
+  std::string describe() const override {
+    std::size_t n = 0;
+    for (auto& r : rows_) n += r.ring.fd >= 0;
+    return desc_ + " (isolated: " + std::to_string(n) + "/" + std::to_string(rows_.size()) + " workers attached)";
+  }
+
+  uint64_t kernel_drops() const override { return meminfo_drops(catch_.fd); }
+  uint64_t row_kernel_drops(std::size_t row) const override {
+    if (row >= rows_.size()) return 0;
+    return rows_[row].drops_base + meminfo_drops(rows_[row].ring.fd);
+  }
+
+  Status attach(std::size_t row, const void* addr, std::size_t len) override {
+    if (row >= rows_.size()) return Status::Invalid("attach: row " + std::to_string(row) + " out of range");
+    if (addr == nullptr || len > sizeof(sockaddr_storage) || len < sizeof(sa_family_t)) {
+      return Status::Invalid("attach: not a socket address");
+    }
+    sockaddr_storage peer{};
+    std::memcpy(&peer, addr, len);
+    const std::size_t need = peer.ss_family == AF_INET ? sizeof(sockaddr_in)
+                             : peer.ss_family == AF_INET6 ? sizeof(sockaddr_in6)
+                                                          : 0;
+    if (need == 0 || len < need || peer.ss_family != local_.ss_family) {
+      return Status::Invalid("attach: source address family does not match the receive socket");
+    }
+    Fd fd(::socket(peer.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP));
+    if (fd.get() < 0) return io_error("socket(UDP) for a worker", errno);
+    const int one = 1;
+    if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+      return io_error("SO_REUSEADDR", errno);
+    }
+    set_rcvbuf(fd.get(), worker_rcvbuf_);
+    if (o_.gro) setsockopt(fd.get(), SOL_UDP, UDP_GRO, &one, sizeof(one));
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&local_), local_len_) != 0) {
+      return io_error("bind a worker socket to " + desc_, errno);
+    }
+    // From now on the kernel prefers this socket (it matches the remote
+    // address and port too) for datagrams from `peer`; anything that slipped
+    // in before connect() is recognised by its source address in recv_batch.
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&peer), socklen_t(need)) != 0) {
+      return io_error("connect a worker socket", errno);
+    }
+    RowSock& r = rows_[row];
+    if (r.ring.fd >= 0) {
+      r.drops_base += meminfo_drops(r.ring.fd);
+      r.ring.close();
+    }
+    r.peer = peer;
+    r.peer_len = need;
+    r.ring.init(fd.release(), worker_batch_, worker_slot_);
+    return Status::Ok();
+  }
+
+ private:
+  struct RowSock {
+    Ring ring;
+    sockaddr_storage peer{};
+    std::size_t peer_len = 0;
+    uint64_t drops_base = 0;  // drops of sockets this row had before
+  };
+
+  // Every socket once, round-robin over the workers (a different one first each
+  // round), one recvmmsg each, the catch-all last.
+  Status round(std::vector<DatagramView>* out) {
+    const std::size_t n = rows_.size();
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t row = (rr_ + k) % n;
+      RowSock& r = rows_[row];
+      if (r.ring.fd < 0) continue;
+      PYAGG_RETURN_IF_ERROR(drain(r.ring, int(row), &r, out));
+    }
+    if (n) rr_ = (rr_ + 1) % n;
+    return drain(catch_, -1, nullptr, out);
+  }
+
+  Status drain(Ring& ring, int origin, const RowSock* rs, std::vector<DatagramView>* out) {
+    const int n = ring.receive();
+    if (n < 0) {
+      const int e = errno;
+      if (transient(e)) return Status::Ok();
+      return io_error("recvmmsg on " + desc_, e);
+    }
+    for (int i = 0; i < n; ++i) {
+      const uint8_t* base = ring.storage.data() + std::size_t(i) * ring.slot;
+      const std::size_t len = ring.msgs[i].msg_len;
+      const bool trunc = (ring.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+      const void* name = &ring.names[i];
+      const std::size_t name_len = ring.msgs[i].msg_hdr.msg_namelen;
+      int o = origin;
+      if (rs != nullptr && !same_peer(rs->peer, rs->peer_len, name, name_len)) o = -1;  // arrived before connect()
+      int seg = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&ring.msgs[i].msg_hdr); c != nullptr;
+           c = CMSG_NXTHDR(&ring.msgs[i].msg_hdr, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) std::memcpy(&seg, CMSG_DATA(c), sizeof(int));
+      }
+      if (seg > 0 && std::size_t(seg) < len && !trunc) {
+        for (std::size_t off = 0; off < len; off += std::size_t(seg)) {
+          out->push_back({base + off, std::min<std::size_t>(std::size_t(seg), len - off), false, o, name, name_len});
+        }
+      } else {
+        out->push_back({base, len, trunc, o, name, name_len});
+      }
+    }
+    return Status::Ok();
+  }
+
+  Ring catch_;
+  int wake_fd_;
+  sockaddr_storage local_;
+  socklen_t local_len_;
+  UdpSourceOptions o_;
+  std::size_t worker_rcvbuf_;
+  std::size_t worker_slot_;
+  int worker_batch_ = 8;
+  std::string desc_;
+  std::vector<RowSock> rows_;
+  std::vector<pollfd> pfds_;
+  std::size_t rr_ = 0;
+};
+
+Status make_isolated_source(const UdpSourceOptions& o, std::size_t rows, std::size_t worker_rcvbuf,
+                            std::size_t worker_slot, std::unique_ptr<DatagramSource>* out, UdpSourceInfo* info) {
+  if (o.batch < 1 || o.batch > 1024) return Status::Invalid("batch must be in [1, 1024], got " + std::to_string(o.batch));
+  sockaddr_storage ss{};
+  socklen_t sl = 0;
+  PYAGG_RETURN_IF_ERROR(resolve(o.host, o.port, &ss, &sl, true));
+  Fd fd(::socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP));
+  if (fd.get() < 0) return io_error("socket(UDP)", errno);
+  const int one = 1;
+  if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) return io_error("SO_REUSEADDR", errno);
+  UdpSourceInfo inf;
+  inf.family = ss.ss_family;
+  inf.rcvbuf_requested = o.catchall_rcvbuf;
+  set_rcvbuf(fd.get(), o.catchall_rcvbuf);
+  int granted = 0;
+  socklen_t gl = sizeof(granted);
+  if (getsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &granted, &gl) == 0) inf.rcvbuf_granted = std::size_t(granted);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
+    return io_error("bind UDP " + o.host + ":" + std::to_string(o.port), errno);
+  }
+  sockaddr_storage bound{};
+  socklen_t bl = sizeof(bound);
+  if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &bl) != 0) return io_error("getsockname", errno);
+  inf.host = addr_text(bound, &inf.port);
+  inf.gro = o.gro;
+  const int wfd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wfd < 0) return io_error("eventfd", errno);
+  const std::string desc = "udp://" + (inf.family == AF_INET6 ? "[" + inf.host + "]" : inf.host) + ":" +
+                           std::to_string(inf.port);
+  out->reset(new IsolatedUdpSource(fd.release(), wfd, bound, bl, rows, o, worker_rcvbuf, worker_slot, desc));
+  if (info) *info = inf;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status make_udp_receiver(const ReceiverConfig& cfg, const UdpSourceOptions& o, std::unique_ptr<GradientReceiver>* out,
+                         UdpSourceInfo* info) {
+  if (!(cfg.isolate || o.isolate)) {
+    std::unique_ptr<DatagramSource> src;
+    PYAGG_RETURN_IF_ERROR(make_udp_source(o, &src, info));
+    return GradientReceiver::create(cfg, std::move(src), out);
+  }
+  ReceiverConfig c = cfg;
+  c.isolate = true;
+  Geometry g;
+  PYAGG_RETURN_IF_ERROR(make_geometry(c.d, c.dtype, c.max_datagram, &g));
+  if (c.ranks.empty()) return Status::Invalid("receiver needs at least one sender rank, got none");
+  std::size_t wbuf = o.worker_rcvbuf;
+  if (wbuf == 0) {
+    // Two steps of this worker's datagrams (the kernel doubles the request for
+    // its bookkeeping), at least 1 MiB, at most the configured rcvbuf.
+    const double per_step = double(g.chunk_count) * double(kOverhead + g.chunk_bytes) + 4.0 * double(kOverhead + 8);
+    const double want = std::max(2.0 * per_step, double(std::size_t{1} << 20));
+    wbuf = std::size_t(std::min(want, double(std::max<std::size_t>(o.rcvbuf, std::size_t{1} << 20))));
+  }
+  // Without GRO a slot only needs one datagram (+1 byte to see oversize ones).
+  const std::size_t slot = o.gro ? kRecvBufSize : c.max_datagram + 1;
+  std::unique_ptr<DatagramSource> src;
+  PYAGG_RETURN_IF_ERROR(make_isolated_source(o, c.ranks.size(), wbuf, slot, &src, info));
+  if (info) info->rcvbuf_requested = o.catchall_rcvbuf;
+  return GradientReceiver::create(c, std::move(src), out);
 }
 
 }  // namespace transport
