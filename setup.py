@@ -70,16 +70,15 @@ class CMakeBuildExt(build_ext):
 def _extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
-    ext = Extension(
-        "pyagg._ext",
-        sources=["pyagg/_ext.pyx"],
-        language="c++",
-        libraries=["pyagg_engine"],
-        extra_compile_args=["-std=c++17", "-O2"],
-        extra_link_args=["-Wl,-rpath,$ORIGIN"],
-    )
+    common = dict(language="c++", libraries=["pyagg_engine"], extra_compile_args=["-std=c++17", "-O2"])
+    exts = [
+        Extension("pyagg._ext", sources=["pyagg/_ext.pyx"], extra_link_args=["-Wl,-rpath,$ORIGIN"], **common),
+        # The transport's bindings: lossympi links the engine library that sits in pyagg/.
+        Extension("lossympi._wire", sources=["lossympi/_wire.pyx"],
+                  extra_link_args=["-Wl,-rpath,$ORIGIN/../pyagg"], **common),
+    ]
     return cythonize(
-        [ext],
+        exts,
         compiler_directives={"language_level": "3"},
         include_path=[str(ROOT / "pyagg")],
         quiet=True,

@@ -111,12 +111,16 @@ def role_mpi_p2p(a) -> None:
         else:
             comm.Recv([buf, MPI.FLOAT], source=1, tag=9)
         t1 = time.monotonic()
-        cpu = comm.gather(time.process_time() - c0, root=0)
+        # Typed gather of each rank's CPU seconds (no pickle): one float64 per rank.
+        mine = np.array([time.process_time() - c0], np.float64)
+        cpu = np.empty(comm.Get_size(), np.float64) if r == 0 else None
+        comm.Gather([mine, MPI.DOUBLE], [cpu, MPI.DOUBLE] if r == 0 else None, root=0)
         if r == 0:
             ok = bool(np.array_equal(buf, exp))
             buf[:] = 0
             if rep > 0:  # rep 0 is the warm-up
-                res.append({"seconds": t1 - t0, "cpu": sum(cpu), "cpu_rx": cpu[0], "cpu_tx": cpu[1], "ok": ok})
+                res.append({"seconds": t1 - t0, "cpu": float(cpu.sum()), "cpu_rx": float(cpu[0]),
+                            "cpu_tx": float(cpu[1]), "ok": ok})
     if r == 0:
         print("RESULT " + json.dumps(res), flush=True)
 
@@ -264,7 +268,11 @@ def run_mpi(n: int, args: list[str], timeout: float = 900) -> list[dict]:
     exe = mpiexec()
     if exe is None:
         raise RuntimeError("mpiexec not found next to this Python")
-    cmd = [exe, "-disable-auto-cleanup", "-n", str(n), sys.executable, os.path.abspath(__file__), *args]
+    from lossympi.keys import launch_args
+
+    genv, server_env, _ = launch_args()  # this job's key pair: public to all, secret to rank 0 only
+    me = [sys.executable, os.path.abspath(__file__), *args]
+    cmd = [exe, "-disable-auto-cleanup", *genv, "-n", "1", *server_env, *me, ":", "-n", str(n - 1), *me]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT, check=False)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):

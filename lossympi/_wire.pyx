@@ -1,15 +1,54 @@
-# LossyMPI transport bindings (included into _ext.pyx). Owned by the transport work.
-#
-# Declarations of engine/include/pyagg/transport.h and two thin classes: a UDP
-# gradient receiver (engine thread + preallocated rows, exported through the
-# buffer protocol) and a UDP gradient sender. Python-level API: lossympi.
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# distutils: language = c++
+"""Cython bindings of the engine's LossyMPI transport (engine/include/pyagg/transport.h).
+
+Thin conversions only: Python values <-> engine structs, engine Status ->
+:mod:`lossympi.errors` exceptions, the GIL released while the engine works.
+This module links the engine library but imports nothing from :mod:`pyagg`
+(the dependency runs one way: pyagg's cluster uses lossympi, never back).
+The Python API is :mod:`lossympi.datagram` (data plane) and the control plane.
+"""
+import threading
+
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libcpp cimport bool as cbool
 from libcpp.memory cimport unique_ptr
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 from cpython.buffer cimport PyBUF_WRITABLE
+
+from lossympi.errors import InvalidArgumentError, LossyMPIError, STATUS_EXCEPTIONS, TransportError
+
+
+cdef extern from "pyagg/status.h" namespace "pyagg" nogil:
+    cdef cppclass CStatus "pyagg::Status":
+        CStatus()
+        cbool ok()
+        int code_int()
+        const string& message()
+
+
+cdef extern from "pyagg/types.h" namespace "pyagg" nogil:
+    cdef enum class CDType "pyagg::DType":
+        kFloat32 "pyagg::DType::kFloat32"
+        kFloat64 "pyagg::DType::kFloat64"
+
+
+cdef int raise_status(const CStatus& st) except -1:
+    """Engine Status -> lossympi exception (the transport's one conversion)."""
+    if st.ok():
+        return 0
+    cls = STATUS_EXCEPTIONS.get(st.code_int(), LossyMPIError)
+    raise cls(st.message().decode("utf-8", "replace"))
+
+
+cdef CDType to_dtype(int code) except *:
+    if code == 0:
+        return CDType.kFloat32
+    if code == 1:
+        return CDType.kFloat64
+    raise InvalidArgumentError(f"dtype code must be 0 (float32) or 1 (float64), got {code}")
 
 
 cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
@@ -73,6 +112,9 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         size_t rcvbuf
         cbool gro
         int batch
+        cbool isolate
+        size_t worker_rcvbuf
+        size_t catchall_rcvbuf
 
     cdef cppclass CUdpSourceInfo "pyagg::transport::UdpSourceInfo":
         string host
@@ -101,6 +143,14 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         double grace_s
         double drop_rate
         uint64_t seed
+        cbool isolate
+
+    cdef cppclass CRegistration "pyagg::transport::Registration":
+        uint32_t rank
+        size_t row
+        string address
+        uint64_t seq
+        cbool ready
 
     cdef cppclass CRejectCounts "pyagg::transport::RejectCounts":
         uint64_t bad_length
@@ -109,6 +159,8 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         uint64_t bad_mac
         uint64_t wrong_step
         uint64_t unknown_sender
+        uint64_t unknown_source
+        uint64_t source_mismatch
         uint64_t total()
 
     cdef cppclass CWorkerStats "pyagg::transport::WorkerStats":
@@ -120,6 +172,10 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         uint64_t late
         uint64_t dropped
         uint64_t end_markers
+        uint64_t end_replays
+        uint64_t kernel_dropped
+        uint64_t registers
+        uint64_t register_refused
         int64_t chunks_sent
         uint64_t bytes_received
         CRejectCounts rejected
@@ -138,11 +194,13 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         CRejectCounts unattributed
         uint64_t datagrams
         uint64_t kernel_dropped
+        uint64_t unattributed_kernel_dropped
 
     cdef cppclass CGradientReceiver "pyagg::transport::GradientReceiver":
         CStatus expect(uint64_t step)
         CStatus collect(uint64_t step, double deadline_s, const uint8_t* wait, CStepResult* out)
         void shutdown()
+        CStatus registrations(vector[CRegistration]* out)
         const void* buffer()
         const CGeometry& geometry()
         size_t rows()
@@ -178,9 +236,18 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
 
     cdef cppclass CGradientSender "pyagg::transport::GradientSender":
         CStatus send(uint64_t step, const void* data, size_t d, CDType dtype, CSendStats* st)
+        CStatus send_register()
         string describe()
 
     CStatus make_udp_sender(const CSenderConfig& cfg, const CUdpSinkOptions& o, unique_ptr[CGradientSender]* out)
+
+    CStatus c_fill_chunks "pyagg::transport::fill_chunks"(void* row, const CGeometry& g, CDType dtype, CFillPolicy policy, const uint8_t* received,
+                        uint64_t seed, uint64_t step, uint32_t rank)
+    CStatus c_kx_keypair "pyagg::transport::kx_keypair"(uint8_t* pk32, uint8_t* sk32)
+    CStatus c_kx_server_key "pyagg::transport::kx_server_key"(const uint8_t* server_pk, const uint8_t* server_sk, const uint8_t* worker_pk,
+                          uint32_t job_id, uint32_t rank, uint8_t* out32)
+    CStatus c_kx_worker_key "pyagg::transport::kx_worker_key"(const uint8_t* worker_pk, const uint8_t* worker_sk, const uint8_t* server_pk,
+                          uint32_t job_id, uint32_t rank, uint8_t* out32)
 
 
 cdef CMacAlgo _to_mac(str name) except *:
@@ -197,12 +264,17 @@ cdef CFillPolicy _to_fill(str name) except *:
 
 cdef dict _rejects(const CRejectCounts& r):
     return {"bad_length": r.bad_length, "bad_header": r.bad_header, "out_of_range": r.out_of_range,
-            "bad_mac": r.bad_mac, "wrong_step": r.wrong_step, "unknown_sender": r.unknown_sender}
+            "bad_mac": r.bad_mac, "wrong_step": r.wrong_step, "unknown_sender": r.unknown_sender,
+            "unknown_source": r.unknown_source, "source_mismatch": r.source_mismatch}
+
+
+_UNATTRIBUTED_ONLY = ("unknown_sender", "unknown_source", "source_mismatch")
 
 
 cdef dict _worker_stats(const CWorkerStats& w, uint64_t step):
     rej = _rejects(w.rejected)
-    del rej["unknown_sender"]
+    for k in _UNATTRIBUTED_ONLY:
+        del rej[k]
     out = {
         "rank": w.rank,
         "step": step,
@@ -213,6 +285,10 @@ cdef dict _worker_stats(const CWorkerStats& w, uint64_t step):
         "late": w.late,
         "dropped": w.dropped,
         "end_markers": w.end_markers,
+        "end_replays": w.end_replays,
+        "kernel_dropped": w.kernel_dropped,
+        "registers": w.registers,
+        "register_refused": w.register_refused,
         "sent": None if w.chunks_sent < 0 else w.chunks_sent,
         "bytes": w.bytes_received,
         "rejected": sum(rej.values()),
@@ -287,7 +363,6 @@ def transport_seal(*, int kind, str mac, int dtype, uint32_t job_id, uint32_t ra
     if key is not None:
         kb = bytes(key)
         if len(kb) != 32:
-            from pyagg.errors import InvalidArgumentError
             raise InvalidArgumentError(f"key must be 32 bytes, got {len(kb)}")
         kp = <const uint8_t*>(<const char*>kb)
     cdef vector[uint8_t] out
@@ -318,7 +393,7 @@ cdef class UdpReceiver:
     def __init__(self, ranks, bytes keys, size_t d, int dtype, str mac="auto", str fill="nan", *,
                  uint32_t job_id=0, uint16_t tensor_id=0, size_t max_datagram=1472, double grace=0.005,
                  double drop_rate=0.0, uint64_t seed=0, str host="127.0.0.1", int port=0,
-                 size_t rcvbuf=64 << 20, bint gro=True, int batch=32):
+                 size_t rcvbuf=64 << 20, bint gro=True, int batch=32, bint isolate=False):
         cdef CReceiverConfig cfg
         cdef CUdpSourceOptions opts
         cfg.job_id = job_id
@@ -337,6 +412,7 @@ cdef class UdpReceiver:
         cfg.grace_s = grace
         cfg.drop_rate = drop_rate
         cfg.seed = seed
+        cfg.isolate = isolate
         opts.host = host.encode("utf-8")
         opts.port = port
         opts.rcvbuf = rcvbuf
@@ -371,7 +447,6 @@ cdef class UdpReceiver:
 
     cdef int _check(self) except -1:
         if not self.impl:
-            from pyagg.errors import TransportError
             raise TransportError("the receiver was released")
         return 0
 
@@ -400,9 +475,21 @@ cdef class UdpReceiver:
         raise_status(st)
         info = {"step": res.step, "reason": end_reason_name(res.reason).decode(), "elapsed_s": res.elapsed_s,
                 "wait_s": res.wait_s, "datagrams": res.datagrams, "kernel_dropped": res.kernel_dropped,
+                "unattributed_kernel_dropped": res.unattributed_kernel_dropped,
                 "unattributed": _rejects(res.unattributed)}
         stats = [_worker_stats(res.workers[i], res.step) for i in range(res.workers.size())]
         return info, stats
+
+    def registrations(self):
+        """Ranks whose REGISTER datagram verified and whose socket is ready: [{'rank', 'address'}, ...]."""
+        self._check()
+        cdef vector[CRegistration] regs
+        cdef CStatus st
+        with nogil:
+            st = self.impl.get().registrations(&regs)
+        raise_status(st)
+        return [{"rank": regs[i].rank, "address": regs[i].address.decode("utf-8", "replace")}
+                for i in range(regs.size()) if regs[i].ready]
 
     def close(self):
         """Stops receiving and closes the socket (the buffer stays readable)."""
@@ -433,15 +520,21 @@ cdef class UdpReceiver:
 
 
 cdef class UdpSender:
-    """Engine UDP gradient sender (see lossympi.GradientSender for the Python API)."""
+    """Engine UDP gradient sender (see lossympi.GradientSender for the Python API).
+
+    send() runs without the GIL; close() takes the same lock as send(), so it
+    waits for a send in progress instead of freeing the sender under it.
+    """
 
     cdef unique_ptr[CGradientSender] impl
     cdef readonly str mac
     cdef readonly uint32_t rank
+    cdef object _lock
 
     def __init__(self, str host, int port, uint32_t rank, key, str mac="auto", *, uint32_t job_id=0,
                  uint16_t tensor_id=0, size_t max_datagram=1472, double rate=0.0, size_t burst=0,
                  bint gso=True, size_t sndbuf=4 << 20, int end_copies=2, size_t batch=44):
+        self._lock = threading.Lock()
         cdef CSenderConfig cfg
         cdef CUdpSinkOptions opts
         cfg.job_id = job_id
@@ -471,24 +564,97 @@ cdef class UdpSender:
         self.rank = rank
 
     def describe(self):
-        if not self.impl:
-            return "UdpSender(closed)"
-        return self.impl.get().describe().decode()
+        with self._lock:
+            if not self.impl:
+                return "UdpSender(closed)"
+            return self.impl.get().describe().decode()
 
     def send(self, uint64_t step, uintptr_t data, size_t d, int dtype):
         """Sends d elements at address `data`; returns the send statistics."""
-        if not self.impl:
-            from pyagg.errors import TransportError
-            raise TransportError("the sender is closed")
         cdef CSendStats s
         cdef CStatus st
         cdef CDType dt = to_dtype(dtype)
-        with nogil:
-            st = self.impl.get().send(step, <const void*>data, d, dt, &s)
+        cdef CGradientSender* tx
+        with self._lock:
+            if not self.impl:
+                raise TransportError("the sender is closed")
+            tx = self.impl.get()
+            with nogil:
+                st = tx.send(step, <const void*>data, d, dt, &s)
         raise_status(st)
         return {"step": s.step, "chunks": s.chunks, "datagrams": s.datagrams, "bytes": s.bytes,
                 "syscalls": s.syscalls, "refused": s.refused, "retries": s.retries, "dropped": s.dropped,
                 "seconds": s.seconds, "paced_s": s.paced_s, "gso": bool(s.gso)}
 
+    def register(self):
+        """Sends one REGISTER datagram (proof of this sender's source address)."""
+        cdef CStatus st
+        cdef CGradientSender* tx
+        with self._lock:
+            if not self.impl:
+                raise TransportError("the sender is closed")
+            tx = self.impl.get()
+            with nogil:
+                st = tx.send_register()
+        raise_status(st)
+
     def close(self):
-        self.impl.reset()
+        """Frees the sender (waits for a send() in progress on another thread)."""
+        with self._lock:
+            self.impl.reset()
+
+
+def fill_chunks(uintptr_t row, size_t d, int dtype, str policy, uintptr_t received, uint64_t seed, uint64_t step,
+                uint32_t rank, size_t max_datagram=1472):
+    """Fills the chunks of the row at address `row` (d elements) not set in the bitmap at `received`
+    (LSB-first bits, one per chunk; 0 = nothing received) exactly as the receiver does."""
+    cdef CGeometry g
+    cdef CDType dt = to_dtype(dtype)
+    raise_status(make_geometry(d, dt, max_datagram, &g))
+    cdef CFillPolicy pol = _to_fill(policy)
+    cdef CStatus st
+    with nogil:
+        st = c_fill_chunks(<void*>row, g, dt, pol, <const uint8_t*>received, seed, step, rank)
+    raise_status(st)
+
+
+def kx_keypair():
+    """(public key, secret key): a fresh X25519 pair (libsodium crypto_kx_keypair)."""
+    cdef uint8_t pk[32]
+    cdef uint8_t sk[32]
+    raise_status(c_kx_keypair(pk, sk))
+    out = ((<const char*>pk)[:32], (<const char*>sk)[:32])
+    memset(sk, 0, 32)
+    return out
+
+
+cdef bytes _key32(k, str what):
+    kb = bytes(k)
+    if len(kb) != 32:
+        raise InvalidArgumentError(f"{what} must be 32 bytes, got {len(kb)}")
+    return kb
+
+
+ctypedef CStatus (*derive_fn)(const uint8_t*, const uint8_t*, const uint8_t*, uint32_t, uint32_t, uint8_t*) nogil
+
+
+cdef bytes _derive(derive_fn fn, own_pk, own_sk, peer_pk, uint32_t job_id, uint32_t rank, str own, str peer):
+    cdef bytes a = _key32(own_pk, own + " public key")
+    cdef bytes b = _key32(own_sk, own + " secret key")
+    cdef bytes c = _key32(peer_pk, peer + " public key")
+    cdef uint8_t out[32]
+    raise_status(fn(<const uint8_t*>(<const char*>a), <const uint8_t*>(<const char*>b),
+                    <const uint8_t*>(<const char*>c), job_id, rank, out))
+    key = (<const char*>out)[:32]
+    memset(out, 0, 32)
+    return key
+
+
+def kx_server_key(server_pk, server_sk, worker_pk, uint32_t job_id, uint32_t rank):
+    """The server's copy of the datagram key of worker `rank` in job `job_id`."""
+    return _derive(c_kx_server_key, server_pk, server_sk, worker_pk, job_id, rank, "server", "worker")
+
+
+def kx_worker_key(worker_pk, worker_sk, server_pk, uint32_t job_id, uint32_t rank):
+    """Worker `rank`'s datagram key in job `job_id`, from its key pair and the server's public key."""
+    return _derive(c_kx_worker_key, worker_pk, worker_sk, server_pk, job_id, rank, "worker", "server")

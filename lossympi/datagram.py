@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from pyagg import _ext
-from pyagg.errors import InvalidArgumentError
+from . import _wire
+from .errors import InvalidArgumentError
 
 __all__ = [
     "DEFAULT_MAX_DATAGRAM",
@@ -58,13 +58,15 @@ __all__ = [
     "GradientReceiver",
     "GradientSender",
     "dtype_code",
+    "fill_missing",
     "geometry",
+    "mac_available",
     "resolve_mac",
     "seal_datagram",
 ]
 
 FILL_POLICIES = ("nan", "random", "zero", "last")
-_CONST = _ext.transport_constants()
+_CONST = _wire.transport_constants()
 HEADER_SIZE: int = _CONST["header_size"]
 TAG_SIZE: int = _CONST["tag_size"]
 DEFAULT_MAX_DATAGRAM: int = _CONST["max_datagram"]
@@ -82,6 +84,11 @@ def dtype_code(dtype: Any) -> int:
     raise InvalidArgumentError(f"gradients must be float32 or float64, got {dt}")
 
 
+def mac_available(mac: str) -> bool:
+    """Whether this build (libsodium) and this CPU provide the MAC `mac` ('none' always)."""
+    return bool(_wire.transport_mac_available(mac))
+
+
 def resolve_mac(mac: str, auth: bool) -> str:
     """The concrete MAC algorithm: 'none' only when auth is explicitly False."""
     if not auth:
@@ -90,12 +97,38 @@ def resolve_mac(mac: str, auth: bool) -> str:
         return "none"
     if mac == "none":
         raise InvalidArgumentError("mac='none' switches authentication off: pass auth=False explicitly")
-    return _ext.transport_mac_resolve(mac)
+    return _wire.transport_mac_resolve(mac)
 
 
 def geometry(d: int, dtype: Any = np.float32, max_datagram: int = DEFAULT_MAX_DATAGRAM) -> dict:
     """How d elements are chunked: chunk_elems, chunk_bytes, chunk_count, total_bytes."""
-    return _ext.transport_geometry(int(d), dtype_code(dtype), int(max_datagram))
+    return _wire.transport_geometry(int(d), dtype_code(dtype), int(max_datagram))
+
+
+def fill_missing(row: np.ndarray, received: np.ndarray | None, policy: str, *, seed: int, step: int, rank: int,
+                 max_datagram: int = DEFAULT_MAX_DATAGRAM) -> np.ndarray:
+    """Fills the chunks of one gradient row that did not arrive, in place, exactly as the receiver does.
+
+    row: 1-D C-contiguous float32/float64 array (the row as received so far).
+    received: one bool per chunk of ``geometry(row.size, row.dtype, max_datagram)`` (True = arrived),
+    or None when nothing arrived. policy: 'nan', 'random' (reproducible from seed, step, rank, chunk),
+    'zero' or 'last' (left untouched: the row keeps what it held). The one implementation of the fill
+    policies is the engine's; this is how the MPI path and sender-side loss emulation use it.
+    """
+    if policy not in FILL_POLICIES:
+        raise InvalidArgumentError(f"unknown fill policy {policy!r}; known: {', '.join(FILL_POLICIES)}")
+    if not (isinstance(row, np.ndarray) and row.ndim == 1 and row.flags.c_contiguous and row.flags.writeable):
+        raise InvalidArgumentError("row must be a writeable 1-D C-contiguous numpy array")
+    geo = geometry(row.size, row.dtype, max_datagram)
+    bits = None
+    if received is not None:
+        rec = np.asarray(received, dtype=bool).reshape(-1)
+        if rec.size != geo["chunk_count"]:
+            raise InvalidArgumentError(f"received must have {geo['chunk_count']} entries (chunks), got {rec.size}")
+        bits = np.packbits(rec, bitorder="little")
+    _wire.fill_chunks(row.ctypes.data, row.size, dtype_code(row.dtype), policy, 0 if bits is None else bits.ctypes.data,
+                      int(seed), int(step), int(rank), int(max_datagram))
+    return row
 
 
 def seal_datagram(*, rank: int, step: int, chunk_index: int, chunk_count: int, total_elems: int,
@@ -106,8 +139,8 @@ def seal_datagram(*, rank: int, step: int, chunk_index: int, chunk_count: int, t
     Nothing is validated: this is how tests craft hostile datagrams that carry a
     valid MAC (out-of-range index, wrong length, another job...).
     """
-    mac_name = "none" if mac == "none" else _ext.transport_mac_resolve(mac)
-    return _ext.transport_seal(kind=kind, mac=mac_name, dtype=dtype_code(dtype), job_id=job_id, rank=rank,
+    mac_name = "none" if mac == "none" else _wire.transport_mac_resolve(mac)
+    return _wire.transport_seal(kind=kind, mac=mac_name, dtype=dtype_code(dtype), job_id=job_id, rank=rank,
                                step=step, tensor_id=tensor_id, chunk_index=chunk_index, chunk_count=chunk_count,
                                total_elems=total_elems, payload=bytes(payload), key=key, header_len=header_len)
 
@@ -159,13 +192,20 @@ class GradientReceiver:
         Socket receive buffer requested (bytes); None: room for two whole steps of every sender,
         64 MB to 1 GB. :attr:`socket_info` says what the kernel granted (without root, the kernel
         caps it at net.core.rmem_max; :attr:`last_info` ['kernel_dropped'] counts overflows).
+        With ``isolate`` each worker's socket gets its own buffer sized from its bytes per step.
+    isolate : bool
+        Per-worker isolation: a sender must first register its UDP source address with a
+        REGISTER datagram MAC'd under its key (:meth:`GradientSender.register`); its datagrams then
+        arrive through a socket connected to that address, with a buffer of its own, and datagrams
+        from any other source are dropped before any MAC work (counted ``unknown_source``).
     """
 
     def __init__(self, ranks: Iterable[int], d: int, dtype: Any = np.float32, deadline: float = 2.0,
                  fill: str = "nan", keys: Mapping[int, bytes] | Sequence[bytes] | None = None, *,
                  auth: bool = True, mac: str = "auto", host: str = "127.0.0.1", port: int = 0, job_id: int = 0,
                  tensor_id: int = 0, grace: float = 0.005, drop_rate: float = 0.0, seed: int = 0,
-                 max_datagram: int = DEFAULT_MAX_DATAGRAM, rcvbuf: int | None = None, gro: bool = True) -> None:
+                 max_datagram: int = DEFAULT_MAX_DATAGRAM, rcvbuf: int | None = None, gro: bool = True,
+                 isolate: bool = False) -> None:
         self.ranks = [int(r) for r in ranks]
         if fill not in FILL_POLICIES:
             raise InvalidArgumentError(f"unknown fill policy {fill!r}; known: {', '.join(FILL_POLICIES)}")
@@ -180,9 +220,11 @@ class GradientReceiver:
         if rcvbuf is None:
             step_bytes = len(self.ranks) * self.d * self.dtype.itemsize
             rcvbuf = int(min(max(2 * step_bytes, 64 << 20), 1 << 30))
-        self._rx = _ext.UdpReceiver(self.ranks, blob, self.d, dtype_code(self.dtype), self.mac, fill,
+        self._rx = _wire.UdpReceiver(self.ranks, blob, self.d, dtype_code(self.dtype), self.mac, fill,
                                     job_id=job_id, tensor_id=tensor_id, max_datagram=max_datagram, grace=grace,
-                                    drop_rate=drop_rate, seed=seed, host=host, port=port, rcvbuf=rcvbuf, gro=gro)
+                                    drop_rate=drop_rate, seed=seed, host=host, port=port, rcvbuf=rcvbuf, gro=gro,
+                                    isolate=isolate)
+        self.isolate = bool(isolate)
         self._view = np.frombuffer(self._rx, dtype=self.dtype).reshape(len(self.ranks), self.d)
         self._open: int | None = None
         self.last_info: dict | None = None
@@ -197,6 +239,10 @@ class GradientReceiver:
     def socket_info(self) -> dict:
         """Bound address, SO_RCVBUF requested and granted, whether UDP GRO is on."""
         return self._rx.socket_info
+
+    def registrations(self) -> list[dict]:
+        """Ranks whose UDP source is registered (isolate): [{'rank': r, 'address': 'host:port'}, ...]."""
+        return self._rx.registrations()
 
     @property
     def view(self) -> np.ndarray:
@@ -296,7 +342,7 @@ class GradientSender:
             raise InvalidArgumentError(f"rate must be > 0 bytes/s or None (unpaced), got {rate}")
         self.rank = int(rank)
         self.rate = rate
-        self._tx = _ext.UdpSender(str(host), int(port), self.rank, key, self.mac, job_id=job_id,
+        self._tx = _wire.UdpSender(str(host), int(port), self.rank, key, self.mac, job_id=job_id,
                                   tensor_id=tensor_id, max_datagram=max_datagram,
                                   rate=0.0 if rate is None else float(rate), burst=0 if burst is None else int(burst),
                                   gso=gso, sndbuf=sndbuf, end_copies=end_copies)
@@ -311,6 +357,10 @@ class GradientSender:
         st = self._tx.send(int(step), g.ctypes.data, g.size, code)
         self.last_stats = st
         return st
+
+    def register(self) -> None:
+        """Sends one REGISTER datagram (proves this sender's source address to an isolating receiver)."""
+        self._tx.register()
 
     def describe(self) -> str:
         return self._tx.describe()

@@ -274,4 +274,4 @@ def device_sync(int device_id):
     raise_status(device_synchronize(device_id))
 
 
-include "_transport.pxi"
+

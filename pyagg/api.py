@@ -1,7 +1,9 @@
 """The Python API of the aggregation engine: aggregate, Aggregator, rules.
 
-Arrays are inspected here (dtype, shape, contiguity, device) and handed to the
-engine by address, without copies; everything about the rules themselves
+Arrays are inspected here (dtype, byte order, shape, C-contiguity, alignment,
+device; every host array, gradients and centered-clipping state alike, goes
+through :func:`_check_array`) and handed to the engine by address, without
+copies: an array the engine cannot read as is is refused, never copied; everything about the rules themselves
 (names, parameters, bounds) is validated by the engine, so every front end
 gets the same messages.
 """
@@ -60,7 +62,7 @@ def _host_array(x: Any, what: str) -> np.ndarray:
 
 
 def _check_array(a: np.ndarray, ndim: int, what: str) -> int:
-    """Validate dtype / ndim / contiguity; return the engine dtype code."""
+    """Validate dtype / byte order / ndim / C-contiguity / alignment; return the engine dtype code."""
     if a.dtype not in _DTYPES:
         raise InvalidArgumentError(f"{what}: dtype must be float32 or float64, got {a.dtype}")
     if not a.dtype.isnative:
@@ -73,7 +75,32 @@ def _check_array(a: np.ndarray, ndim: int, what: str) -> int:
             f"{what}: array is not C-contiguous (shape {a.shape}, strides {a.strides}); "
             "pass numpy.ascontiguousarray(...) explicitly"
         )
+    if not a.flags.aligned:
+        raise InvalidArgumentError(
+            f"{what}: array data is not aligned to its {a.dtype.itemsize}-byte {a.dtype} elements "
+            f"(address {a.ctypes.data:#x}); pass a copy (numpy.array(...)) explicitly"
+        )
     return _DTYPES[a.dtype]
+
+
+def _state_address(state: Any, d: int, dtype: np.dtype) -> tuple[int, Any]:
+    """Validate a host centered-clipping state for n x `d` gradients of `dtype`.
+
+    The engine reads exactly d contiguous, aligned elements of `dtype` at the
+    returned address (it never writes the state), so the state must be a 1-D
+    C-contiguous, aligned, native-order array of that shape and dtype: a strided
+    or reversed view is refused, never copied silently. Returns ``(address, keep)``
+    (address 0 for no state; `keep` keeps the array alive during the call).
+    """
+    if state is None:
+        return 0, None
+    a = _host_array(state, "state")
+    if a.dtype != dtype or a.shape != (d,):
+        raise InvalidArgumentError(
+            f"state must have shape ({d},) and dtype {dtype}, got {a.shape} {a.dtype}"
+        )
+    _check_array(a, 1, "state")
+    return (a.ctypes.data if d else 1), a
 
 
 class _Batch:
@@ -157,14 +184,9 @@ def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device:
         )
     b = _Batch(gradients)
     out = np.empty(b.d, dtype=b.dtype)
-    st = 0
-    if state is not None:
-        if state.dtype != b.dtype or state.shape != (b.d,):
-            raise InvalidArgumentError(
-                f"state must have shape ({b.d},) and dtype {b.dtype}, got {state.shape} {state.dtype}"
-            )
-        st = state.ctypes.data
+    st, keep = _state_address(state, b.d, b.dtype)
     rule.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if b.d else 1, st)
+    del keep
     return out
 
 

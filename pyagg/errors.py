@@ -7,6 +7,10 @@ that catches ``ValueError`` keeps working.
 
 from __future__ import annotations
 
+# The transport's errors live in lossympi (pyagg depends on lossympi, never the reverse);
+# re-exported here so that ``pyagg.TransportError`` keeps working.
+from lossympi.errors import DeadlineError, TransportError
+
 
 class AggregationError(RuntimeError):
     """Base class of every pyagg error."""
@@ -18,14 +22,6 @@ class InvalidArgumentError(AggregationError, ValueError):
 
 class DeviceError(AggregationError):
     """A device was requested that this build or this machine cannot provide."""
-
-
-class TransportError(AggregationError, OSError):
-    """A socket or transport failure (LossyMPI)."""
-
-
-class DeadlineError(AggregationError, TimeoutError):
-    """A transport deadline passed."""
 
 
 class EngineMemoryError(AggregationError, MemoryError):

@@ -12,14 +12,20 @@ Rank 0 is the trusted parameter server, ranks 1..n the workers::
     # across hosts: pass an MPICH host file (the command is the same everywhere)
     pyagg train --launcher mpi --hostfile hosts --workers 18 ...
 
-``--launcher mpi`` starts ``mpiexec -disable-auto-cleanup -n WORKERS+1``
-(the venv's MPICH) on ``python -m pyagg.cluster.rank python -m pyagg.train
-...``: each rank runs under a tiny supervisor that turns its death into an
-exit status, so that hydra does not take the whole job down when one worker
-is killed. To launch by hand, use the same shape::
+``--launcher mpi`` starts the venv's MPICH ``mpiexec -disable-auto-cleanup``
+on ``python -m lossympi.guard -m pyagg.train ...``, rank 0 (the server) in an
+MPMD section of its own: each rank runs under the transport's tiny supervisor
+(:mod:`lossympi.guard`) that turns its death into an exit status, so that hydra
+does not take the whole job down when one worker is killed (while a failure of
+the server, or of any rank before training started, ends the job at once); and
+the launcher makes this job's X25519 key pair (:mod:`lossympi.keys`): the public
+key goes to every rank, the secret key to rank 0 only (a 0600 file under
+``--out`` that rank 0 deletes when it starts). To launch by hand, use the same
+shape (the command is printed before it runs)::
 
-    mpiexec -disable-auto-cleanup -f hosts -n 20 \\
-        python -m pyagg.cluster.rank python -m pyagg.train --launcher mpi ...
+    mpiexec -disable-auto-cleanup -f hosts -genv LOSSYMPI_SERVER_PUBLIC_KEY <hex> \\
+        -n 1 -env LOSSYMPI_SERVER_KEY_FILE <file> python -m lossympi.guard -m pyagg.train --launcher mpi ... : \\
+        -n 19 python -m lossympi.guard -m pyagg.train --launcher mpi ...
 
 Outputs (``--out DIR``): metrics.csv, summary.json, accuracy.png,
 checkpoint.npz (atomic; ``--resume`` continues from it).
@@ -209,13 +215,23 @@ def find_mpiexec(explicit: str | None = None) -> str:
 
 
 def mpi_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
-    """The mpiexec command line that runs this training as a cluster."""
+    """The mpiexec command line that runs this training as a cluster.
+
+    MPMD form: rank 0 (the server) in a section of its own, so that only it is
+    told where this job's secret key is (:func:`lossympi.keys.launch_args`:
+    a fresh X25519 key pair per job, the secret in a 0600 file under --out that
+    rank 0 deletes at start-up, the public key in every rank's environment).
+    """
+    from lossympi.keys import launch_args
+
+    os.makedirs(cfg.out, exist_ok=True)
+    genv, server_env, _ = launch_args(cfg.out)
     cmd = [find_mpiexec(cfg.mpiexec), "-disable-auto-cleanup"]
     if cfg.hostfile:
         cmd += ["-f", cfg.hostfile]
-    cmd += ["-n", str(cfg.workers + 1), sys.executable, "-m", "pyagg.cluster.rank",
-            sys.executable, "-m", "pyagg.train"] + list(argv)
-    return cmd
+    # Each rank under the transport's supervisor; "-m" runs the module with this same Python.
+    rank = [sys.executable, "-m", "lossympi.guard", "-m", "pyagg.train"] + list(argv)
+    return cmd + genv + ["-n", "1", *server_env, *rank, ":", "-n", str(cfg.workers), *rank]
 
 
 def launch_mpi(cfg: TrainConfig, argv: list[str], timeout: float | None = None) -> int:
@@ -282,10 +298,10 @@ def main(argv: list[str] | None = None, prog: str = "pyagg train") -> int:
             return run_rank(cfg)
         try:  # fail here, not in a cluster of waiting workers
             from .cluster.server import make_aggregator
-            from .cluster.transport import uses_lossympi
+            from .cluster.transport import require_lossympi
 
             make_aggregator(cfg, cfg.workers)
-            uses_lossympi(cfg.transport)
+            require_lossympi(cfg.transport)
         except (ValueError, RuntimeError) as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2

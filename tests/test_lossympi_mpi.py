@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from lossympi.keys import launch_args
+
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(240)]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,16 +57,22 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_job(tmp_path, n: int = 5, timeout: float = 150, **opts) -> tuple[dict, int, str]:
+def run_job(tmp_path, n: int = 5, timeout: float = 150, keys_out: list | None = None,
+            **opts) -> tuple[dict, int, str]:
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install mpich mpi4py)")
     pytest.importorskip("mpi4py")
     out = tmp_path / "report.json"
-    args = [mpiexec, "-disable-auto-cleanup", "-n", str(n), sys.executable, "-m", "lossympi.guard", JOB,
-            "--out", str(out)]
+    rank_cmd = [sys.executable, "-m", "lossympi.guard", JOB, "--out", str(out)]
     for k, v in opts.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        rank_cmd += [f"--{k.replace('_', '-')}", str(v)]
+    # the job's key pair, as a launcher hands it over: public key to all, secret key file to rank 0 only
+    genv, server_env, keys = launch_args(str(tmp_path))
+    if keys_out is not None:
+        keys_out.append(keys)
+    args = [mpiexec, "-disable-auto-cleanup", *genv, "-n", "1", *server_env, *rank_cmd, ":", "-n", str(n - 1),
+            *rank_cmd]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     t0 = time.monotonic()
@@ -135,7 +143,8 @@ def test_worker_sigkilled_mid_run(tmp_path, transport):
     assert steps[1]["reason"] == steps[2]["reason"] == "complete"
     assert steps[3]["reason"] == "deadline" and steps[3]["seconds"] < deadline + 2.0
     dead_from = min(s for s, st in steps.items() if 2 in st["dead"])
-    assert dead_from <= 4
+    # it acknowledged step 3's parameters before dying: dead once 2 broadcasts (4, 5) go unacknowledged
+    assert dead_from <= 5
     for s in range(dead_from + 1, 8):  # afterwards nobody waits for it
         assert steps[s]["reason"] == "complete" and steps[s]["seconds"] < deadline, steps[s]
     for s in range(3, 8):
@@ -144,3 +153,102 @@ def test_worker_sigkilled_mid_run(tmp_path, transport):
     check_rows(rep, dead={2})
     for r in (1, 3, 4):
         assert f"[rank {r}] stopped after 7 steps" in log, log
+
+
+def test_no_secret_on_the_wire_and_a_stolen_public_key_is_useless(tmp_path):
+    """Every control message as sent, by every rank: no secret key and no derived datagram key in
+    them. Rank 3 presents rank 2's public key as its own: it cannot derive the key the server
+    computes for it, so it never registers and is left out; rank 2 and the others are untouched."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    keys: list = []
+    rep, rc, log = run_job(tmp_path, transport="udp", steps=3, record=str(rec), present_pk_rank=3,
+                           present_pk_of=2, startup_timeout=8, keys_out=keys)
+    assert rc == 0, log
+    assert rep["dead"] == [3] and "registration" in rep["dead_reason"]["3"], rep
+    for st in rep["steps"]:
+        for row in st["rows"]:
+            if row["rank"] != 3:
+                assert row["complete"] and row["ok"], row
+    sent, secret = [], {keys[0].secret}
+    for f in rec.glob("rank*.json"):
+        seen = json.loads(f.read_text())
+        sent += [bytes.fromhex(h) for _, _, h in seen["sent"]]
+        secret |= {bytes.fromhex(k) for k in seen["keys"]}
+    assert len(list(rec.glob("rank*.json"))) == 5
+    # 4 worker secret keys + the server's + ranks 1, 2, 4's datagram keys (the same on both sides) + the
+    # server's key for rank 3 and the different one rank 3 computed
+    assert len(secret) == 10 and all(len(k) == 32 for k in secret)
+    wire = b"".join(sent)
+    assert len(sent) > 20 and wire
+    for k in secret:
+        assert k not in wire
+        assert k.hex().encode() not in wire
+
+
+def _flood(address: tuple[str, int], job_id: int, count: int, claim: int, stop_file: str) -> dict:
+    """Sends `count` forged datagrams (a valid-looking header claiming rank `claim`, garbage MAC) from an
+    attacker socket that is not registered, as fast as a Python loop can."""
+    import socket
+    import struct
+
+    hdr = struct.pack(">IBBBBIIQHHIIIQ", 0x4C4D5049, 1, 1, 1, 0, job_id, claim, 1, 0, 48, 0, 10, 1408, 3520)
+    dgram = hdr + bytes(1408) + bytes(16)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(address)
+    t0 = time.monotonic()
+    sent = 0
+    try:
+        for _ in range(count):
+            try:
+                s.send(dgram)
+                sent += 1
+            except (ConnectionRefusedError, BlockingIOError):
+                pass
+    finally:
+        s.close()
+        with open(stop_file, "w") as f:
+            f.write(str(sent))
+    return {"sent": sent, "seconds": time.monotonic() - t0}
+
+
+@pytest.mark.timeout(600)
+def test_flood_of_forged_datagrams_isolated(tmp_path):
+    """>= 1 M forged datagrams claiming honest rank 1, from an unregistered attacker socket on loopback,
+    during training steps: every honest gradient complete in >= 99% of the steps, nobody declared dead,
+    and every hostile datagram accounted for (read and counted unknown_source, or dropped by the kernel
+    on the catch-all socket, which no honest worker uses)."""
+    import threading
+
+    addr_file, stop_file = str(tmp_path / "addr.json"), str(tmp_path / "flood.done")
+    n_flood = 1_000_000
+    box: dict = {}
+
+    def attacker() -> None:
+        t_end = time.monotonic() + 120
+        while not os.path.exists(addr_file) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        if not os.path.exists(addr_file):
+            return
+        info = json.loads(open(addr_file).read())
+        box.update(_flood(tuple(info["address"]), info["job_id"], n_flood, 1, stop_file))
+
+    th = threading.Thread(target=attacker, daemon=True)
+    th.start()
+    rep, rc, log = run_job(tmp_path, transport="udp", steps=2000, d=100_003, deadline=2.0, timeout=500,
+                           address_file=addr_file, until_file=stop_file)
+    th.join(timeout=60)
+    assert rc == 0, log
+    assert box.get("sent") == n_flood, box
+    steps = rep["steps"]
+    complete = sum(all(r["complete"] for r in st["rows"]) for st in steps)
+    assert rep["dead"] == [], rep["dead_reason"]
+    assert complete >= 0.99 * len(steps), (complete, len(steps))
+    check_rows(rep)
+    for st in steps:  # the forged datagrams are never charged to the rank they claim
+        assert all(r["rejected"] == 0 for r in st["rows"]), st
+    seen = sum(st["unattributed"].get("unknown_source", 0) for st in steps)
+    dropped = sum(st["unattributed_kernel_dropped"] for st in steps)
+    print(f"flood: {box}, steps {len(steps)}, complete {complete}, unknown_source {seen}, "
+          f"catch-all kernel drops {dropped}")
+    assert seen + dropped == n_flood, (seen, dropped)

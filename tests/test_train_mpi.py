@@ -2,7 +2,7 @@
 
 Each test launches ``python -m pyagg.train --launcher mpi`` (which starts
 ``mpiexec -disable-auto-cleanup -n 6`` with each rank under the
-``pyagg.cluster.rank`` supervisor) in a subprocess with a hard timeout.
+``lossympi.guard`` supervisor) in a subprocess with a hard timeout.
 Threshold: see tests/test_train_local.py (momentum SGD, 100 steps: 0.92-0.97
 at n = 5 with or without one Byzantine worker in local runs).
 """

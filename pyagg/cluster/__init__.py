@@ -2,7 +2,8 @@
 
 - :mod:`.server`: the trusted parameter server (shared by every launcher)
 - :mod:`.local`: local launcher (all workers simulated in one process)
-- :mod:`.mpi`, :mod:`.worker`, :mod:`.transport`, :mod:`.rank`: the MPI cluster
+- :mod:`.mpi`, :mod:`.worker`, :mod:`.transport`: the MPI cluster (each rank under
+  :mod:`lossympi.guard`, the transport's rank supervisor)
 - :mod:`.experiments`: models + data (digits MLP/CNN, synthetic), pluggable
 - :mod:`.data`: iid / Dirichlet shards, reproducible mini-batches
 - :mod:`.byzantine`: attacks wiring and the collusion channel

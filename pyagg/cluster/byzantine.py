@@ -30,15 +30,20 @@ Omniscient gradient attacks need the honest gradients of the step.
 - Local launcher: all workers live in one process; the attack gets the exact
   honest gradients of the step (full omniscience, the threat model of the
   papers).
-- MPI launcher: the Byzantine ranks share an MPI communicator split off
-  ``COMM_WORLD`` at start-up (:class:`Collusion`); nobody else is in it and
-  the server never reads it. Each Byzantine rank computes ``estimate`` honest
-  gradients at the step's parameters on mini-batches of its own shard (default:
-  enough for the pool to hold about ``n - f`` rows, at most 8 per rank), the
-  pool is gathered on the lowest Byzantine rank, which runs the attack and
-  scatters one Byzantine row to each colluder. With iid data the pool is a
-  sample of the distribution the honest gradients are drawn from, so the
-  attackers know what honest workers send without reading their traffic.
+- MPI launcher: the Byzantine ranks share a private MPI communicator
+  (:class:`Collusion`), built at start-up by the colluders alone with
+  ``MPI_Comm_create_group`` (collective over the group's members only, on
+  the dedicated tag :data:`COLLUSION_TAG`): the server and the honest workers
+  call nothing for it, so a rank that skips it can stall only the colluders,
+  never the server. Nobody else is in it and the server never reads it. Each
+  Byzantine rank computes ``estimate`` honest gradients at the step's
+  parameters on mini-batches of its own shard (default: enough for the pool
+  to hold about ``n - f`` rows, at most 8 per rank), the pool is gathered on
+  the lowest Byzantine rank, which runs the attack and scatters one Byzantine
+  row to each colluder (typed non-blocking collectives polled with a
+  timeout). With iid data the pool is a sample of the distribution the honest
+  gradients are drawn from, so the attackers know what honest workers send
+  without reading their traffic.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ __all__ = [
     "poison_batch",
     "byzantine_rows",
     "Collusion",
+    "COLLUSION_TAG",
 ]
 
 GRADIENT_ATTACKS = tuple(_attacks.ATTACKS)
@@ -181,21 +187,48 @@ def default_estimate(spec: AttackSpec, n_workers: int, f: int) -> int:
     return max(1, min(8, math.ceil((n_workers - f) / max(f, 1))))
 
 
+COLLUSION_TAG = 0x7C0B
+"""Tag of ``MPI_Comm_create_group`` that builds the colluders' communicator (<= 32767, MPI's minimum tag bound)."""
+
+
 class Collusion:
     """The colluders' private channel: an MPI communicator of the Byzantine ranks.
 
-    Collective over ``comm`` at construction (every rank, the server included,
-    must create it, in the same order relative to other collectives).
+    Created by the Byzantine ranks only (every one of them, before the
+    transport), with ``comm.Create_group`` (``MPI_Comm_create_group``): a
+    collective over the group's members alone, so the server and the honest
+    workers take no part and call nothing. The group is ordered by rank: the
+    lowest Byzantine rank is rank 0 of the channel (it gathers the pool).
+    The creation itself blocks until every colluder has joined (no MPI call
+    creates a communicator with a timeout): a colluder that never does stalls
+    only the other colluders, which the server then treats as absent workers.
+    The per-step exchanges (:meth:`attack`) are polled with a timeout.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The job's communicator (``COMM_WORLD``).
+    byzantine_ranks : list of int
+        The colluders' ranks in ``comm``; the calling rank must be one of them.
     """
 
     def __init__(self, comm: Any, byzantine_ranks: list[int]):
-        from mpi4py import MPI
-
+        ranks = sorted({int(r) for r in byzantine_ranks})
         rank = comm.Get_rank()
-        self.member = rank in byzantine_ranks
-        color = 1 if self.member else MPI.UNDEFINED
-        self.comm = comm.Split(color, rank)
-        self.f = len(byzantine_ranks)
+        if rank not in ranks:
+            raise ValueError(f"Collusion: rank {rank} is not a colluder ({ranks}); honest ranks create nothing")
+        group = comm.Get_group()
+        try:
+            members = group.Incl(ranks)
+        finally:
+            group.Free()
+        try:
+            self.comm = comm.Create_group(members, COLLUSION_TAG)
+        finally:
+            members.Free()
+        self.member = True
+        self.ranks = ranks
+        self.f = len(ranks)
 
     def attack(
         self, spec: AttackSpec, own: np.ndarray, n_workers: int, seed: int, step: int, timeout: float = 60.0

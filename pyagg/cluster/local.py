@@ -54,10 +54,10 @@ class LocalCollector:
     def broadcast(self, step: int, params: np.ndarray) -> None:
         self._params = params.copy()  # each simulated worker gets its own copy
 
-    def _drop(self, i: int, g: np.ndarray, rate: float, stats: dict) -> np.ndarray:
-        from .worker import simulate_loss
+    def _drop(self, i: int, g: np.ndarray, rate: float, stats: dict, step: int) -> np.ndarray:
+        from .transport import simulate_loss
 
-        g, lost = simulate_loss(g, rate, self.cfg.fill, self.rng, CHUNK_FLOATS, self._last.get(i))
+        g, lost = simulate_loss(g, rate, self.cfg.fill, self.rng, self.cfg.seed, step, i + 1, self._last.get(i))
         stats["chunks"] = -(-self.d // CHUNK_FLOATS)
         stats["filled"] = lost
         if lost:
@@ -101,7 +101,7 @@ class LocalCollector:
             if i in self.byz_set and spec.name == "lossy":
                 rate = 1 - (1 - rate) * (1 - float(spec.param("rate")))
             if rate > 0 and rows[i] is not None and rows[i].dtype == np.float32 and rows[i].shape == (self.d,):
-                rows[i] = self._drop(i, rows[i], rate, stats[i])
+                rows[i] = self._drop(i, rows[i], rate, stats[i], step)
                 if cfg.fill == "last":
                     self._last[i] = rows[i].copy()
         return rows, stats

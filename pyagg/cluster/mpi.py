@@ -30,7 +30,7 @@ def run_rank(cfg: TrainConfig) -> int:
     mpi4py.rc.finalize = False
     from mpi4py import MPI
 
-    from .rank import FATAL
+    from lossympi.guard import FATAL
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -43,7 +43,7 @@ def run_rank(cfg: TrainConfig) -> int:
         print(f"[rank {rank}] error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if not isinstance(exc, (ValueError, TimeoutError)):
             traceback.print_exc()
-        # Before training started, a failing rank takes the job down (see pyagg.cluster.rank);
+        # Before training started, a failing rank takes the job down (see lossympi.guard);
         # afterwards a worker's failure is a crash fault the server tolerates.
         code = FATAL if (rank == 0 or not STARTED[0]) else 1
     _exit(code)
@@ -59,8 +59,12 @@ def _common(comm: Any, cfg: TrainConfig):
     exp = load_experiment(cfg.experiment, seed=cfg.seed, **cfg.experiment_args)
     byz = choose_byzantine(cfg.workers, cfg.byzantine, cfg.seed)
     spec = parse_attack(cfg.attack, cfg.attack_args)
-    # Collective on COMM_WORLD (every rank creates it, in the same order, before the transport).
-    collusion = Collusion(comm, [b + 1 for b in byz]) if spec.kind == "gradient" and byz else None
+    # Created by the colluders alone (MPI_Comm_create_group over their group): the server and
+    # the honest workers take no part in it, so no rank can stall them through it.
+    colluders = [b + 1 for b in byz]
+    collusion = None
+    if spec.kind == "gradient" and comm.Get_rank() in colluders:
+        collusion = Collusion(comm, colluders)
     pid_dir = os.path.join(cfg.out, "pids")
     os.makedirs(pid_dir, exist_ok=True)
     with open(os.path.join(pid_dir, f"rank{comm.Get_rank()}.pid"), "w") as fh:
@@ -71,7 +75,7 @@ def _common(comm: Any, cfg: TrainConfig):
 def _server(comm: Any, cfg: TrainConfig) -> int:
     from .model import FlatModel
     from .server import ParameterServer
-    from .transport import TransportCollector, lossympi_available, make_server_transport
+    from .transport import TransportCollector, make_server_transport
 
     done = os.path.join(cfg.out, "server.done")
     if os.path.exists(done):
@@ -81,10 +85,9 @@ def _server(comm: Any, cfg: TrainConfig) -> int:
     model.evaluate()  # trace before the start-up barrier
     transport = make_server_transport(comm, model.d, cfg)
     collector = TransportCollector(transport, cfg.workers)
-    impl = "lossympi" if lossympi_available() else "builtin-mpi"
     server = ParameterServer(cfg, exp, collector, cfg.out, model=model, extra_summary={
         "byzantine_workers": byz, "byzantine_ranks": [b + 1 for b in byz], "launcher": "mpi",
-        "transport": f"{cfg.transport} ({impl})"})
+        "transport": f"{cfg.transport} (lossympi)"})
     try:
         summary = server.run()
     finally:

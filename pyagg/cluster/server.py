@@ -188,7 +188,6 @@ class ParameterServer:
         keys = ("ok", "nonfinite", "partial", "missing", "rejected")
         self.counts = {k: np.zeros(self.n, np.int64) for k in keys}
         self.last_rows: list[np.ndarray | None] = [None] * self.n
-        self.fill_rng = np.random.default_rng([cfg.seed, 4242])
         self.resumed_from: int | None = None
         self.last_eval: dict[str, float] = {}
         self.history: list[tuple[int, float]] = []
@@ -207,10 +206,11 @@ class ParameterServer:
             return
         meta, arrays = ck
         fp = self.cfg.fingerprint()
-        if meta.get("fingerprint") != fp or int(meta.get("d", -1)) != self.d:
+        if meta.get("fingerprint") != fp:
             diff = {k: (meta.get("fingerprint", {}).get(k), v) for k, v in fp.items()
                     if meta.get("fingerprint", {}).get(k) != v}
             raise ValueError(f"--resume: the checkpoint in {self.out} is from another configuration: {diff}")
+        self._check_checkpoint_shapes(meta, arrays)
         self.params = np.array(arrays["params"], dtype=np.float32)
         self.opt.load(arrays, meta.get("opt_t", 0))
         if "agg_state" in arrays:
@@ -223,6 +223,42 @@ class ParameterServer:
         for k in self.counts:
             if f"count_{k}" in arrays:
                 self.counts[k] = np.array(arrays[f"count_{k}"], dtype=np.int64)
+
+    def _check_checkpoint_shapes(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Refuse a checkpoint whose arrays do not fit this model (d) and cluster (n).
+
+        The fingerprint names the configuration, not the model's size: the same
+        experiment can build a model of another d (changed code, a custom
+        factory), so the arrays themselves are checked before anything is loaded.
+        """
+        where = f"--resume: the checkpoint in {self.out}"
+        want = (self.d,)
+        if "params" not in arrays:
+            raise ValueError(f"{where} holds no parameter array 'params'")
+        got = tuple(arrays["params"].shape)
+        if got != want:
+            raise ValueError(
+                f"{where} holds parameters of shape {got} but this model's parameters have shape {want} "
+                f"(d={self.d}): it was written for a model of another size; resume it with that model, "
+                "or start afresh without --resume (or in another --out)"
+            )
+        if "d" in meta and int(meta["d"]) != self.d:
+            raise ValueError(
+                f"{where} was written for d={int(meta['d'])} parameters (header) but holds parameters "
+                f"of shape {got}; this model has shape {want}: the checkpoint is inconsistent"
+            )
+        expect = {f"opt_{k}": want for k in self.opt.state}
+        expect.update({f"count_{k}": (self.n,) for k in self.counts})
+        if "agg_state" in arrays:
+            expect["agg_state"] = want
+        for name, shape in expect.items():
+            if name.startswith("opt_") and name not in arrays:
+                raise ValueError(f"{where} holds no optimizer array {name!r} (optimizer {self.cfg.optimizer})")
+            if name in arrays and tuple(arrays[name].shape) != shape:
+                raise ValueError(
+                    f"{where}: array {name!r} has shape {tuple(arrays[name].shape)}, expected {shape} "
+                    f"(d={self.d}, workers={self.n})"
+                )
 
     def checkpoint(self, step: int, elapsed: float) -> None:
         arrays = {"params": self.params, **self.opt.arrays()}
@@ -242,17 +278,15 @@ class ParameterServer:
         save_checkpoint(self.out, step, arrays, meta)
 
     # ------------------------------------------------------- validation ---
-    def _fill_row(self, i: int) -> np.ndarray:
-        fill = self.cfg.fill
-        if fill == "zero":
-            return np.zeros(self.d, np.float32)
-        if fill == "random":
-            return self.fill_rng.standard_normal(self.d, dtype=np.float32)
-        if fill == "last" and self.last_rows[i] is not None:
-            return self.last_rows[i]
-        return np.full(self.d, np.nan, np.float32)
+    def _fill_row(self, i: int, step: int) -> np.ndarray:
+        """What the transport would have put in worker i's row had nothing arrived (the engine's fill)."""
+        from lossympi import fill_missing
 
-    def validate(self, rows: list[Any], stats: list[dict]) -> tuple[np.ndarray, list[str]]:
+        row = (self.last_rows[i].copy() if self.cfg.fill == "last" and self.last_rows[i] is not None
+               else np.zeros(self.d, np.float32))
+        return fill_missing(row, None, self.cfg.fill, seed=self.cfg.seed, step=step, rank=i + 1)
+
+    def validate(self, rows: list[Any], stats: list[dict], step: int = 0) -> tuple[np.ndarray, list[str]]:
         """Check every row (length, dtype, finite values); build the (n, d) float32 matrix.
 
         Returns the matrix (a buffer reused from step to step) and each
@@ -285,7 +319,7 @@ class ParameterServer:
             if st == "ok":
                 G[i] = r
             else:
-                G[i] = self._fill_row(i)
+                G[i] = self._fill_row(i, step)
             status.append(st)
         finite = np.isfinite(G)
         nonfinite = self.d - np.count_nonzero(finite, axis=1)
@@ -340,7 +374,7 @@ class ParameterServer:
                 rows, stats = self.collector.receive(step)
                 stats = [dict(s) for s in stats] + [{} for _ in range(self.n - len(stats))]
                 t1 = time.perf_counter()
-                G, status = self.validate(rows, stats)
+                G, status = self.validate(rows, stats, step)
                 tv = time.perf_counter()
                 g = self.agg.aggregate(G)
                 t2 = time.perf_counter()
@@ -435,7 +469,8 @@ class ParameterServer:
             "wall_time": elapsed,
             "skipped_steps": self.skipped,
             "workers": [
-                {"worker": i, **{k: int(v[i]) for k, v in self.counts.items()}, "dead": i in self.collector.dead}
+                {"worker": i, **{k: int(v[i]) for k, v in self.counts.items()}, "dead": i in self.collector.dead,
+                 "dead_reason": getattr(self.collector, "dead_reasons", {}).get(i)}
                 for i in range(self.n)
             ],
             "files": {"metrics": csv_path, "plot": png, "checkpoint": os.path.join(self.out, "checkpoint.npz")

@@ -22,37 +22,13 @@ from .config import TrainConfig
 from .data import BatchSampler, make_shards
 from .experiments import Experiment
 from .model import FlatModel
-from .transport import make_worker_transport, recv_params, send_malformed, uses_lossympi
+from .transport import make_worker_transport, require_lossympi, simulate_loss
 
-__all__ = ["run_worker", "simulate_loss"]
-
-
-def simulate_loss(g: np.ndarray, rate: float, fill: str, rng: np.random.Generator, chunk: int,
-                  prev: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Drop each ``chunk``-float datagram of ``g`` with probability ``rate``; fill the holes."""
-    d = g.shape[0]
-    chunks = -(-d // chunk)
-    lost = np.flatnonzero(rng.random(chunks) < rate)
-    if lost.size == 0:
-        return g, 0
-    g = g.copy()
-    for c in lost:
-        sl = slice(c * chunk, min((c + 1) * chunk, d))
-        if fill == "zero":
-            g[sl] = 0
-        elif fill == "random":
-            g[sl] = rng.standard_normal(sl.stop - sl.start, dtype=np.float32)
-        elif fill == "last" and prev is not None:
-            g[sl] = prev[sl]
-        else:
-            g[sl] = np.nan
-    return g, int(lost.size)
+__all__ = ["run_worker"]
 
 
 def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusion | None) -> int:
     """Worker loop of rank ``comm.Get_rank()`` (>= 1); returns an exit status."""
-    from .local import CHUNK_FLOATS
-
     rank = comm.Get_rank()
     me = rank - 1
     spec = parse_attack(cfg.attack, cfg.attack_args)
@@ -75,7 +51,7 @@ def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusio
     emulate_rate = float(spec.param("rate")) if evil and spec.name == "lossy" else 0.0
     if cfg.transport == "mpi":
         emulate_rate = 1 - (1 - cfg.drop_rate) * (1 - emulate_rate)
-    uses_lossympi(cfg.transport)
+    require_lossympi(cfg.transport)
     transport = make_worker_transport(comm, d, cfg)
     from .mpi import STARTED
 
@@ -86,7 +62,7 @@ def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusio
     try:
         while True:
             try:
-                step, params = recv_params(transport, cfg.worker_timeout)
+                step, params = transport.recv_params(timeout=cfg.worker_timeout)
             except TimeoutError as exc:
                 print(f"[worker {rank}] {exc}: exiting", file=sys.stderr, flush=True)
                 return 3
@@ -115,10 +91,10 @@ def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusio
                     g = np.concatenate([g, np.zeros(n_extra, g.dtype)]) if n_extra >= 0 else g[:n_extra].copy()
                 else:
                     g = g.astype(np.float64)
-                send_malformed(transport, step, g)
+                transport.send_unchecked(step, g)
                 continue
             if emulate_rate > 0 and g.dtype == np.float32 and g.shape == (d,):
-                g, _ = simulate_loss(g, emulate_rate, cfg.fill, rng, CHUNK_FLOATS, prev)
+                g, _ = simulate_loss(g, emulate_rate, cfg.fill, rng, cfg.seed, step, rank, prev)
                 prev = g
             try:
                 transport.send(step, g)
