@@ -435,3 +435,32 @@ def test_guard_turns_death_by_signal_into_an_exit_status():
     r = subprocess.run([sys.executable, "-m", "lossympi.guard", "-c", code], env=env, timeout=60, check=False,
                        start_new_session=True)
     assert r.returncode == 3
+
+
+def test_sender_close_during_send_waits_no_use_after_free():
+    """UdpSender.send runs without the GIL; close() from another thread must wait for it, not free
+    the sender under it (issue 9). A slow paced send is in flight while close() is called."""
+    import threading
+
+    d = 400_000  # 1.6 MB at 16 MB/s: ~0.1 s of pacing
+    with GradientReceiver([1], d, keys=keys_for([1]), deadline=5.0) as rx:
+        tx = GradientSender(rx.address, keys_for([1])[1], 16e6, rank=1)
+        rx.expect(1)
+        box = {}
+
+        def run():
+            box["stats"] = tx.send(1, grad_of(1, 1, d, np.float32))
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.02)
+        t_close = time.monotonic()
+        tx.close()                      # waits for the send in progress
+        waited = time.monotonic() - t_close
+        t.join(10)
+        assert not t.is_alive() and box["stats"]["chunks"] > 0
+        assert waited > 0.01, waited    # it did wait for the send instead of freeing the sender
+        with pytest.raises(TransportError, match="closed"):
+            tx.send(2, grad_of(1, 2, d, np.float32))
+        G, st = rx.receive(1)
+        assert st[0]["complete"]
