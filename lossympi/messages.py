@@ -54,7 +54,6 @@ __all__ = [
     "TAGS",
     "FixedRecv",
     "Hello",
-    "isend",
     "pack_ack",
     "pack_config",
     "pack_hello",
@@ -69,6 +68,7 @@ __all__ = [
     "parse_ready",
     "parse_registered",
     "parse_stop",
+    "post",
     "set_recorder",
 ]
 
@@ -110,7 +110,7 @@ def set_recorder(fn: Callable[[int, int, bytes], None] | None) -> None:
         _RECORDER.append(fn)
 
 
-def isend(comm: Any, buf: Any, dest: int, tag: int) -> Any:
+def post(comm: Any, buf: Any, dest: int, tag: int) -> Any:
     """Non-blocking typed send of a bytes-like or numpy buffer (never pickled). Keep `buf` alive until done."""
     MPI = mpi()
     if _RECORDER:

@@ -257,7 +257,7 @@ class ServerTransport:
     def _send(self, w: int, tag: int, buf: Any) -> None:
         """A typed send whose request and buffer are kept until completed (or the job ends)."""
         try:
-            self._graveyard.append((m.isend(self.comm, buf, w, tag), buf))
+            self._graveyard.append((m.post(self.comm, buf, w, tag), buf))
         except mpi().Exception as e:
             self.mark_dead(w, f"send failed: {e}")
 
@@ -425,7 +425,7 @@ class ServerTransport:
         MPI = mpi()
         for w in self.live:
             try:
-                r1 = m.isend(self.comm, hdr, w, m.TAG_PARAMS_HDR)
+                r1 = m.post(self.comm, hdr, w, m.TAG_PARAMS_HDR)
                 r2 = self.comm.Isend(p, dest=w, tag=m.TAG_PARAMS)
             except MPI.Exception as e:
                 self.mark_dead(w, f"parameter send failed: {e}")
@@ -591,7 +591,7 @@ class ServerTransport:
         stop = m.pack_stop(skip, "shutdown")
         for w in self.live:
             try:
-                reqs.append(m.isend(self.comm, stop, w, m.TAG_STOP))
+                reqs.append(m.post(self.comm, stop, w, m.TAG_STOP))
             except mpi().Exception:
                 continue
         t_end = time.monotonic() + timeout

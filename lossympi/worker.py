@@ -118,7 +118,7 @@ class WorkerTransport:
         return None
 
     def _post(self, buf: Any, tag: int) -> Any:
-        req = m.isend(self.comm, buf, 0, tag)
+        req = m.post(self.comm, buf, 0, tag)
         self._inflight.append(((req,), buf))
         return req
 
@@ -275,7 +275,7 @@ class WorkerTransport:
         MPI = mpi()
         t0 = time.monotonic()
         hdr = np.array([int(step), g.nbytes], dtype=np.uint64)
-        reqs = (m.isend(self.comm, hdr, 0, m.TAG_GRAD_HDR),
+        reqs = (m.post(self.comm, hdr, 0, m.TAG_GRAD_HDR),
                 self.comm.Isend([g.view(np.uint8), MPI.BYTE], dest=0, tag=m.TAG_GRAD))
         t_end = t0 + self.send_timeout
         bo = Backoff()
