@@ -9,11 +9,21 @@ cd "$here"
 VENV="${PYAGG_VENV:-$here/.venv}"
 PY="${PYTHON:-python3}"
 
-# --- system packages (libsodium for LossyMPI MACs, nftables for loss tests) ---
+# --- system packages (libsodium for LossyMPI MACs, nftables for loss tests, clang for sanitizers/fuzzing) ---
 need_apt=()
 if ! { [ -f /usr/include/sodium.h ] || pkg-config --exists libsodium 2>/dev/null; }; then need_apt+=(libsodium-dev); fi
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# clang (libFuzzer, ASan/UBSan/TSan) + libomp for the sanitizer and fuzz
+# builds that scripts/test.sh runs (scripts/sanitize.sh, scripts/fuzz.sh);
+# not needed when they are skipped locally (PYAGG_SKIP_SANITIZERS=1, CI unset).
+if [ "${CI:-}" = true ] || [ "${PYAGG_SKIP_SANITIZERS:-0}" != 1 ]; then
+  if ! command -v clang++ >/dev/null 2>&1; then
+    need_apt+=(clang libomp-dev)
+  elif ! echo 'int main(){return 0;}' | clang++ -fopenmp -x c++ - -o /dev/null >/dev/null 2>&1; then
+    need_apt+=(libomp-dev)
+  fi
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[setup] apt-get install ${need_apt[*]}"

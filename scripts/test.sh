@@ -27,4 +27,16 @@ if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2
   exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+
+# Sanitizers and fuzzing (after the normal tests; any report or crash fails the
+# run). Skippable locally with PYAGG_SKIP_SANITIZERS=1; CI (CI=true) always runs them.
+if [ "${CI:-}" = true ] || [ "${PYAGG_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "== sanitizers: ASan + UBSan, native tests (scripts/sanitize.sh asan)"
+  bash scripts/sanitize.sh asan
+  echo "== fuzzing: LossyMPI receiver datagram path (scripts/fuzz.sh 60)"
+  bash scripts/fuzz.sh 60
+else
+  echo "== sanitizers and fuzzing skipped (PYAGG_SKIP_SANITIZERS=1)"
+fi
+exit 0

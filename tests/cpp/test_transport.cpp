@@ -413,6 +413,10 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
   CHECK(s.tx[1]->send(2, g2.data(), d, DType::kFloat32, nullptr).ok());
   // and a replay of the current step's genuine datagram: a harmless duplicate
   s.ch->inject(cur[0].data(), cur[0].size());
+  // collect() returns as soon as both rows are complete; let the receive thread drain the queue
+  // first, so that the END copies and the replay queued behind the last chunks land in this step's
+  // counters (the loopback source hands over at most 64 datagrams per batch)
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(s.rx->collect(2, 1.0, nullptr, &r).ok());
   CHECK(r.reason == EndReason::kComplete);
   const float* buf = static_cast<const float*>(s.rx->buffer());
