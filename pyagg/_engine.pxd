@@ -39,6 +39,8 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
         double default_value
         cbool integer
         const char* doc
+        const char* choices
+        cbool allow_inf
 
     cdef cppclass CRuleInfo "pyagg::RuleInfo":
         const char* name
@@ -58,6 +60,7 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
     cdef cppclass CNamedParam "pyagg::NamedParam":
         string name
         double value
+        string text
 
     cdef cppclass CRuleConfig "pyagg::RuleConfig":
         size_t f

@@ -260,13 +260,16 @@ class Aggregator:
     Notes
     -----
     State: centered-clipping starts each call from the previous output
-    (momentum); bucketing's shuffle seed advances by one per call, so call t
-    uses ``seed + t``. :meth:`reset` forgets both.
+    (momentum); clipped-clustering (norm_history="all") takes its clipping
+    norm from the norms of every call so far; bucketing's shuffle seed
+    advances by one per call, so call t uses ``seed + t``. :meth:`reset`
+    forgets all three.
     """
 
     def __init__(self, rule: str, f: int = 0, pre: Sequence[Any] = (), *, device: str | None = None,
                  **params: Any):
         self.rule = _ext.Rule(rule, f, _split_params(params))
+        self._rule_args = (rule, f, _split_params(params))
         self.f = int(f)
         self.device = device
         _parse_device(device)
@@ -284,7 +287,10 @@ class Aggregator:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the momentum and restart the bucketing seed sequence."""
+        """Forget the momentum, clipped-clustering's norm history, and restart the bucketing seeds."""
+        if getattr(self, "state", None) is not None or getattr(self, "calls", 0):
+            # A fresh engine rule: clipped-clustering's norm history lives in it.
+            self.rule = _ext.Rule(*self._rule_args)
         self.state: np.ndarray | None = None
         self.calls = 0
 

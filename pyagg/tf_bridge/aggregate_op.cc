@@ -30,6 +30,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -114,8 +115,14 @@ class PyaggAggregateOp : public OpKernel {
     params.reserve(names.size());
     for (std::size_t i = 0; i < names.size(); ++i) {
       double v = 0;
-      OP_REQUIRES_OK(ctx, parse_value(names[i], values[i], &v));
-      params.push_back({names[i], v});
+      if (parse_value(names[i], values[i], &v).ok() &&
+          values[i].find_first_not_of("0123456789") != std::string::npos) {
+        params.push_back({names[i], v, ""});
+      } else {
+        // A named choice ("single") or an exact decimal integer (a 64-bit
+        // seed): the engine reads the text and names a bad one itself.
+        params.push_back({names[i], std::numeric_limits<double>::quiet_NaN(), values[i]});
+      }
     }
     // The engine's own parsing and validation: same messages as pyagg.aggregate.
     OP_REQUIRES_OK(ctx, to_tf(pyagg::make_rule(rule, static_cast<std::int64_t>(f), params, &cfg_)));
