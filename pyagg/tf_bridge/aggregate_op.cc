@@ -166,7 +166,12 @@ class PyaggAggregateOp : public OpKernel {
       OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
     }
 #endif
-    OP_REQUIRES_OK(ctx, to_tf(pyagg::aggregate(cfg_, view, out->flat<T>().data(), v0)));
+    // The op is stateless (centered-clipping's state is an input): a kernel
+    // cached by TF must not carry clipped-clustering's norm history from one
+    // run to the next, so each run starts a fresh one (norm_history = call).
+    pyagg::RuleConfig cfg = cfg_;
+    if (cfg.history) cfg.history = std::make_shared<pyagg::NormHistory>();
+    OP_REQUIRES_OK(ctx, to_tf(pyagg::aggregate(cfg, view, out->flat<T>().data(), v0)));
   }
 
  private:
