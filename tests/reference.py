@@ -530,7 +530,8 @@ def row_norm(x: np.ndarray, norm_order) -> float:
 
 def zeroing(G: np.ndarray, f: int = 0, tau: float = 0.0, norm_order=math.inf, mode: str = "zero") -> np.ndarray:
     n = G.shape[0]
-    kept = [i for i in range(n) if not row_norm(G[i], norm_order) > tau]
+    ok = set(usable_rows(G))  # an unusable row is zeroed, even with tau = inf
+    kept = [i for i in range(n) if i in ok and not row_norm(G[i], norm_order) > tau]
     X = G.astype(F64)
     total = X[kept].sum(axis=0) if kept else np.zeros(G.shape[1])
     if mode == "zero":
@@ -540,8 +541,9 @@ def zeroing(G: np.ndarray, f: int = 0, tau: float = 0.0, norm_order=math.inf, mo
 
 def zeroing_pre(G: np.ndarray, f: int = 0, tau: float = 0.0, norm_order=math.inf) -> np.ndarray:
     out = G.copy()
+    ok = set(usable_rows(G))
     for i in range(G.shape[0]):
-        if row_norm(G[i], norm_order) > tau:
+        if i not in ok or row_norm(G[i], norm_order) > tau:
             out[i] = 0
     return out
 
