@@ -464,7 +464,6 @@ inline Combo caf(const RuleConfig& r, const double* D, std::size_t n, const std:
   const std::vector<std::size_t> R = usable_rows(st);
   if (R.empty()) return combo_nan();
   const std::size_t m = R.size();
-  const std::vector<double> K0 = centered_gram(D, n, R);
   std::vector<double> c(m, 1.0), best_c;
   double best_w = 0, best = std::numeric_limits<double>::infinity();
   const double limit = double(n) - 2.0 * double(r.f);
@@ -475,22 +474,30 @@ inline Combo caf(const RuleConfig& r, const double* D, std::size_t n, const std:
     std::vector<std::size_t> A;
     for (std::size_t a = 0; a < m; ++a)
       if (c[a] > 0) A.push_back(a);
-    std::vector<double> p(m, 0.0);
-    for (std::size_t a : A) p[a] = c[a] / W;
-    // Gram of the rows centered at the weighted mean: K0 - a1^T - 1a^T + (p^T K0 p) 11^T.
-    std::vector<double> av;
-    matvec(K0, m, p, &av);
-    double q = 0;
-    for (std::size_t a = 0; a < m; ++a) q += p[a] * av[a];
     const std::size_t k = A.size();
+    std::vector<double> p(k);
+    for (std::size_t x = 0; x < k; ++x) p[x] = c[A[x]] / W;
+    // Gram of the alive rows centered at their weighted mean, from D:
+    // -1/2 (D - r1^T - 1r^T + t), r = D p, t = p^T D p. (The spec's update of
+    // a Gram matrix K0 centered once at the plain mean is the same matrix in
+    // exact arithmetic, but cancels ~(shift of the mean)^2 once far rows are
+    // zeroed; this form only sees the alive rows' own spread.)
+    std::vector<double> rw(k);
+    for (std::size_t x = 0; x < k; ++x) {
+      double sum = 0;
+      for (std::size_t y = 0; y < k; ++y) sum += p[y] * D[R[A[x]] * n + R[A[y]]];
+      rw[x] = sum;
+    }
+    double q = 0;
+    for (std::size_t x = 0; x < k; ++x) q += p[x] * rw[x];
     std::vector<double> Kp(k * k), M(k * k), sq(k), sA(k);
     for (std::size_t x = 0; x < k; ++x) {
-      sq[x] = std::sqrt(p[A[x]]);
+      sq[x] = std::sqrt(p[x]);
       sA[x] = s[R[A[x]]];
     }
     for (std::size_t x = 0; x < k; ++x)
       for (std::size_t y = 0; y < k; ++y) {
-        Kp[x * k + y] = (K0[A[x] * m + A[y]] - (av[A[x]] + av[A[y]])) + q;
+        Kp[x * k + y] = -0.5 * ((D[R[A[x]] * n + R[A[y]]] - (rw[x] + rw[y])) + q);
         M[x * k + y] = Kp[x * k + y] * (sq[x] * sq[y]);
       }
     const Eigen e = power_method(M, k, sA, r.power_iters);
