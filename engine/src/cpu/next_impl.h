@@ -173,7 +173,8 @@ inline Eigen power_method(const std::vector<double>& M, std::size_t m, const std
 }
 
 // Largest eigenvalue of a symmetric m x m matrix, cyclic Jacobi (relative
-// accuracy ~1e-15 of the matrix norm). A is overwritten.
+// accuracy ~1e-15 of the matrix norm); the cross-check of tridiag_max_eig in
+// tests/cpp/test_next.cpp. A is overwritten.
 inline double jacobi_max_eig(std::vector<double>& A, std::size_t m) {
   if (m == 0) return 0.0;
   if (m == 1) return A[0];
@@ -210,6 +211,75 @@ inline double jacobi_max_eig(std::vector<double>& A, std::size_t m) {
   double mx = A[0];
   for (std::size_t p = 1; p < m; ++p) mx = std::max(mx, A[p * m + p]);
   return mx;
+}
+
+// Largest eigenvalue of a symmetric m x m matrix: Householder reduction to
+// tridiagonal form (backward stable), then bisection with Sturm counts to
+// ~1e-15 of the spectral radius. About 10x cheaper than Jacobi at m = 16.
+// A is overwritten.
+inline double tridiag_max_eig(std::vector<double>& A, std::size_t m) {
+  if (m == 0) return 0.0;
+  if (m == 1) return A[0];
+  std::vector<double> v(m), p(m), w(m);
+  for (std::size_t k = 0; k + 2 < m; ++k) {
+    const std::size_t t = m - k - 1;  // length of the column below the diagonal
+    double xx = 0;
+    for (std::size_t i = 0; i < t; ++i) xx += A[(k + 1 + i) * m + k] * A[(k + 1 + i) * m + k];
+    if (xx == 0) continue;
+    const double x0 = A[(k + 1) * m + k];
+    const double alpha = x0 >= 0 ? -std::sqrt(xx) : std::sqrt(xx);
+    for (std::size_t i = 0; i < t; ++i) v[i] = A[(k + 1 + i) * m + k];
+    v[0] -= alpha;
+    double vtv = 0;
+    for (std::size_t i = 0; i < t; ++i) vtv += v[i] * v[i];
+    if (vtv == 0) continue;
+    const double beta = 2.0 / vtv;
+    double vp = 0;
+    for (std::size_t i = 0; i < t; ++i) {
+      double sum = 0;
+      for (std::size_t j = 0; j < t; ++j) sum += A[(k + 1 + i) * m + (k + 1 + j)] * v[j];
+      p[i] = beta * sum;
+      vp += v[i] * p[i];
+    }
+    const double K = beta * vp / 2.0;
+    for (std::size_t i = 0; i < t; ++i) w[i] = p[i] - K * v[i];
+    for (std::size_t i = 0; i < t; ++i)
+      for (std::size_t j = 0; j < t; ++j) A[(k + 1 + i) * m + (k + 1 + j)] -= v[i] * w[j] + w[i] * v[j];
+    A[(k + 1) * m + k] = A[k * m + (k + 1)] = alpha;
+  }
+  std::vector<double> dg(m), e2(m, 0.0);
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (std::size_t i = 0; i < m; ++i) {
+    dg[i] = A[i * m + i];
+    const double el = i > 0 ? std::fabs(A[i * m + i - 1]) : 0.0, er = i + 1 < m ? std::fabs(A[(i + 1) * m + i]) : 0.0;
+    if (i > 0) e2[i] = el * el;
+    lo = std::min(lo, dg[i] - el - er);
+    hi = std::max(hi, dg[i] + el + er);
+  }
+  const double scale = std::max(std::fabs(lo), std::fabs(hi));
+  if (scale == 0) return 0.0;
+  const double tiny = scale * 1e-300 + std::numeric_limits<double>::min();
+  // count(x): eigenvalues < x (Sturm sequence of the LDL^T pivots).
+  auto count = [&](double x) {
+    std::size_t c = 0;
+    double q = dg[0] - x;
+    for (std::size_t i = 0;;) {
+      if (q == 0) q = -tiny;
+      if (q < 0) ++c;
+      if (++i == m) break;
+      q = (dg[i] - x) - e2[i] / q;
+    }
+    return c;
+  };
+  for (int it = 0; it < 200 && hi - lo > 1e-15 * scale; ++it) {
+    const double mid = lo + (hi - lo) / 2;
+    if (mid <= lo || mid >= hi) break;
+    if (count(mid) == m)
+      hi = mid;
+    else
+      lo = mid;
+  }
+  return hi;
 }
 
 inline std::vector<std::size_t> usable_rows(const std::vector<RowStat>& st) {
@@ -414,7 +484,7 @@ inline double smea_lambda(const std::vector<double>& K, std::size_t mk, const st
   for (std::size_t a = 0; a < m; ++a)
     for (std::size_t b = 0; b < m; ++b)
       B[a * m + b] = ((K[pos[S[a]] * mk + pos[S[b]]] - (rho[a] + rho[b])) + t) / double(m);
-  return std::max(0.0, jacobi_max_eig(B, m));
+  return std::max(0.0, tridiag_max_eig(B, m));
 }
 
 inline Combo smea(const RuleConfig& r, const double* D, std::size_t n, const std::vector<RowStat>& st) {
