@@ -58,20 +58,22 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
     sq[k] = reduce::block_sumsq_finite(x, len, &ok);
     fin[k] = ok;
     if (abs_norms) {
-      double acc[8] = {};
-      double mx = 0;
+      // 8 lanes for the sum and the max: vectorised (andpd, addpd, maxpd).
+      double acc[8] = {}, mx8[8] = {};
       std::size_t c = 0;
       for (; c + 8 <= len; c += 8)
         for (int l = 0; l < 8; ++l) {
           const double v = std::fabs(double(x[c + l]));
           acc[l] += v;
-          mx = v > mx ? v : mx;
+          mx8[l] = v > mx8[l] ? v : mx8[l];
         }
       for (; c < len; ++c) {
         const double v = std::fabs(double(x[c]));
         acc[c % 8] += v;
-        mx = v > mx ? v : mx;
+        mx8[c % 8] = v > mx8[c % 8] ? v : mx8[c % 8];
       }
+      double mx = 0;
+      for (int l = 0; l < 8; ++l) mx = mx8[l] > mx ? mx8[l] : mx;
       l1[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
       li[k] = mx;
     }
