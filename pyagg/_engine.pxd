@@ -41,6 +41,7 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
         const char* doc
         const char* choices
         cbool allow_inf
+        cbool required
 
     cdef cppclass CRuleInfo "pyagg::RuleInfo":
         const char* name

@@ -203,7 +203,8 @@ cdef dict _param_dict(const vector[CParamSpec]& specs):
         else:
             default = float(v)
         out[specs[i].name.decode()] = {"default": default, "integer": bool(specs[i].integer),
-                                        "doc": specs[i].doc.decode(), "choices": choices}
+                                        "doc": specs[i].doc.decode(), "choices": choices,
+                                        "required": bool(specs[i].required)}
     return out
 
 

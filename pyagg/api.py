@@ -325,7 +325,9 @@ def _min_n(name: str):
 def rules() -> dict[str, dict[str, Any]]:
     """Every rule: bound, ``min_n(f)``, parameters with defaults, paper, summary.
 
-    A parameter default of None means "derived from n and f" (its ``doc`` says how).
+    A parameter default of None means "derived from n and f" (its ``doc`` says how), or, for
+    the names listed in ``required``, that the parameter has no default and must be given.
+    ``choices``: the parameters whose value is a name (e.g. ``linkage``: average or single).
     """
     out = {}
     for info in _ext.rule_infos():
@@ -336,6 +338,8 @@ def rules() -> dict[str, dict[str, Any]]:
             "robust": info["robust"],
             "params": {k: v["default"] for k, v in info["params"].items()},
             "param_docs": {k: v["doc"] for k, v in info["params"].items()},
+            "required": [k for k, v in info["params"].items() if v["required"]],
+            "choices": {k: v["choices"] for k, v in info["params"].items() if v["choices"]},
             "paper": info["paper"],
             "summary": info["summary"],
         }

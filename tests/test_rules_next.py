@@ -366,6 +366,8 @@ def test_rule_table_entries():
     assert info["caf"]["params"] == {"power_iters": 100, "seed": 0}
     assert info["zeroing"]["params"] == {"tau": None, "norm_order": "inf", "mode": "zero"}
     assert pyagg.pre_aggregators()["zeroing"]["params"] == {"tau": None, "norm_order": "inf"}
+    assert info["zeroing"]["required"] == ["tau"] and info["dnc"]["required"] == []
+    assert info["clipped-clustering"]["choices"] == {"norm_history": ["all", "call"], "linkage": ["average", "single"]}
     for rule in NEXT:
         assert info[rule]["paper"] and info[rule]["summary"]
         for f in range(5):

@@ -240,7 +240,7 @@ const std::vector<RuleInfo>& rule_table() {
       {RuleId::kZeroing, "zeroing", "n >= 1", bound_1, true,
        "TensorFlow Federated, tff.aggregators.zeroing_factory",
        "rows with norm > tau become zero rows; mode zero: sum of the kept rows / n, mode drop: their mean",
-       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true},
+       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true, true},
         {"norm_order", 0, true, "the norm: inf, 1 or 2", "inf|1|2"},
         {"mode", 0, true, "zero: a zeroed row keeps its weight (TFF MeanFactory); drop: mean of the kept rows",
          "zero|drop"}}},
@@ -263,7 +263,7 @@ const std::vector<PreInfo>& pre_table() {
        {{"tau", 0.0, false, "static clipping radius; 0 = adaptive robust clipping (ARC)"}}},
       {PreId::kZeroing, "zeroing", "TensorFlow Federated, tff.aggregators.zeroing_factory",
        "a row with norm > tau (unusable rows included) becomes a zero row; the others are copied",
-       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true},
+       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true, true},
         {"norm_order", 0, true, "the norm: inf, 1 or 2", "inf|1|2"}}},
   };
   return table;
@@ -343,8 +343,9 @@ Status make_rule(const std::string& name, std::int64_t f, const std::vector<Name
     }
     return Status::Ok();
   }));
-  if (id == RuleId::kZeroing && !given(params, "tau"))
-    return Status::Invalid(name + ": parameter tau is required (the zeroing threshold, >= 0)");
+  for (const auto& spec : info->params)
+    if (spec.required && !given(params, spec.name))
+      return Status::Invalid(name + ": parameter " + spec.name + " is required (" + spec.doc + ")");
   if (id == RuleId::kClippedClustering && history_all) cfg.history = std::make_shared<NormHistory>();
   *out = cfg;
   return Status::Ok();
@@ -380,8 +381,9 @@ Status make_pre(const std::string& name, std::int64_t f, const std::vector<Named
     }
     return Status::Ok();
   }));
-  if (info->id == PreId::kZeroing && !given(params, "tau"))
-    return Status::Invalid(name + ": parameter tau is required (the zeroing threshold, >= 0)");
+  for (const auto& spec : info->params)
+    if (spec.required && !given(params, spec.name))
+      return Status::Invalid(name + ": parameter " + spec.name + " is required (" + spec.doc + ")");
   *out = cfg;
   return Status::Ok();
 }

@@ -55,6 +55,7 @@ struct ParamSpec {
   // name through NamedParam::text, or as the index). nullptr: a number.
   const char* choices = nullptr;
   bool allow_inf = false;  // +inf is an admissible value
+  bool required = false;   // no default: make_rule refuses a config without it
 };
 
 struct RuleInfo {
