@@ -18,7 +18,7 @@ from pyagg._engine cimport (
     CPreInfo, CRuleConfig, CRuleInfo, CStatus, aggregate, build_info, check_pre_input,
     check_rule_input, copy_device_to_host, copy_host_to_device, cuda_device_count,
     device_free, device_malloc, device_synchronize, make_pre, make_rule, pre_output_rows,
-    pre_table, preaggregate, rule_table,
+    pre_table, preaggregate, rule_history, rule_table, set_rule_history,
 )
 
 from pyagg.errors import AggregationError, STATUS_EXCEPTIONS
@@ -141,6 +141,19 @@ cdef class Rule:
         with nogil:
             st = aggregate(self.cfg, g, <void*>out, <const void*>state)
         raise_status(st)
+
+    def history(self):
+        """The norms kept across calls (clipped-clustering, norm_history=all) as a list, else None."""
+        cdef vector[double] norms
+        if not rule_history(self.cfg, &norms):
+            return None
+        return [norms[i] for i in range(norms.size())]
+
+    def set_history(self, norms):
+        cdef vector[double] v
+        for x in norms:
+            v.push_back(float(x))
+        raise_status(set_rule_history(self.cfg, v))
 
     def __repr__(self):
         return f"Rule({self.name!r}, f={self.f}, params={dict(self.params)!r})"

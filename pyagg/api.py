@@ -309,6 +309,16 @@ class Aggregator:
 
     __call__ = aggregate
 
+    @property
+    def norm_history(self) -> np.ndarray | None:
+        """clipped-clustering's norm history (norm_history="all"), for checkpoints; None for other rules."""
+        h = self.rule.history()
+        return None if h is None else np.array(h, dtype=np.float64)
+
+    @norm_history.setter
+    def norm_history(self, norms: Any) -> None:
+        self.rule.set_history(np.asarray(norms, dtype=np.float64).ravel().tolist())
+
     def __repr__(self) -> str:
         pre = ", ".join(repr(p) for p in self.pre)
         return f"Aggregator({self.rule!r}, pre=[{pre}])"

@@ -228,6 +228,16 @@ def test_clipped_clustering_norm_history_across_calls(linkage):
         a = pyagg.aggregate(G, "clipped-clustering", 2, linkage=linkage)
         assert_bitwise(a, pyagg.Aggregator("clipped-clustering", 2, linkage=linkage, norm_history="call")(G))
     assert not np.allclose(outs[2], pyagg.aggregate(steps[2], "clipped-clustering", 2, linkage=linkage))
+    # the history can be saved and restored (checkpoints): a restored Aggregator continues alike
+    saved = agg.norm_history
+    assert saved.shape == (9 + 9 + 8 + 9,)
+    twin = pyagg.Aggregator("clipped-clustering", 2, linkage=linkage)
+    twin.norm_history = saved
+    G = steps[1] * 2.0
+    assert_bitwise(twin.aggregate(G), agg.aggregate(G))
+    assert pyagg.Aggregator("caf", 2).norm_history is None
+    with pytest.raises(InvalidArgumentError, match="keeps no norm history"):
+        pyagg.Aggregator("clipped-clustering", 2, norm_history="call").norm_history = [1.0]
     agg.reset()  # forgets the history
     assert_bitwise(agg.aggregate(steps[1]), pyagg.aggregate(steps[1], "clipped-clustering", 2, linkage=linkage))
 

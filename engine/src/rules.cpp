@@ -540,6 +540,25 @@ void run_cpu_pre(const PreConfig& c, const T* const* rows, std::size_t n, std::s
 
 }  // namespace
 
+bool rule_history(const RuleConfig& cfg, std::vector<double>* norms) {
+  if (!cfg.history) return false;
+  std::lock_guard<std::mutex> lock(cfg.history->mu);
+  *norms = cfg.history->norms;
+  return true;
+}
+
+Status set_rule_history(const RuleConfig& cfg, const std::vector<double>& norms) {
+  if (!cfg.history)
+    return Status::Invalid(std::string(info_of(cfg.rule).name) + " keeps no norm history (only clipped-clustering "
+                           "with norm_history=all does)");
+  for (double v : norms)
+    if (!(v >= 0) || !std::isfinite(v))
+      return Status::Invalid("norm history: every norm must be finite and >= 0, got " + fmt(v));
+  std::lock_guard<std::mutex> lock(cfg.history->mu);
+  cfg.history->norms = norms;
+  return Status::Ok();
+}
+
 Status aggregate(const RuleConfig& cfg, const GradView& g, void* out, const void* state) {
   try {
     PYAGG_RETURN_IF_ERROR(check_view(g, out));

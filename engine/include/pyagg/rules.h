@@ -175,6 +175,13 @@ Status aggregate(const RuleConfig& cfg, const GradView& g, void* out,
 // row-major, into `out` (same dtype/device as g).
 Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
 
+// A rule's state kept across calls besides centered-clipping's momentum:
+// clipped-clustering's norm history (norm_history = all). `has` is false for
+// every other rule (and for norm_history = call). Used to checkpoint an
+// Aggregator and to restore it (set_rule_history replaces the history).
+bool rule_history(const RuleConfig& cfg, std::vector<double>* norms);
+Status set_rule_history(const RuleConfig& cfg, const std::vector<double>& norms);
+
 // Build facts, for pyagg.build_info().
 struct BuildInfo {
   const char* version;
