@@ -389,3 +389,29 @@ def test_rows_and_matrix_give_the_same_bits():
     rows = [r.copy() for r in G]
     for rule, params in itertools.chain(((r, ref.req(r)) for r in NEXT), [("dnc", {"b": 50})]):
         assert_bitwise(pyagg.aggregate(rows, rule, 2, **params), pyagg.aggregate(G, rule, 2, **params))
+
+
+# ------------------------------------------------------- training, resume ---
+@pytest.mark.timeout(300)
+def test_training_resume_keeps_the_norm_history(tmp_path):
+    """A run resumed from a checkpoint ends with the parameters of the uninterrupted run:
+    the checkpoint carries clipped-clustering's norm history (agg_norm_history)."""
+    from pyagg.cluster.checkpoint import load_checkpoint
+    from pyagg.cluster.config import TrainConfig
+    from pyagg.train import run
+
+    def cfg(out, steps):
+        return TrainConfig(workers=5, byzantine=1, attack="gaussian", rule="clipped-clustering",
+                           steps=steps, checkpoint_every=5, eval_every=0, out=str(out), progress=False, quiet=True)
+
+    run(cfg(tmp_path / "ref", 12))
+    run(cfg(tmp_path / "res", 7))  # the final checkpoint, after step 6
+    _, first = load_checkpoint(str(tmp_path / "res"))
+    assert first["agg_norm_history"].shape == (7 * 5,)  # 5 workers x 7 steps, all usable
+    r = cfg(tmp_path / "res", 12)
+    r.resume = True
+    run(r)
+    _, a_res = load_checkpoint(str(tmp_path / "res"))
+    _, a_ref = load_checkpoint(str(tmp_path / "ref"))
+    np.testing.assert_array_equal(a_res["agg_norm_history"], a_ref["agg_norm_history"])
+    np.testing.assert_allclose(a_res["params"], a_ref["params"], rtol=1e-6, atol=1e-7)
