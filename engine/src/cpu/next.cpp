@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -58,22 +59,32 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
     sq[k] = reduce::block_sumsq_finite(x, len, &ok);
     fin[k] = ok;
     if (abs_norms) {
-      // 8 lanes for the sum and the max: vectorised (andpd, addpd, maxpd).
-      double acc[8] = {}, mx8[8] = {};
+      // 8 lanes for the sum and the max. The max runs on the bit patterns of
+      // |x| as int64 (non-negative doubles order like their bits; a NaN sorts
+      // above inf, and its row is unusable anyway): an integer max the
+      // compiler vectorises, where a floating-point one needs -ffast-math.
+      double acc[8] = {};
+      std::int64_t mb[8] = {};
       std::size_t c = 0;
       for (; c + 8 <= len; c += 8)
         for (int l = 0; l < 8; ++l) {
           const double v = std::fabs(double(x[c + l]));
+          std::int64_t bits;
+          std::memcpy(&bits, &v, sizeof bits);
           acc[l] += v;
-          mx8[l] = v > mx8[l] ? v : mx8[l];
+          mb[l] = bits > mb[l] ? bits : mb[l];
         }
       for (; c < len; ++c) {
         const double v = std::fabs(double(x[c]));
+        std::int64_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
         acc[c % 8] += v;
-        mx8[c % 8] = v > mx8[c % 8] ? v : mx8[c % 8];
+        mb[c % 8] = bits > mb[c % 8] ? bits : mb[c % 8];
       }
-      double mx = 0;
-      for (int l = 0; l < 8; ++l) mx = mx8[l] > mx ? mx8[l] : mx;
+      std::int64_t mbits = 0;
+      for (int l = 0; l < 8; ++l) mbits = mb[l] > mbits ? mb[l] : mbits;
+      double mx;
+      std::memcpy(&mx, &mbits, sizeof mx);
       l1[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
       li[k] = mx;
     }
