@@ -56,38 +56,45 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
     const std::size_t c0 = b * kReduceBlock, len = std::min(kReduceBlock, d - c0);
     const T* x = rows[i] + c0;
     bool ok = true;
-    sq[k] = reduce::block_sumsq_finite(x, len, &ok);
-    fin[k] = ok;
-    if (abs_norms) {
-      // 8 lanes for the sum and the max. The max runs on the bit patterns of
-      // |x| as int64 (non-negative doubles order like their bits; a NaN sorts
-      // above inf, and its row is unusable anyway): an integer max the
-      // compiler vectorises, where a floating-point one needs -ffast-math.
-      double acc[8] = {};
-      std::int64_t mb[8] = {};
+    if (!abs_norms) {
+      sq[k] = reduce::block_sumsq_finite(x, len, &ok);
+    } else {
+      // One loop for everything zeroing reads (sum of squares, finiteness,
+      // L1 in double, L-inf in T: exact), 16 lanes each, folded in a fixed order.
+      double s2[16] = {}, a1[16] = {}, fn[16] = {};
+      T mx[16] = {};
       std::size_t c = 0;
-      for (; c + 8 <= len; c += 8)
-        for (int l = 0; l < 8; ++l) {
-          const double v = std::fabs(double(x[c + l]));
-          std::int64_t bits;
-          std::memcpy(&bits, &v, sizeof bits);
-          acc[l] += v;
-          mb[l] = bits > mb[l] ? bits : mb[l];
+      for (; c + 16 <= len; c += 16)
+        for (int l = 0; l < 16; ++l) {
+          const double v = double(x[c + l]);
+          s2[l] += v * v;
+          fn[l] += v - v;
+          a1[l] += std::fabs(v);
+          const T av = std::fabs(x[c + l]);
+          mx[l] = mx[l] < av ? av : mx[l];
         }
       for (; c < len; ++c) {
-        const double v = std::fabs(double(x[c]));
-        std::int64_t bits;
-        std::memcpy(&bits, &v, sizeof bits);
-        acc[c % 8] += v;
-        mb[c % 8] = bits > mb[c % 8] ? bits : mb[c % 8];
+        const double v = double(x[c]);
+        const int l = int(c % 16);
+        s2[l] += v * v;
+        fn[l] += v - v;
+        a1[l] += std::fabs(v);
+        const T av = std::fabs(x[c]);
+        mx[l] = mx[l] < av ? av : mx[l];
       }
-      std::int64_t mbits = 0;
-      for (int l = 0; l < 8; ++l) mbits = mb[l] > mbits ? mb[l] : mbits;
-      double mx;
-      std::memcpy(&mx, &mbits, sizeof mx);
-      l1[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-      li[k] = mx;
+      double ssum = 0, asum = 0;
+      T m = 0;
+      for (int l = 0; l < 16; ++l) {
+        ssum += s2[l];
+        asum += a1[l];
+        m = m < mx[l] ? mx[l] : m;
+        ok = ok && fn[l] == 0.0;
+      }
+      sq[k] = ssum;
+      l1[k] = asum;
+      li[k] = double(m);
     }
+    fin[k] = ok;
   }
   out->assign(n, detail::RowStat{});
   for (std::size_t i = 0; i < n; ++i) {
