@@ -18,7 +18,9 @@
 //
 // Passes over G
 // -------------
-//  1. row statistics (row_stats): per row, over the fixed blocks of
+//  1. row statistics (row_stats; skipped for float32 smea, caf and dnc with
+//     b >= d, whose usable rows are the finite rows that pass 2 reports): per
+//     row, over the fixed blocks of
 //     kReduceBlock coordinates, the sum of squares (with finiteness) and, for
 //     zeroing with norm_order 1 or inf, the L1 and L-inf norms; partials
 //     combined in block order (deterministic).
@@ -33,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_backend.h"
@@ -172,8 +175,28 @@ void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const 
 template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out) {
   std::vector<detail::RowStat> st;
-  row_stats(rows, n, d, detail::needs_abs_norms(r), &st);
   detail::Combo c;
+  // float32 input: a row's float64 sum of squares cannot overflow (|x| <=
+  // 3.4e38, d < 2^62), so "usable" is "every entry finite", which the distance
+  // pass already reports (D[i][i] = 0 exactly for those rows). smea, caf and
+  // dnc on all coordinates then read G twice (distances, output), not three
+  // times; they read nothing else of the statistics.
+  const bool full_dnc = r.rule == RuleId::kDnc && std::size_t(r.sub_dim) >= d;
+  if (std::is_same<T, float>::value && (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf || full_dnc)) {
+    std::vector<double> D(n * n);
+    pairwise_sqdist<T>(rows, n, d, D.data());
+    st.assign(n, detail::RowStat{});
+    for (std::size_t i = 0; i < n; ++i) st[i].finite = D[i * n + i] == 0.0;
+    if (r.rule == RuleId::kSmea)
+      c = detail::smea(r, D.data(), n, st);
+    else if (r.rule == RuleId::kCaf)
+      c = detail::caf(r, D.data(), n, st);
+    else
+      c = detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>*, std::vector<double>* Dk) { *Dk = D; });
+    combine(rows, d, c, out);
+    return;
+  }
+  row_stats(rows, n, d, detail::needs_abs_norms(r), &st);
   if (r.rule == RuleId::kZeroing) {
     c = detail::zeroing(r, st);
   } else if (r.rule == RuleId::kDnc) {
