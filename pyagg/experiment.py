@@ -97,7 +97,8 @@ def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
                 cfg = TrainConfig(
                     experiment=a.experiment, experiment_args=parse_kv(a.experiment_args), workers=a.workers,
                     byzantine=byz, declared_f=a.byzantine if a.declared_f is None else a.declared_f, rule=rule_name,
-                    rule_args=rule_args, attack=attack, attack_args=params, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                    rule_args=rule_args, attack=attack, attack_args=params, steps=a.steps,
+                    batch_size=a.batch_size, lr=a.lr,
                     optimizer=a.optimizer, eval_every=a.eval_every, checkpoint_every=0, seed=seed, out=sub,
                     progress=False, quiet=True, launcher="local",
                 )

@@ -180,7 +180,8 @@ def test_median_is_exactly_permutation_invariant(data):
 def test_coordinate_rules_exactly_permutation_invariant_on_integers(rule, data):
     G, f, _ = data.draw(batches(rule, integer=True))
     p = np.array(data.draw(st.permutations(range(G.shape[0]))))
-    np.testing.assert_array_equal(pyagg.aggregate(G[p], rule, f, **ref.req(rule)), pyagg.aggregate(G, rule, f, **ref.req(rule)))
+    kw = ref.req(rule)
+    np.testing.assert_array_equal(pyagg.aggregate(G[p], rule, f, **kw), pyagg.aggregate(G, rule, f, **kw))
 
 
 @pytest.mark.parametrize("rule", COORDINATE)
@@ -189,7 +190,9 @@ def test_coordinate_rules_exactly_permutation_invariant_on_integers(rule, data):
 def test_coordinate_rules_permutation_invariant_to_rounding(rule, data):
     G, f, _ = data.draw(batches(rule))
     p = np.array(data.draw(st.permutations(range(G.shape[0]))))
-    np.testing.assert_allclose(pyagg.aggregate(G[p], rule, f, **ref.req(rule)), pyagg.aggregate(G, rule, f, **ref.req(rule)), equal_nan=True, **tol(G))
+    kw = ref.req(rule)
+    np.testing.assert_allclose(pyagg.aggregate(G[p], rule, f, **kw), pyagg.aggregate(G, rule, f, **kw), equal_nan=True,
+                               **tol(G))
 
 
 # Rules and the f range where ties are not structural. With k = n-f-2 = 1

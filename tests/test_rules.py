@@ -215,9 +215,11 @@ def test_list_of_rows_equals_matrix_bitwise(dt):
     rows = [np.array(r, copy=True) for r in G]  # separately allocated rows
     for rule in RULES:
         assert_bitwise(pyagg.aggregate(rows, rule, 2, **ref.req(rule)), pyagg.aggregate(G, rule, 2, **ref.req(rule)))
-        assert_bitwise(pyagg.aggregate(tuple(rows), rule, 2, **ref.req(rule)), pyagg.aggregate(G, rule, 2, **ref.req(rule)))
+        assert_bitwise(pyagg.aggregate(tuple(rows), rule, 2, **ref.req(rule)),
+                       pyagg.aggregate(G, rule, 2, **ref.req(rule)))
     for name in ref.PRE:
-        assert_bitwise(pyagg.preaggregate(rows, name, 2, **ref.pre_req(name)), pyagg.preaggregate(G, name, 2, **ref.pre_req(name)))
+        assert_bitwise(pyagg.preaggregate(rows, name, 2, **ref.pre_req(name)),
+                       pyagg.preaggregate(G, name, 2, **ref.pre_req(name)))
 
 
 class ArrayLike:

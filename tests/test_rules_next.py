@@ -322,7 +322,8 @@ def test_dnc_removal_bound():
 
 def test_smea_refuses_above_max_subsets():
     G = data("random", 30, 3, np.float64, seed=0, bad=0)
-    with pytest.raises(InvalidArgumentError, match=r"smea enumerates C\(n, f\) subsets: C\(30, 7\) = .*max_subsets=1e\+06"):
+    msg = r"smea enumerates C\(n, f\) subsets: C\(30, 7\) = .*max_subsets=1e\+06"
+    with pytest.raises(InvalidArgumentError, match=msg):
         pyagg.aggregate(G, "smea", 7)
     with pytest.raises(InvalidArgumentError, match=r"C\(11, 2\) = 55 exceeds max_subsets=54"):
         pyagg.aggregate(G[:11], "smea", 2, max_subsets=54)
