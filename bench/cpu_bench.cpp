@@ -97,28 +97,47 @@ int main(int argc, char** argv) {
   g.dtype = pyagg::DType::kFloat32;
   std::vector<float> out(n * d);
   int failures = 0;
+  // Every rule with its defaults; parameters without a default (zeroing's
+  // tau) get a value that keeps every row; plus a few non-default variants.
+  struct Run {
+    std::string label, rule;
+    std::vector<pyagg::NamedParam> params;
+  };
+  std::vector<Run> runs;
   for (const auto& info : pyagg::rule_table()) {
-    if (only != "all" && only != info.name) continue;
+    std::vector<pyagg::NamedParam> p;
+    if (std::string(info.name) == "zeroing") p = {{"tau", 1e30}};
+    runs.push_back({info.name, info.name, p});
+  }
+  runs.push_back({"dnc(b=d)", "dnc", {{"b", double(d)}}});
+  runs.push_back({"zeroing(L2,drop)", "zeroing", {{"tau", 1e30}, {"norm_order", 2}, {"mode", 0, "drop"}}});
+  for (const auto& run : runs) {
+    if (only != "all" && only != run.rule && only != run.label) continue;
     pyagg::RuleConfig cfg;
-    pyagg::Status st = pyagg::make_rule(info.name, std::int64_t(f), {}, &cfg);
+    pyagg::Status st = pyagg::make_rule(run.rule, std::int64_t(f), run.params, &cfg);
     if (st.ok()) st = pyagg::check_rule_input(cfg, n, d);
     if (!st.ok()) {
-      std::printf("%-22s skipped: %s\n", info.name, st.message().c_str());
+      std::printf("%-22s skipped: %s\n", run.label.c_str(), st.message().c_str());
       continue;
     }
     double t = median_time([&] { st = pyagg::aggregate(cfg, g, out.data()); }, reps);
     bool finite = st.ok();
     for (std::size_t j = 0; j < d && finite; ++j) finite = std::isfinite(out[j]);
     if (!finite) ++failures;
-    std::printf("%-22s %10.2f %10.2f %9.0f%%%s\n", info.name, t * 1e3, gbytes / t, 100.0 * gbytes / t / bw,
+    std::printf("%-22s %10.2f %10.2f %9.0f%%%s\n", run.label.c_str(), t * 1e3, gbytes / t, 100.0 * gbytes / t / bw,
                 finite ? "" : "  RESULT NOT FINITE");
   }
   for (const auto& info : pyagg::pre_table()) {
     std::string name = std::string("pre:") + info.name;
     if (only != "all" && only != name) continue;
     pyagg::PreConfig cfg;
-    pyagg::Status st = pyagg::make_pre(info.name, std::int64_t(f), {}, &cfg);
-    if (!st.ok()) continue;
+    std::vector<pyagg::NamedParam> p;
+    if (std::string(info.name) == "zeroing") p = {{"tau", 1e30}};
+    pyagg::Status st = pyagg::make_pre(info.name, std::int64_t(f), p, &cfg);
+    if (!st.ok()) {
+      std::printf("%-22s skipped: %s\n", name.c_str(), st.message().c_str());
+      continue;
+    }
     double t = median_time([&] { st = pyagg::preaggregate(cfg, g, out.data()); }, reps);
     bool ok = st.ok() && std::isfinite(out[0]);
     if (!ok) ++failures;

@@ -96,6 +96,9 @@ const std::vector<Entry>& entries() {
       {"centered-clipping", false, {}, 3}, {"mda", false, {}, 1},
       {"nnm", true, {}, 1},               {"clipping", true, {}, 1},
       {"bucketing", true, {{"s", 2}, {"seed", 7}}, 1},
+      {"dnc", false, {}, 1},              {"clipped-clustering", false, {}, 3},
+      {"smea", false, {}, 1},             {"caf", false, {}, 3},
+      {"zeroing", false, {{"tau", 1e30}}, 1}, {"zeroing", true, {{"tau", 1e30}}, 1},
   };
   return e;
 }

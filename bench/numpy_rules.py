@@ -204,6 +204,147 @@ def clipping(G, f=0, tau=0.0):
     return (G * scale[:, None]).astype(G.dtype)
 
 
+# ------------------------------------ dnc, clipped clustering, smea, caf ---
+# rules_next.md, vectorised: Gram matrices X_c @ X_c.T in float64, the power
+# method on the n x n Gram matrix, the PRNG streams of the spec.
+M64 = (1 << 64) - 1
+
+
+class _SplitMix64:
+    def __init__(self, seed):
+        self.s = seed & M64
+
+    def next(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & M64
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+
+    def uniform(self):
+        return (self.next() >> 11) * 2.0**-53
+
+
+def _power(M, s, T=100):
+    if np.all(np.diag(M) == 0):
+        return 0.0, None
+    u = s.copy()
+    if np.all(M @ u == 0):
+        u = np.zeros(len(s))
+        u[int(np.argmax(np.diag(M)))] = 1.0
+    for _ in range(T):
+        w = M @ u
+        u = w / np.linalg.norm(w)
+    return float(u @ M @ u), u
+
+
+def dnc(G, f=0, niters=5, b=10000, c=1.0, seed=0, power_iters=100):
+    n, d = G.shape
+    rng = _SplitMix64(seed)
+    s = np.array([2 * rng.uniform() - 1 for _ in range(n)])
+    keep = n - int(np.floor(c * f))
+    good = None
+    for _ in range(niters):
+        if b >= d:
+            Y = G.astype(np.float64)
+        else:
+            S = set()
+            for j in range(d - b, d):
+                t = rng.next() % (j + 1)
+                S.add(j if t in S else t)
+            Y = G[:, sorted(S)].astype(np.float64)
+        Y = Y - Y.mean(axis=0)
+        K = Y @ Y.T
+        lam, u = _power(K, s, power_iters)
+        score = (K @ u) ** 2 / lam if lam > 0 else np.zeros(n)
+        Ik = set(np.lexsort((np.arange(n), score))[:keep].tolist())
+        good = Ik if good is None else (good & Ik or good)
+    return G[sorted(good)].astype(np.float64).mean(axis=0).astype(G.dtype)
+
+
+def clipped_clustering(G, f=0):
+    X = G.astype(np.float64)
+    norms = np.linalg.norm(X, axis=1)
+    tau = float(np.median(norms))
+    scale = np.where(norms > tau, tau / np.maximum(norms, 1e-300), 1.0)
+    Y = X * scale[:, None]
+    yn = np.linalg.norm(Y, axis=1)
+    C = Y @ Y.T / np.outer(np.where(yn > 0, yn, 1), np.where(yn > 0, yn, 1))
+    D = np.clip(1.0 - C, 0.0, 2.0)
+    np.fill_diagonal(D, 0.0)
+    n = len(G)
+    S = D.copy()
+    size = np.ones(n)
+    live = list(range(n))
+    members = {i: [i] for i in range(n)}
+    while len(live) > 2:
+        sub = S[np.ix_(live, live)] / np.outer(size[live], size[live])
+        np.fill_diagonal(sub, np.inf)
+        a, b2 = np.unravel_index(int(np.argmin(sub)), sub.shape)
+        p, q = sorted((live[a], live[b2]))
+        S[p, :] += S[q, :]
+        S[:, p] += S[:, q]
+        size[p] += size[q]
+        members[p] += members.pop(q)
+        live.remove(q)
+    big = max(live, key=lambda k: (len(members[k]), -min(members[k])))
+    return Y[sorted(members[big])].mean(axis=0).astype(G.dtype)
+
+
+def smea(G, f=0):
+    n = len(G)
+    X = G.astype(np.float64)
+    Xc = X - X.mean(axis=0)
+    K = Xc @ Xc.T
+    m = n - f
+    H = np.eye(m) - 1.0 / m
+    best, best_lam = None, np.inf
+    for S in itertools.combinations(range(n), m):
+        idx = np.array(S)
+        lam = np.linalg.eigvalsh(H @ K[np.ix_(idx, idx)] @ H / m)[-1]
+        if lam < best_lam:
+            best, best_lam = idx, lam
+    return X[best].mean(axis=0).astype(G.dtype)
+
+
+def caf(G, f=0, power_iters=100, seed=0):
+    n = len(G)
+    rng = _SplitMix64(seed)
+    s = np.array([2 * rng.uniform() - 1 for _ in range(n)])
+    X = G.astype(np.float64)
+    Xc0 = X - X.mean(axis=0)
+    K0 = Xc0 @ Xc0.T  # the Gram matrix once; the weighted re-centring is n x n
+    c = np.ones(n)
+    best, best_c = np.inf, None
+    while c.sum() > n - 2 * f:
+        W = c.sum()
+        A = np.flatnonzero(c > 0)
+        p = c / W
+        a = K0 @ p
+        Kp = (K0 - a[:, None] - a[None, :] + p @ a)[np.ix_(A, A)]
+        sq = np.sqrt(p[A])
+        lam, u = _power(Kp * np.outer(sq, sq), s[A], power_iters)
+        if lam < best:
+            best, best_c = lam, c.copy()
+        if u is None or lam <= 0:
+            break
+        tau = (Kp @ (sq * u)) ** 2 / lam
+        if tau.max() == 0:
+            break
+        c[A] *= 1.0 - tau / tau.max()
+    cc = np.ones(n) if best_c is None else best_c
+    return (cc @ X / cc.sum()).astype(G.dtype)
+
+
+def zeroing(G, f=0, tau=1e30):
+    keep = np.abs(G).max(axis=1) <= tau
+    return (G[keep].astype(np.float64).sum(axis=0) / len(G)).astype(G.dtype)
+
+
+def zeroing_pre(G, f=0, tau=1e30):
+    return np.where((np.abs(G).max(axis=1) <= tau)[:, None], G, 0).astype(G.dtype)
+
+
 RULES = {
     "average": average,
     "average-nan": average_nan,
@@ -217,6 +358,14 @@ RULES = {
     "geometric-median": geometric_median,
     "centered-clipping": centered_clipping,
     "mda": mda,
+    "dnc": dnc,
+    "clipped-clustering": clipped_clustering,
+    "smea": smea,
+    "caf": caf,
+    "zeroing": zeroing,
 }
 
-PRE = {"nnm": nnm, "bucketing": bucketing, "clipping": clipping}
+PRE = {"nnm": nnm, "bucketing": bucketing, "clipping": clipping, "zeroing": zeroing_pre}
+
+# Parameters without a default, for both sides (a tau that keeps every row).
+REQUIRED = {"zeroing": {"tau": 1e30}}

@@ -103,15 +103,21 @@ def cases(G: np.ndarray, f: int) -> dict[str, dict[str, Callable[[], np.ndarray]
     """name -> {"pyagg": fn, "numpy": fn[, "numpy-gram": fn]}, all taking no argument."""
     out: dict[str, dict[str, Callable[[], np.ndarray]]] = {}
     for rule, np_fn in numpy_rules.RULES.items():
+        req = numpy_rules.REQUIRED.get(rule, {})
         out[rule] = {
-            "pyagg": (lambda r=rule: pyagg.aggregate(G, r, f)),
-            "numpy": (lambda fn=np_fn: fn(G, f)),
+            "pyagg": (lambda r=rule, p=req: pyagg.aggregate(G, r, f, **p)),
+            "numpy": (lambda fn=np_fn, p=req: fn(G, f, **p)),
         }
+    out["dnc(b=d)"] = {
+        "pyagg": lambda: pyagg.aggregate(G, "dnc", f, b=G.shape[1]),
+        "numpy": lambda: numpy_rules.dnc(G, f, b=G.shape[1]),
+    }
     out["krum"]["numpy-gram"] = lambda: numpy_rules.krum_gram(G, f)
     for pre, np_fn in numpy_rules.PRE.items():
+        req = numpy_rules.REQUIRED.get(pre, {})
         out[f"{pre} + average"] = {
-            "pyagg": (lambda p=pre: pyagg.aggregate(pyagg.preaggregate(G, p, f), "average")),
-            "numpy": (lambda fn=np_fn: fn(G, f).mean(axis=0)),
+            "pyagg": (lambda p=pre, q=req: pyagg.aggregate(pyagg.preaggregate(G, p, f, **q), "average")),
+            "numpy": (lambda fn=np_fn, q=req: fn(G, f, **q).mean(axis=0)),
         }
     return out
 

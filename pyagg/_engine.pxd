@@ -39,6 +39,9 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
         double default_value
         cbool integer
         const char* doc
+        const char* choices
+        cbool allow_inf
+        cbool required
 
     cdef cppclass CRuleInfo "pyagg::RuleInfo":
         const char* name
@@ -58,6 +61,7 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
     cdef cppclass CNamedParam "pyagg::NamedParam":
         string name
         double value
+        string text
 
     cdef cppclass CRuleConfig "pyagg::RuleConfig":
         size_t f
@@ -81,6 +85,8 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
     CStatus make_rule(const string& name, int64_t f, const vector[CNamedParam]& params, CRuleConfig* out)
     CStatus make_pre(const string& name, int64_t f, const vector[CNamedParam]& params, CPreConfig* out)
     CStatus check_rule_input(const CRuleConfig& cfg, size_t n, size_t d)
+    cbool rule_history(const CRuleConfig& cfg, vector[double]* norms)
+    CStatus set_rule_history(const CRuleConfig& cfg, const vector[double]& norms)
     CStatus check_pre_input(const CPreConfig& cfg, size_t n, size_t d)
     size_t pre_output_rows(const CPreConfig& cfg, size_t n)
     CStatus aggregate(const CRuleConfig& cfg, const CGradView& g, void* out, const void* state)

@@ -18,7 +18,7 @@ from pyagg._engine cimport (
     CPreInfo, CRuleConfig, CRuleInfo, CStatus, aggregate, build_info, check_pre_input,
     check_rule_input, copy_device_to_host, copy_host_to_device, cuda_device_count,
     device_free, device_malloc, device_synchronize, make_pre, make_rule, pre_output_rows,
-    pre_table, preaggregate, rule_table,
+    pre_table, preaggregate, rule_history, rule_table, set_rule_history,
 )
 
 from pyagg.errors import AggregationError, STATUS_EXCEPTIONS
@@ -32,12 +32,32 @@ cdef int raise_status(const CStatus& st) except -1:
     raise cls(st.message().decode("utf-8", "replace"))
 
 
+def _numeric_text(str value):
+    """True for a string that reads as a number other than "inf": refused as a parameter
+    value (numbers are passed as numbers; strings name choices)."""
+    if value.strip().lower() == "inf":
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 cdef vector[CNamedParam] to_params(params) except *:
     cdef vector[CNamedParam] out
     cdef CNamedParam p
     for name, value in params:
         if not isinstance(name, str):
             raise TypeError(f"parameter names must be str, got {name!r}")
+        p.text = b""
+        if isinstance(value, str) and not _numeric_text(value):
+            # A named choice (linkage="single", norm_order="inf"): the engine checks it.
+            p.name = name.encode("utf-8")
+            p.value = float("nan")
+            p.text = value.encode("utf-8")
+            out.push_back(p)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             try:
                 import numpy as _np
@@ -47,9 +67,11 @@ cdef vector[CNamedParam] to_params(params) except *:
             if not ok:
                 from pyagg.errors import InvalidArgumentError
                 raise InvalidArgumentError(
-                    f"parameter {name} must be a real number, got {value!r} ({type(value).__name__})")
+                    f"parameter {name} must be a real number or a name, got {value!r} ({type(value).__name__})")
         p.name = name.encode("utf-8")
         p.value = float(value)
+        if isinstance(value, int) and abs(value) > 2 ** 53:
+            p.text = str(value).encode("utf-8")  # exact 64-bit integers (seed)
         out.push_back(p)
     return out
 
@@ -120,6 +142,19 @@ cdef class Rule:
             st = aggregate(self.cfg, g, <void*>out, <const void*>state)
         raise_status(st)
 
+    def history(self):
+        """The norms kept across calls (clipped-clustering, norm_history=all) as a list, else None."""
+        cdef vector[double] norms
+        if not rule_history(self.cfg, &norms):
+            return None
+        return [norms[i] for i in range(norms.size())]
+
+    def set_history(self, norms):
+        cdef vector[double] v
+        for x in norms:
+            v.push_back(float(x))
+        raise_status(set_rule_history(self.cfg, v))
+
     def __repr__(self):
         return f"Rule({self.name!r}, f={self.f}, params={dict(self.params)!r})"
 
@@ -171,14 +206,18 @@ cdef dict _param_dict(const vector[CParamSpec]& specs):
     cdef double v
     for i in range(specs.size()):
         v = specs[i].default_value
-        if v != v:  # NaN: derived from n and f
+        choices = specs[i].choices.decode().split("|") if specs[i].choices != NULL else None
+        if v != v:  # NaN: derived from n and f (or required)
             default = None
+        elif choices is not None:
+            default = choices[int(v)]
         elif specs[i].integer:
             default = int(v)
         else:
             default = float(v)
         out[specs[i].name.decode()] = {"default": default, "integer": bool(specs[i].integer),
-                                        "doc": specs[i].doc.decode()}
+                                        "doc": specs[i].doc.decode(), "choices": choices,
+                                        "required": bool(specs[i].required)}
     return out
 
 

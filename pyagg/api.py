@@ -260,13 +260,16 @@ class Aggregator:
     Notes
     -----
     State: centered-clipping starts each call from the previous output
-    (momentum); bucketing's shuffle seed advances by one per call, so call t
-    uses ``seed + t``. :meth:`reset` forgets both.
+    (momentum); clipped-clustering (norm_history="all") takes its clipping
+    norm from the norms of every call so far; bucketing's shuffle seed
+    advances by one per call, so call t uses ``seed + t``. :meth:`reset`
+    forgets all three.
     """
 
     def __init__(self, rule: str, f: int = 0, pre: Sequence[Any] = (), *, device: str | None = None,
                  **params: Any):
         self.rule = _ext.Rule(rule, f, _split_params(params))
+        self._rule_args = (rule, f, _split_params(params))
         self.f = int(f)
         self.device = device
         _parse_device(device)
@@ -284,7 +287,10 @@ class Aggregator:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the momentum and restart the bucketing seed sequence."""
+        """Forget the momentum, clipped-clustering's norm history, and restart the bucketing seeds."""
+        if getattr(self, "state", None) is not None or getattr(self, "calls", 0):
+            # A fresh engine rule: clipped-clustering's norm history lives in it.
+            self.rule = _ext.Rule(*self._rule_args)
         self.state: np.ndarray | None = None
         self.calls = 0
 
@@ -303,6 +309,16 @@ class Aggregator:
 
     __call__ = aggregate
 
+    @property
+    def norm_history(self) -> np.ndarray | None:
+        """clipped-clustering's norm history (norm_history="all"), for checkpoints; None for other rules."""
+        h = self.rule.history()
+        return None if h is None else np.array(h, dtype=np.float64)
+
+    @norm_history.setter
+    def norm_history(self, norms: Any) -> None:
+        self.rule.set_history(np.asarray(norms, dtype=np.float64).ravel().tolist())
+
     def __repr__(self) -> str:
         pre = ", ".join(repr(p) for p in self.pre)
         return f"Aggregator({self.rule!r}, pre=[{pre}])"
@@ -319,7 +335,9 @@ def _min_n(name: str):
 def rules() -> dict[str, dict[str, Any]]:
     """Every rule: bound, ``min_n(f)``, parameters with defaults, paper, summary.
 
-    A parameter default of None means "derived from n and f" (its ``doc`` says how).
+    A parameter default of None means "derived from n and f" (its ``doc`` says how), or, for
+    the names listed in ``required``, that the parameter has no default and must be given.
+    ``choices``: the parameters whose value is a name (e.g. ``linkage``: average or single).
     """
     out = {}
     for info in _ext.rule_infos():
@@ -330,6 +348,8 @@ def rules() -> dict[str, dict[str, Any]]:
             "robust": info["robust"],
             "params": {k: v["default"] for k, v in info["params"].items()},
             "param_docs": {k: v["doc"] for k, v in info["params"].items()},
+            "required": [k for k, v in info["params"].items() if v["required"]],
+            "choices": {k: v["choices"] for k, v in info["params"].items() if v["choices"]},
             "paper": info["paper"],
             "summary": info["summary"],
         }

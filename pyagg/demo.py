@@ -32,7 +32,7 @@ def run(n: int, f: int, d: int, seed: int = 0) -> list[dict]:
     norm = np.linalg.norm(mean)
     rows = []
     for rule, info in pyagg.rules().items():
-        if n < info["min_n"](f):
+        if n < info["min_n"](f) or info["required"]:  # below its bound, or no default for a parameter
             continue
         row = {"rule": rule, "bound": info["bound"]}
         t_total = 0.0

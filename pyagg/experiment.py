@@ -60,6 +60,10 @@ def _label(name: str, params: dict[str, Any]) -> str:
     return name + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
 
 
+def _dirname(label: str) -> str:
+    return label.replace("(", "_").replace(")", "").replace(",", "_").replace("=", "-")
+
+
 def _fmt_acc(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
@@ -75,7 +79,8 @@ def _curve(out_dir: str) -> list[tuple[int, float]]:
 def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
     from .train import run
 
-    rules = [r.strip() for r in a.rules.split(",") if r.strip()]
+    rule_specs = _split_specs(a.rules)  # NAME[:K=V[:K=V]], e.g. zeroing:tau=5
+    rules = [_label(r, p) for r, p in rule_specs]
     attacks = _split_specs(a.attacks)
     seeds = list(range(a.seed, a.seed + a.seeds))
     os.makedirs(a.out, exist_ok=True)
@@ -84,15 +89,16 @@ def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
     total = len(rules) * len(attacks) * len(seeds)
     k = 0
     for attack, params in attacks:
-        for rule in rules:
+        for (rule_name, rule_args), rule in zip(rule_specs, rules):
             for seed in seeds:
                 k += 1
                 byz = 0 if attack == "none" else a.byzantine
-                sub = os.path.join(a.out, attack, rule) + (f"-s{seed}" if len(seeds) > 1 else "")
+                sub = os.path.join(a.out, attack, _dirname(rule)) + (f"-s{seed}" if len(seeds) > 1 else "")
                 cfg = TrainConfig(
                     experiment=a.experiment, experiment_args=parse_kv(a.experiment_args), workers=a.workers,
-                    byzantine=byz, declared_f=a.byzantine if a.declared_f is None else a.declared_f, rule=rule,
-                    attack=attack, attack_args=params, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                    byzantine=byz, declared_f=a.byzantine if a.declared_f is None else a.declared_f, rule=rule_name,
+                    rule_args=rule_args, attack=attack, attack_args=params, steps=a.steps,
+                    batch_size=a.batch_size, lr=a.lr,
                     optimizer=a.optimizer, eval_every=a.eval_every, checkpoint_every=0, seed=seed, out=sub,
                     progress=False, quiet=True, launcher="local",
                 )
@@ -210,16 +216,17 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
     from .cluster.server import set_engine_threads
     from .train import run
 
-    rules = [r.strip() for r in a.rules.split(",") if r.strip()]
-    if "average" not in rules:
-        rules.insert(0, "average")
+    rule_specs = _split_specs(a.rules)  # NAME[:K=V[:K=V]], e.g. zeroing:tau=5
+    if "average" not in [r for r, _ in rule_specs]:
+        rule_specs.insert(0, ("average", {}))
+    rules = [_label(r, p) for r, p in rule_specs]
     exps = _split_specs(a.experiments)
     os.makedirs(a.out, exist_ok=True)
     out: list[dict[str, Any]] = []
     for exp, eargs in exps:
         label = _label(exp, eargs)
         sub = os.path.join(a.out, label.replace("(", "_").replace(")", "").replace(",", "_").replace("=", "-"))
-        aggs = {r: api.Aggregator(r, a.declared_f) for r in rules}
+        aggs = {lab: api.Aggregator(r, a.declared_f, **p) for lab, (r, p) in zip(rules, rule_specs)}
         times: dict[str, list[float]] = {r: [] for r in rules}
 
         def observe(step: int, G: Any) -> None:
@@ -328,7 +335,8 @@ def build_parser(prog: str = "pyagg experiment") -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="which", required=True)
     b = sub.add_parser("byzantine", help="rules x attacks at 1 Byzantine out of 19 (accuracy)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--rules", default=DEFAULT_RULES, help="comma-separated rules")
+    b.add_argument("--rules", default=DEFAULT_RULES,
+                   help="comma-separated rules, each NAME[:K=V[:K=V]] (e.g. zeroing:tau=5:mode=drop)")
     b.add_argument("--attacks", default=DEFAULT_ATTACKS, help="comma-separated attacks, each NAME[:K=V[:K=V]]")
     b.add_argument("--workers", type=int, default=19)
     b.add_argument("--byzantine", type=int, default=1)
@@ -345,7 +353,8 @@ def build_parser(prog: str = "pyagg experiment") -> argparse.ArgumentParser:
     b.add_argument("--out", default="runs/byzantine")
     o = sub.add_parser("overhead", help="time per step of each rule vs averaging at n=19",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    o.add_argument("--rules", default="average,median,krum,multi-krum,bulyan,bulyan-multikrum")
+    o.add_argument("--rules", default="average,median,krum,multi-krum,bulyan,bulyan-multikrum",
+                   help="comma-separated rules, each NAME[:K=V[:K=V]]")
     o.add_argument("--experiments", default="digits-mlp,digits-mlp:hidden=1024,digits-mlp:hidden=4096",
                    help="comma-separated experiments, each NAME[:K=V[:K=V]]")
     o.add_argument("--workers", type=int, default=19)

@@ -334,6 +334,220 @@ def clipping(G: np.ndarray, f: int = 0, tau: float = 0.0) -> np.ndarray:
     return out
 
 
+# ------------------------------------- next batch (shared/spec/rules_next.md) ---
+# Written from rules_next.md. Everything is computed from the data in float64
+# (Gram matrices as X_c @ X_c.T of explicitly centered rows, projections as
+# dot products with the d-dimensional direction), not from distances.
+
+
+def usable_rows(G: np.ndarray) -> list[int]:
+    """Rows with every entry finite and a finite float64 sum of squares."""
+    out = []
+    for i in range(G.shape[0]):
+        x = G[i].astype(F64)
+        if np.all(np.isfinite(x)):
+            with np.errstate(over="ignore"):
+                if math.isfinite(float(np.sum(x * x))):
+                    out.append(i)
+    return out
+
+
+def uniform01(rng: SplitMix64) -> float:
+    return (rng.next() >> 11) * 2.0**-53
+
+
+def start_vector(rng: SplitMix64, n: int) -> np.ndarray:
+    return np.array([2.0 * uniform01(rng) - 1.0 for _ in range(n)])
+
+
+def floyd(rng: SplitMix64, d: int, b: int) -> list[int]:
+    S: set[int] = set()
+    for j in range(d - b, d):
+        t = rng.next() % (j + 1)
+        S.add(j if t in S else t)
+    return sorted(S)
+
+
+def power(M: np.ndarray, s: np.ndarray, T: int) -> tuple[float, np.ndarray | None]:
+    """POWER(M, s, T): (lambda, u); u None when M = 0."""
+    m = M.shape[0]
+    if m == 0 or np.all(np.diag(M) == 0):
+        return 0.0, None
+    u = np.array(s, dtype=F64)
+    if np.all(M @ u == 0):
+        j = int(np.argmax(np.diag(M)))  # argmax: the lowest index of the largest
+        u = np.zeros(m)
+        u[j] = 1.0
+    for _ in range(T):
+        w = M @ u
+        u = w / np.linalg.norm(w)
+    return float(u @ (M @ u)), u
+
+
+def _nan_out(G: np.ndarray) -> np.ndarray:
+    return np.full(G.shape[1], np.nan, dtype=G.dtype)
+
+
+def dnc(G: np.ndarray, f: int = 0, niters: int = 5, b: int = 10000, c: float = 1.0, seed: int = 0,
+        power_iters: int = 100) -> np.ndarray:
+    n, d = G.shape
+    rng = SplitMix64(seed)
+    s = start_vector(rng, n)
+    R = usable_rows(G)
+    if not R:
+        return _nan_out(G)
+    keep = min(n - math.floor(c * f), len(R))
+    X = G.astype(F64)
+    I: set[int] | None = None
+    for _ in range(niters):
+        cols = list(range(d)) if b >= d else floyd(rng, d, b)
+        Y = X[np.ix_(R, cols)]
+        Y = Y - Y.mean(axis=0)
+        lam, u = power(Y @ Y.T, s[R], power_iters)
+        if u is None or lam <= 0:
+            score = np.zeros(len(R))
+        else:
+            v = Y.T @ u / math.sqrt(lam)  # the top right singular vector
+            score = (Y @ v) ** 2
+        Ik = {R[a] for a in sorted(range(len(R)), key=lambda a: (score[a], a))[:keep]}
+        if I is None:
+            I = Ik
+        elif I & Ik:
+            I = I & Ik
+    return _rnd(mean64(X[sorted(I)]), G.dtype)
+
+
+def clipped_clustering(G: np.ndarray, f: int = 0, norm_history: str = "all", max_tau: float = math.inf,
+                       linkage: str = "average", history: list[float] | None = None) -> np.ndarray:
+    """history: the norms seen by earlier calls of the same Aggregator (extended in place)."""
+    U = usable_rows(G)
+    if not U:
+        return _nan_out(G)
+    X = G.astype(F64)
+    norms = [float(np.linalg.norm(X[i])) for i in U]
+    pool = norms
+    if norm_history == "all" and history is not None:
+        history.extend(norms)
+        pool = history
+    v = sorted(pool)
+    k = len(v)
+    tau = min(v[k // 2] if k % 2 else (v[k // 2 - 1] + v[k // 2]) / 2.0, max_tau)
+    Y = [X[i] * (tau / nr) if nr > tau else X[i] for i, nr in zip(U, norms)]
+    m = len(U)
+    D = np.zeros((m, m))
+    for a in range(m):
+        for b2 in range(m):
+            if a == b2:
+                continue
+            na, nb = np.linalg.norm(Y[a]), np.linalg.norm(Y[b2])
+            sim = 0.0 if na == 0 or nb == 0 else float(Y[a] @ Y[b2]) / (na * nb)
+            D[a, b2] = min(max(1.0 - sim, 0.0), 2.0)
+    clusters = [[a] for a in range(m)]
+    while len(clusters) > 2:
+        best = None
+        for p in range(len(clusters)):
+            for q in range(p + 1, len(clusters)):
+                vals = [D[a, b2] for a in clusters[p] for b2 in clusters[q]]
+                link = min(vals) if linkage == "single" else sum(vals) / len(vals)
+                key = (link, clusters[p][0], clusters[q][0])
+                if best is None or key < best[0]:
+                    best = (key, p, q)
+        _, p, q = best
+        clusters[p] = sorted(clusters[p] + clusters[q])
+        del clusters[q]
+        clusters.sort(key=lambda cl: cl[0])
+    pick = max(clusters, key=lambda cl: (len(cl), -cl[0]))
+    return _rnd(mean64(np.array([Y[a] for a in pick])), G.dtype)
+
+
+def smea_subset(G: np.ndarray, f: int) -> tuple[int, ...]:
+    n = G.shape[0]
+    ok = set(usable_rows(G))
+    X = G.astype(F64)
+    best, best_lam = None, math.inf
+    for S in itertools.combinations(range(n), n - f):
+        if not set(S) <= ok:
+            lam = math.inf
+        else:
+            Y = X[list(S)] - X[list(S)].mean(axis=0)
+            lam = max(float(np.linalg.eigvalsh(Y @ Y.T / len(S))[-1]), 0.0)
+        if best is None or lam < best_lam:
+            best, best_lam = S, lam
+    return best
+
+
+def smea(G: np.ndarray, f: int = 0, max_subsets: float = 1e6) -> np.ndarray:
+    if math.comb(G.shape[0], f) > max_subsets:
+        raise ValueError("smea: C(n, f) exceeds max_subsets")
+    return _rnd(mean64(G[list(smea_subset(G, f))]), G.dtype)
+
+
+def caf(G: np.ndarray, f: int = 0, power_iters: int = 100, seed: int = 0) -> np.ndarray:
+    n = G.shape[0]
+    rng = SplitMix64(seed)
+    s = start_vector(rng, n)
+    R = usable_rows(G)
+    if not R:
+        return _nan_out(G)
+    X = G.astype(F64)
+    c = np.array([1.0 if i in R else 0.0 for i in range(n)])
+    best, best_mu = math.inf, None
+    while c.sum() > n - 2 * f:
+        W = c.sum()
+        A = [i for i in range(n) if c[i] > 0]
+        p = c[A] / W
+        mu = (c[A][:, None] * X[A]).sum(axis=0) / W
+        Xc = X[A] - mu
+        sq = np.sqrt(p)
+        lam, u = power((sq[:, None] * Xc) @ (sq[:, None] * Xc).T, s[A], power_iters)
+        if lam < best:
+            best, best_mu = lam, mu
+        if u is None or lam <= 0:
+            break
+        v = Xc.T @ (sq * u) / math.sqrt(lam)
+        tau = (Xc @ v) ** 2
+        if tau.max() == 0:
+            break
+        c[A] = c[A] * (1.0 - tau / tau.max())
+    if best_mu is None:
+        return _rnd(mean64(X[R]), G.dtype)
+    return _rnd(best_mu, G.dtype)
+
+
+def row_norm(x: np.ndarray, norm_order) -> float:
+    x = x.astype(F64)
+    if not np.all(np.isfinite(x)):
+        return math.inf
+    with np.errstate(over="ignore"):
+        if not math.isfinite(float(np.sum(x * x))):
+            return math.inf
+    if norm_order in (math.inf, "inf"):
+        return float(np.max(np.abs(x)))
+    if norm_order == 1:
+        return float(np.sum(np.abs(x)))
+    return float(np.sqrt(np.sum(x * x)))
+
+
+def zeroing(G: np.ndarray, f: int = 0, tau: float = 0.0, norm_order=math.inf, mode: str = "zero") -> np.ndarray:
+    n = G.shape[0]
+    ok = set(usable_rows(G))  # an unusable row is zeroed, even with tau = inf
+    kept = [i for i in range(n) if i in ok and not row_norm(G[i], norm_order) > tau]
+    X = G.astype(F64)
+    total = X[kept].sum(axis=0) if kept else np.zeros(G.shape[1])
+    if mode == "zero":
+        return _rnd(total / n, G.dtype)
+    return _rnd(total / len(kept) if kept else total, G.dtype)
+
+
+def zeroing_pre(G: np.ndarray, f: int = 0, tau: float = 0.0, norm_order=math.inf) -> np.ndarray:
+    out = G.copy()
+    ok = set(usable_rows(G))
+    for i in range(G.shape[0]):
+        if i not in ok or row_norm(G[i], norm_order) > tau:
+            out[i] = 0
+    return out
+
+
 # ------------------------------------------------------------- dispatch ---
 RULES = {
     "average": average,
@@ -348,9 +562,20 @@ RULES = {
     "geometric-median": geometric_median,
     "centered-clipping": centered_clipping,
     "mda": mda,
+    "dnc": dnc,
+    "clipped-clustering": clipped_clustering,
+    "smea": smea,
+    "caf": caf,
+    "zeroing": zeroing,
 }
 
-PRE = {"nnm": nnm, "bucketing": bucketing, "clipping": clipping}
+PRE = {"nnm": nnm, "bucketing": bucketing, "clipping": clipping, "zeroing": zeroing_pre}
+
+# Parameters without a default (zeroing's threshold): what tests that sweep
+# every rule pass (tau = 10 with the L-inf norm keeps the finite rows of the
+# test data and zeroes the non-finite ones).
+REQUIRED_PARAMS = {"zeroing": {"tau": 10.0}}
+PRE_REQUIRED_PARAMS = {"zeroing": {"tau": 10.0}}
 
 # Smallest n for f (the spec's bounds).
 MIN_N = {
@@ -366,20 +591,35 @@ MIN_N = {
     "geometric-median": lambda f: 1,
     "centered-clipping": lambda f: 1,
     "mda": lambda f: 2 * f + 1,
+    "dnc": lambda f: 2 * f + 1,
+    "clipped-clustering": lambda f: 2 * f + 1,
+    "smea": lambda f: 2 * f + 1,
+    "caf": lambda f: 2 * f + 1,
+    "zeroing": lambda f: 1,
 }
 
 ROBUST = [r for r in RULES if r != "average"]
 
 
+def req(rule: str) -> dict:
+    """The required parameters of `rule` (see REQUIRED_PARAMS), for tests that sweep every rule."""
+    return dict(REQUIRED_PARAMS.get(rule, {}))
+
+
+def pre_req(name: str) -> dict:
+    return dict(PRE_REQUIRED_PARAMS.get(name, {}))
+
+
 def aggregate(G: np.ndarray, rule: str, f: int = 0, **params) -> np.ndarray:
-    """Reference counterpart of :func:`pyagg.aggregate` (matrix input)."""
+    """Reference counterpart of :func:`pyagg.aggregate` (matrix input); required parameters
+    not given take their REQUIRED_PARAMS test value."""
     G = np.asarray(G)
-    return RULES[rule](G, f, **params)
+    return RULES[rule](G, f, **{**req(rule), **params})
 
 
 def preaggregate(G: np.ndarray, name: str, f: int = 0, **params) -> np.ndarray:
     """Reference counterpart of :func:`pyagg.preaggregate`."""
-    return PRE[name](np.asarray(G), f, **params)
+    return PRE[name](np.asarray(G), f, **{**pre_req(name), **params})
 
 
 class Aggregator:
@@ -390,6 +630,7 @@ class Aggregator:
         self.pre = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in pre]
         self.state = None
         self.calls = 0
+        self.history: list[float] = []  # clipped-clustering's norm history
 
     def aggregate(self, G: np.ndarray) -> np.ndarray:
         for name, p in self.pre:
@@ -400,6 +641,8 @@ class Aggregator:
         params = dict(self.params)
         if self.rule == "centered-clipping":
             params["state"] = self.state
+        if self.rule == "clipped-clustering":
+            params["history"] = self.history
         out = aggregate(G, self.rule, self.f, **params)
         if self.rule == "centered-clipping":
             self.state = out.copy()

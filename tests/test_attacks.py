@@ -45,7 +45,8 @@ import pytest
 import pyagg
 from pyagg import attacks
 
-ROBUST = [r for r, meta in pyagg.rules().items() if meta["robust"] and r != "average-nan"]
+# zeroing bounds influence (f*tau/n) instead: tests/test_rules_next.py checks that.
+ROBUST = [r for r, meta in pyagg.rules().items() if meta["robust"] and r not in ("average-nan", "zeroing")]
 ATTACKS = list(attacks.ATTACKS)
 SIGMA, D, MU_SCALE = 0.1, 64, 10.0
 TOL = 2 * SIGMA * math.sqrt(D)
@@ -83,7 +84,15 @@ def test_robust_rule_stays_close_to_honest_mean(rule, attack, n, f, dt):
     out = pyagg.aggregate(G, rule, f, **RULE_PARAMS.get(rule, {}))
     assert np.all(np.isfinite(out)), f"{rule} under {attack}: non-finite output"
     e = err(out, mean)
-    assert e <= TOL, f"{rule} under {attack}: |out - honest mean| = {e:.3f} > {TOL:.3f}"
+    tol = TOL
+    if rule == "clipped-clustering" and attack in ("gaussian", "zero"):
+        # Cosine distance puts a zero row, or a row in a random direction, at
+        # distance 1 from every row: such rows can stay in the majority
+        # cluster (rules_next.md). Median-norm clipping bounds each one's pull
+        # by its clipped norm tau ~ ||honest|| over the cluster size >= n - f.
+        tau = float(np.median(np.linalg.norm(G.astype(np.float64), axis=1)))
+        tol = 2 * f * tau / (n - f)
+    assert e <= tol, f"{rule} under {attack}: |out - honest mean| = {e:.3f} > {tol:.3f}"
 
 
 @pytest.mark.parametrize("attack", ["sign_flip", "gaussian", "zero", "ipm"])

@@ -65,8 +65,9 @@ def test_rule_cuda_equals_cpu(rule, dtype, d):
     n, f = 15, 3
     bad = 0 if rule == "average" else 2
     G = _data(n, d, dtype, seed=d, bad=bad)
-    cpu = pyagg.aggregate(G, rule, f=f)
-    gpu = pyagg.aggregate(G, rule, f=f, device="cuda")
+    params = {"tau": 10.0} if rule == "zeroing" else {}  # its one parameter without a default
+    cpu = pyagg.aggregate(G, rule, f=f, **params)
+    gpu = pyagg.aggregate(G, rule, f=f, device="cuda", **params)
     assert isinstance(gpu, np.ndarray) and gpu.dtype == G.dtype and gpu.shape == (d,)
     if rule != "average":
         assert np.isfinite(gpu).all()

@@ -42,13 +42,17 @@ SCRIPT = textwrap.dedent(
         G[8, :] = np.inf
         rows = [r.copy() for r in G]
         for rule in pyagg.rules():
-            params = {"max_iter": 30} if rule == "geometric-median" else {}
+            params = {"geometric-median": {"max_iter": 30}, "zeroing": {"tau": 4.5},
+                      "dnc": {"b": 1000}}.get(rule, {})
             out[f"{rule}/{dt.__name__}"] = h(pyagg.aggregate(G, rule, f, **params))
             out[f"{rule}/{dt.__name__}/rows"] = h(pyagg.aggregate(rows, rule, f, **params))
         for pre in pyagg.pre_aggregators():
-            out[f"pre:{pre}/{dt.__name__}"] = h(pyagg.preaggregate(G, pre, f))
+            pp = {"tau": 4.5} if pre == "zeroing" else {}
+            out[f"pre:{pre}/{dt.__name__}"] = h(pyagg.preaggregate(G, pre, f, **pp))
         agg = pyagg.Aggregator("centered-clipping", f, ["nnm", "bucketing"], tau=5.0)
         out[f"chain/{dt.__name__}"] = h(np.concatenate([agg.aggregate(G) for _ in range(3)]))
+        agg = pyagg.Aggregator("clipped-clustering", f, [("zeroing", {"tau": 4.5})])
+        out[f"chain-cc/{dt.__name__}"] = h(np.concatenate([agg.aggregate(G * (1 + k)) for k in range(3)]))
     json.dump(out, sys.stdout)
     """
 )

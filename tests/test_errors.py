@@ -25,6 +25,9 @@ BOUNDS = {  # the spec's bounds, written out independently of pyagg.rules()
     "multi-krum": ("n >= 2f+3", lambda f: 2 * f + 3),
     "bulyan": ("n >= 4f+3", lambda f: 4 * f + 3),
     "bulyan-multikrum": ("n >= 4f+3", lambda f: 4 * f + 3),
+    "clipped-clustering": ("n >= 2f+1", lambda f: 2 * f + 1),
+    "smea": ("n >= 2f+1", lambda f: 2 * f + 1),
+    "caf": ("n >= 2f+1", lambda f: 2 * f + 1),
 }
 
 
@@ -248,9 +251,9 @@ def test_numpy_scalar_params_accepted():
 
 # -------------------------------------------------------- pre-aggregators ---
 PRE_ERRORS = [
-    ("foo", 0, {}, "unknown pre-aggregator 'foo' (known: nnm, bucketing, clipping)"),
+    ("foo", 0, {}, "unknown pre-aggregator 'foo' (known: nnm, bucketing, clipping, zeroing)"),
     ("bucketing", 0, {"s": 0}, "bucketing: s must be >= 1, got s=0"),
-    ("bucketing", 0, {"seed": -1}, "bucketing: seed must be >= 0, got seed=-1"),
+    ("bucketing", 0, {"seed": -1}, "bucketing: parameter seed must be an integer in [0, 2^64-1], got -1"),
     ("bucketing", 0, {"s": 1.5}, "bucketing: parameter s must be an integer, got 1.5"),
     ("clipping", 0, {"tau": -1}, "clipping: tau must be >= 0 (0 = adaptive), got tau=-1"),
     ("nnm", 6, {}, "nnm needs n > f, got n=6, f=6"),

@@ -90,7 +90,7 @@ def tol(G: np.ndarray) -> dict:
 @given(data=st.data())
 def test_at_most_f_nonfinite_rows_gives_finite_output(rule, data):
     G, f, bad = data.draw(batches(rule))
-    out = pyagg.aggregate(G, rule, f)
+    out = pyagg.aggregate(G, rule, f, **ref.req(rule))
     assert out.shape == (G.shape[1],) and out.dtype == G.dtype
     assert np.all(np.isfinite(out)), f"{rule}, f={f}, bad rows {bad}: {out}"
 
@@ -106,7 +106,7 @@ def test_preaggregator_then_rule_keeps_the_invariant(pre, pre_params, n_factor, 
     """Bucketing: each bad row spoils one bucket (<= f bad buckets); n is drawn so
     that the ceil(n/s) buckets still satisfy the rule's bound."""
     G, f, _ = data.draw(batches(rule, max_f=2, n_factor=n_factor, n_gt_f=True))
-    agg = pyagg.Aggregator(rule, f, pre=[(pre, pre_params)])
+    agg = pyagg.Aggregator(rule, f, pre=[(pre, pre_params)], **ref.req(rule))
     for _ in range(2):  # second call: bucketing's next seed, centered-clipping's state
         out = agg.aggregate(G)
         assert np.all(np.isfinite(out))
@@ -132,7 +132,7 @@ def test_preaggregators_handle_bad_rows(pre, params, data):
 @given(data=st.data())
 def test_agrees_with_reference_on_small_integer_matrices(rule, data):
     G, f, _ = data.draw(batches(rule, integer=True))
-    out = pyagg.aggregate(G, rule, f)
+    out = pyagg.aggregate(G, rule, f, **ref.req(rule))
     expected = ref.aggregate(G, rule, f)
     if rule in ("krum", "median"):
         np.testing.assert_array_equal(out, expected)
@@ -157,7 +157,7 @@ def test_preaggregator_agrees_with_reference(name, data, seed):
 def test_coordinate_rules_agree_with_reference_on_any_floats(rule, data):
     """Signed zeros, subnormals, huge and tiny magnitudes mixed."""
     G, f, _ = data.draw(batches(rule))
-    out = pyagg.aggregate(G, rule, f)
+    out = pyagg.aggregate(G, rule, f, **ref.req(rule))
     expected = ref.aggregate(G, rule, f)
     if rule == "median":
         np.testing.assert_array_equal(out, expected)  # a selection: exact
@@ -180,7 +180,8 @@ def test_median_is_exactly_permutation_invariant(data):
 def test_coordinate_rules_exactly_permutation_invariant_on_integers(rule, data):
     G, f, _ = data.draw(batches(rule, integer=True))
     p = np.array(data.draw(st.permutations(range(G.shape[0]))))
-    np.testing.assert_array_equal(pyagg.aggregate(G[p], rule, f), pyagg.aggregate(G, rule, f))
+    kw = ref.req(rule)
+    np.testing.assert_array_equal(pyagg.aggregate(G[p], rule, f, **kw), pyagg.aggregate(G, rule, f, **kw))
 
 
 @pytest.mark.parametrize("rule", COORDINATE)
@@ -189,7 +190,9 @@ def test_coordinate_rules_exactly_permutation_invariant_on_integers(rule, data):
 def test_coordinate_rules_permutation_invariant_to_rounding(rule, data):
     G, f, _ = data.draw(batches(rule))
     p = np.array(data.draw(st.permutations(range(G.shape[0]))))
-    np.testing.assert_allclose(pyagg.aggregate(G[p], rule, f), pyagg.aggregate(G, rule, f), equal_nan=True, **tol(G))
+    kw = ref.req(rule)
+    np.testing.assert_allclose(pyagg.aggregate(G[p], rule, f, **kw), pyagg.aggregate(G, rule, f, **kw), equal_nan=True,
+                               **tol(G))
 
 
 # Rules and the f range where ties are not structural. With k = n-f-2 = 1
@@ -229,7 +232,7 @@ def test_distance_rules_permutation_invariant_without_ties(rule, seed, extra, d,
     G = (rng.standard_normal((n, d)) * rng.choice([0.1, 1, 10], size=(n, 1))).astype(dt)
     ref.corrupt(G, data.draw(st.integers(0, f)), rng)
     p = np.array(data.draw(st.permutations(range(n))))
-    a, b = pyagg.aggregate(G[p], rule, f), pyagg.aggregate(G, rule, f)
+    a, b = pyagg.aggregate(G[p], rule, f, **ref.req(rule)), pyagg.aggregate(G, rule, f, **ref.req(rule))
     if rule == "krum":
         np.testing.assert_array_equal(a, b)
     else:
@@ -267,7 +270,7 @@ def test_output_within_the_honest_range(rule, data):
     )
     B = data.draw(arrays(dt, (f, d), elements=byz_values))
     G = np.concatenate([H, B])[np.array(data.draw(st.permutations(range(n))))]
-    out = pyagg.aggregate(np.ascontiguousarray(G), rule, f).astype(np.float64)
+    out = pyagg.aggregate(np.ascontiguousarray(G), rule, f, **ref.req(rule)).astype(np.float64)
     lo, hi = H.min(axis=0).astype(np.float64), H.max(axis=0).astype(np.float64)
     slack = 4 * np.finfo(dt).eps * np.maximum(np.abs(lo), np.abs(hi))
     assert np.all(out >= lo - slack) and np.all(out <= hi + slack), (out, lo, hi)
@@ -279,6 +282,9 @@ CHAINS = [
     ("krum", ["nnm", "clipping"], {}),
     ("median", [("bucketing", {"s": 3, "seed": 5})], {}),
     ("geometric-median", ["clipping"], {"max_iter": 5}),
+    ("clipped-clustering", [("zeroing", {"tau": 2.5})], {}),  # stateful: the norm history
+    ("dnc", [("zeroing", {"tau": 3.0, "norm_order": 2})], {"b": 4, "seed": 2**64 - 1}),
+    ("caf", ["clipping"], {"seed": 7}),
 ]
 
 

@@ -89,7 +89,7 @@ def test_rule_matches_reference(rule, n, f, d, kind, dt):
     bad = f if rule != "average" else max(f, 1)
     G = ref.make_data(kind, n, d, dt, seed=n * 1000 + d, bad=bad)
     expected = ref.aggregate(G, rule, f)
-    out = pyagg.aggregate(G, rule, f)
+    out = pyagg.aggregate(G, rule, f, **ref.req(rule))
     assert out.shape == (d,) and out.dtype == dt
     check_rule(rule, out, expected, G)
     if rule != "average":
@@ -206,7 +206,7 @@ def test_aggregator_matches_reference(rule, f, pre, params, dt):
 
 # ------------------------------------------------------------ input kinds ---
 def _aggregate_all(G, f=2):
-    return {rule: pyagg.aggregate(G, rule, f) for rule in RULES}
+    return {rule: pyagg.aggregate(G, rule, f, **ref.req(rule)) for rule in RULES}
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
@@ -214,10 +214,12 @@ def test_list_of_rows_equals_matrix_bitwise(dt):
     G = ref.make_data("nonfinite", 11, 1013, dt, seed=5, bad=2)
     rows = [np.array(r, copy=True) for r in G]  # separately allocated rows
     for rule in RULES:
-        assert_bitwise(pyagg.aggregate(rows, rule, 2), pyagg.aggregate(G, rule, 2))
-        assert_bitwise(pyagg.aggregate(tuple(rows), rule, 2), pyagg.aggregate(G, rule, 2))
+        assert_bitwise(pyagg.aggregate(rows, rule, 2, **ref.req(rule)), pyagg.aggregate(G, rule, 2, **ref.req(rule)))
+        assert_bitwise(pyagg.aggregate(tuple(rows), rule, 2, **ref.req(rule)),
+                       pyagg.aggregate(G, rule, 2, **ref.req(rule)))
     for name in ref.PRE:
-        assert_bitwise(pyagg.preaggregate(rows, name, 2), pyagg.preaggregate(G, name, 2))
+        assert_bitwise(pyagg.preaggregate(rows, name, 2, **ref.pre_req(name)),
+                       pyagg.preaggregate(G, name, 2, **ref.pre_req(name)))
 
 
 class ArrayLike:
@@ -251,7 +253,7 @@ def test_array_protocols(dt, wrap):
     G = ref.make_data("random", 11, 257, dt, seed=9)
     obj = {"memoryview": memoryview, "array_interface": ArrayLike, "dlpack": DLPackOnly}[wrap](G)
     for rule in ("krum", "trimmed-mean", "geometric-median"):
-        assert_bitwise(pyagg.aggregate(obj, rule, 2), pyagg.aggregate(G, rule, 2))
+        assert_bitwise(pyagg.aggregate(obj, rule, 2, **ref.req(rule)), pyagg.aggregate(G, rule, 2, **ref.req(rule)))
 
 
 @pytest.mark.parametrize("code, dt", [("f", np.float32), ("d", np.float64)])
@@ -259,7 +261,7 @@ def test_list_of_array_array_rows(code, dt):
     G = ref.make_data("random", 7, 33, dt, seed=11)
     rows = [array.array(code, r.tolist()) for r in G]
     for rule in ("median", "multi-krum", "centered-clipping"):
-        assert_bitwise(pyagg.aggregate(rows, rule, 1), pyagg.aggregate(G, rule, 1))
+        assert_bitwise(pyagg.aggregate(rows, rule, 1, **ref.req(rule)), pyagg.aggregate(G, rule, 1, **ref.req(rule)))
 
 
 @pytest.mark.parametrize("wrap", ["ndarray", "memoryview", "array_interface", "dlpack", "list_of_rows", "readonly"])
@@ -294,11 +296,11 @@ def test_input_unchanged_and_output_not_aliased(dtype):
     G = ref.make_data("nonfinite", 11, 129, dtype, seed=13, bad=2)
     before = G.copy()
     for rule in RULES:
-        out = pyagg.aggregate(G, rule, 2)
+        out = pyagg.aggregate(G, rule, 2, **ref.req(rule))
         assert not np.shares_memory(out, G), f"{rule} output aliases the input"
         assert_bitwise(G, before)
     for name in ref.PRE:
-        out = pyagg.preaggregate(G, name, 2)
+        out = pyagg.preaggregate(G, name, 2, **ref.pre_req(name))
         assert not np.shares_memory(out, G)
         assert_bitwise(G, before)
 
@@ -307,7 +309,7 @@ def test_readonly_input(dtype):
     G = ref.make_data("random", 11, 64, dtype, seed=17)
     G.setflags(write=False)
     for rule in RULES:
-        check_rule(rule, pyagg.aggregate(G, rule, 2), ref.aggregate(G, rule, 2), G)
+        check_rule(rule, pyagg.aggregate(G, rule, 2, **ref.req(rule)), ref.aggregate(G, rule, 2), G)
 
 
 # ------------------------------------------------------ Gram cancellation ---
@@ -326,7 +328,7 @@ def test_gram_cancellation(dt, base, noise):
     i = ref.krum_index(G, f)
     assert_bitwise(pyagg.aggregate(G, "krum", f), G[i])
     for rule in ("multi-krum", "bulyan", "bulyan-multikrum", "mda"):
-        check_rule(rule, pyagg.aggregate(G, rule, f), ref.aggregate(G, rule, f), G)
+        check_rule(rule, pyagg.aggregate(G, rule, f, **ref.req(rule)), ref.aggregate(G, rule, f), G)
     assert_close(pyagg.preaggregate(G, "nnm", f), ref.nnm(G, f), G)
 
 

@@ -39,8 +39,15 @@ PARAMS = {
     "geometric-median": {"nu": 1e-5, "max_iter": 7, "tol": 1e-9},
     "centered-clipping": {"tau": 0.3, "L": 3},
     "mda": {"max_subsets": 100.0},
+    # choices travel by name, a 64-bit seed exactly, inf as "inf"
+    "dnc": {"b": 3, "niters": 3, "c": 0.5, "seed": 2**64 - 1, "power_iters": 9},
+    "clipped-clustering": {"linkage": "single", "max_tau": 1.5, "norm_history": "call"},
+    "smea": {"max_subsets": 1e5},
+    "caf": {"power_iters": 7, "seed": 12345678901234567},
+    "zeroing": {"tau": 1.5, "norm_order": 2, "mode": "drop"},
 }
-CASES = [(r, {}) for r in ALL_RULES] + sorted(PARAMS.items())
+REQUIRED = {"zeroing": {"tau": float("inf")}}  # parameters without a default
+CASES = [(r, REQUIRED.get(r, {})) for r in ALL_RULES] + sorted(PARAMS.items())
 
 
 def _ids(case):

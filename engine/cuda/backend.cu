@@ -31,6 +31,7 @@
 #include "common/splitmix.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/distance_impl.h"
+#include "cpu/next_impl.h"
 #include "cuda_backend.h"
 
 namespace pyagg {
@@ -114,6 +115,137 @@ Status mean_of_rows(const T* x, std::size_t d, const std::vector<std::size_t>& s
   return run_gather_mean<T>(x, d, 1, s.off, s.idx, false, out, d, kStream);
 }
 
+// ---- dnc, clipped-clustering, smea, caf, zeroing ------------------------------
+// Row statistics (sum of squares and finiteness from run_row_blocks, combined
+// in block order; L1 / L-inf partials combined here in block order).
+template <typename T>
+Status row_stats(const T* x, std::size_t n, std::size_t d, bool abs_norms, Workspace& ws,
+                 std::vector<cpu::detail::RowStat>* st) {
+  const std::size_t nb = reduce_blocks(d);
+  double *part = nullptr, *res = nullptr, *l1 = nullptr, *li = nullptr;
+  unsigned char *fin = nullptr, *fin_out = nullptr;
+  Arena arena;
+  arena.add(&part, nb * n);
+  arena.add(&fin, nb * n);
+  arena.add(&res, n);
+  arena.add(&fin_out, n);
+  if (abs_norms) {
+    arena.add(&l1, nb * n);
+    arena.add(&li, nb * n);
+  }
+  PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+  PYAGG_RETURN_IF_ERROR(run_row_blocks<T>(x, n, d, nullptr, nullptr, part, fin, kStream));
+  PYAGG_RETURN_IF_ERROR(run_combine(part, fin, nb, n, n, res, fin_out, kStream));
+  std::vector<double> hres(n), hl1(abs_norms ? nb * n : 0), hli(abs_norms ? nb * n : 0);
+  std::vector<unsigned char> hfin(n);
+  if (abs_norms) {
+    PYAGG_RETURN_IF_ERROR(run_row_abs<T>(x, n, d, l1, li, kStream));
+    PYAGG_CUDA_CHECK(cudaMemcpyAsync(hl1.data(), l1, nb * n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
+    PYAGG_CUDA_CHECK(cudaMemcpyAsync(hli.data(), li, nb * n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
+  }
+  PYAGG_CUDA_CHECK(cudaMemcpyAsync(hres.data(), res, n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
+  PYAGG_CUDA_CHECK(cudaMemcpyAsync(hfin.data(), fin_out, n, cudaMemcpyDeviceToHost, kStream));
+  PYAGG_CUDA_CHECK(cudaStreamSynchronize(kStream));
+  st->assign(n, cpu::detail::RowStat{});
+  for (std::size_t i = 0; i < n; ++i) {
+    cpu::detail::RowStat& s = (*st)[i];
+    s.sumsq = hres[i];
+    s.finite = hfin[i] != 0;
+    if (abs_norms)
+      for (std::size_t b = 0; b < nb; ++b) {
+        s.l1 += hl1[b * n + i];
+        s.linf = std::max(s.linf, hli[b * n + i]);
+      }
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status combine_rows(const T* x, std::size_t d, const cpu::detail::Combo& c, T* out, Workspace& ws) {
+  const std::size_t cnt = c.nan ? 0 : c.idx.size();
+  int* idx = nullptr;
+  double* a = nullptr;
+  Arena arena;
+  arena.add(&idx, std::max<std::size_t>(cnt, 1));
+  arena.add(&a, std::max<std::size_t>(cnt, 1));
+  PYAGG_RETURN_IF_ERROR(arena.commit(ws));
+  std::vector<int> hidx(c.idx.begin(), c.idx.begin() + std::ptrdiff_t(cnt));
+  std::vector<double> ha(c.a.begin(), c.a.begin() + std::ptrdiff_t(cnt));
+  PYAGG_RETURN_IF_ERROR(upload(idx, hidx));
+  PYAGG_RETURN_IF_ERROR(upload(a, ha));
+  return run_combine_rows<T>(x, d, idx, a, cnt, c.den, c.nan, out, kStream);
+}
+
+// Device memory owned for the duration of a call (DnC's gathered columns: the
+// workspace is re-carved by every distance pass).
+template <typename V>
+struct DeviceBuffer {
+  V* p = nullptr;
+  ~DeviceBuffer() {
+    if (p) (void)cudaFree(p);
+  }
+  Status alloc(std::size_t count) {
+    PYAGG_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<std::size_t>(count, 1) * sizeof(V)));
+    return Status::Ok();
+  }
+};
+
+template <typename T>
+Status run_rule_next(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out, const DeviceInfo& dev,
+                     Workspace& ws) {
+  std::vector<cpu::detail::RowStat> st;
+  PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, cpu::detail::needs_abs_norms(r), ws, &st));
+  cpu::detail::Combo c;
+  if (r.rule == RuleId::kZeroing) {
+    c = cpu::detail::zeroing(r, st);
+  } else if (r.rule == RuleId::kDnc) {
+    Status err = Status::Ok();
+    DeviceBuffer<T> buf;
+    DeviceBuffer<long long> cols;
+    if (std::size_t(r.sub_dim) < d) {
+      PYAGG_RETURN_IF_ERROR(buf.alloc(n * std::size_t(r.sub_dim)));
+      PYAGG_RETURN_IF_ERROR(cols.alloc(std::size_t(r.sub_dim)));
+    }
+    c = cpu::detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
+      D->assign(n * n, 0.0);
+      if (!err.ok()) return;
+      if (!coords) {
+        err = distance_matrix<T>(x, n, d, dev, ws, D);
+        return;
+      }
+      const std::vector<long long> hc(coords->begin(), coords->end());
+      err = upload(cols.p, hc);
+      if (err.ok()) err = run_gather_cols<T>(x, n, d, cols.p, hc.size(), buf.p, kStream);
+      if (err.ok()) err = distance_matrix<T>(buf.p, n, hc.size(), dev, ws, D);
+    });
+    PYAGG_RETURN_IF_ERROR(err);
+  } else {
+    std::vector<double> D;
+    PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
+    if (r.rule == RuleId::kClippedClustering)
+      c = cpu::detail::clipped_clustering(r, D.data(), n, st);
+    else if (r.rule == RuleId::kSmea)
+      c = cpu::detail::smea(r, D.data(), n, st);
+    else
+      c = cpu::detail::caf(r, D.data(), n, st);
+  }
+  return combine_rows<T>(x, d, c, out, ws);
+}
+
+template <typename T>
+Status run_zeroing_pre(const PreConfig& pc, const T* x, std::size_t n, std::size_t d, T* out, Workspace& ws) {
+  std::vector<cpu::detail::RowStat> st;
+  PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, pc.norm_order != 2, ws, &st));
+  const auto keep = cpu::detail::zeroing_keep(st, pc.tau, pc.norm_order);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (keep[i])
+      PYAGG_CUDA_CHECK(cudaMemcpyAsync(out + i * d, x + i * d, d * sizeof(T), cudaMemcpyDeviceToDevice, kStream));
+    else
+      PYAGG_CUDA_CHECK(cudaMemsetAsync(out + i * d, 0, d * sizeof(T), kStream));
+  }
+  return Status::Ok();
+}
+
 template <typename T>
 Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out, const T* state,
                 const DeviceInfo& dev, Workspace& ws) {
@@ -143,6 +275,11 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
       return coordinate(CoordOp::kAveragedMedian, n, WireSource{}, std::size_t(r.beta), nullptr);
     case RuleId::kGeometricMedian: return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream);
     case RuleId::kCenteredClipping: return run_centered_clipping<T>(r, x, n, d, state, out, ws, kStream);
+    case RuleId::kDnc:
+    case RuleId::kClippedClustering:
+    case RuleId::kSmea:
+    case RuleId::kCaf:
+    case RuleId::kZeroing: return run_rule_next<T>(r, x, n, d, out, dev, ws);
     default: break;
   }
 
@@ -257,6 +394,7 @@ Status run_pre(const PreConfig& c, const T* x, std::size_t n, std::size_t d, T* 
       return run_gather_mean<T>(x, d, nbk, s.off, s.idx, true, out, d, kStream);
     }
     case PreId::kClipping: return run_clipping<T>(c, x, n, d, out, ws, kStream);
+    case PreId::kZeroing: return run_zeroing_pre<T>(c, x, n, d, out, ws);
   }
   return Status::Internal("CUDA backend: unhandled pre-aggregator id " + std::to_string(int(c.pre)));
 }

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>  // before emu.cuh (its __noinline__ macro); pyagg/rules.h needs it
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -283,6 +284,19 @@ Status run_clipping(const PreConfig& c, const T* x, std::size_t n, std::size_t d
 // out[i*d + j] = scale[i] < 1 ? (T)((double)x * scale[i]) : x (scale on device).
 template <typename T>
 Status run_scale_rows(const T* x, std::size_t n, std::size_t d, const double* scale, T* out, cudaStream_t stream);
+
+// dnc, clipped-clustering, smea, caf, zeroing (next.cu).
+// l1[b*n + i], li[b*n + i]: the L1 norm / the max |x| of row i on reduce block b.
+template <typename T>
+Status run_row_abs(const T* x, std::size_t n, std::size_t d, double* l1, double* li, cudaStream_t stream);
+// buf[i*b + k] = x[i*d + cols[k]] (device arrays).
+template <typename T>
+Status run_gather_cols(const T* x, std::size_t n, std::size_t d, const long long* cols, std::size_t b, T* buf,
+                       cudaStream_t stream);
+// out[k] = T((sum_t a[t] * x[idx[t]*d + k]) / den); nan: NaN; cnt == 0: 0.
+template <typename T>
+Status run_combine_rows(const T* x, std::size_t d, const int* idx, const double* a, std::size_t cnt, double den,
+                        bool nan, T* out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace pyagg

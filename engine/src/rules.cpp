@@ -4,7 +4,9 @@
 // unsigned arithmetic or any kernel runs; the backends assume valid input.
 #include "pyagg/rules.h"
 
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <new>
 #include <sstream>
@@ -55,10 +57,75 @@ std::string fmt(double v) {
 
 // Checks a parameter value against its spec (finite, integer when required).
 Status check_param_value(const char* owner, const ParamSpec& spec, double v) {
+  if (spec.allow_inf && v == std::numeric_limits<double>::infinity()) return Status::Ok();
   if (!std::isfinite(v))
     return Status::Invalid(std::string(owner) + ": parameter " + spec.name + " must be finite, got " + fmt(v));
   if (spec.integer && (v != std::floor(v) || std::fabs(v) > 9.0e15))
     return Status::Invalid(std::string(owner) + ": parameter " + spec.name + " must be an integer, got " + fmt(v));
+  return Status::Ok();
+}
+
+std::vector<std::string> split_choices(const char* choices) {
+  std::vector<std::string> out(1);
+  for (const char* c = choices; *c; ++c) {
+    if (*c == '|')
+      out.emplace_back();
+    else
+      out.back() += *c;
+  }
+  return out;
+}
+
+// The value of one parameter: a choice -> its index; a seed -> also the exact
+// 64-bit integer (*u), from its text when given (doubles hold 53 bits).
+Status param_value(const char* owner, const ParamSpec& spec, const NamedParam& p, double* v, std::uint64_t* u) {
+  const std::string who = std::string(owner) + ": parameter " + spec.name;
+  if (spec.choices) {
+    const auto ch = split_choices(spec.choices);
+    std::string all;
+    for (const auto& c : ch) all += (all.empty() ? "" : ", ") + c;
+    if (!p.text.empty()) {
+      for (std::size_t i = 0; i < ch.size(); ++i)
+        if (p.text == ch[i]) {
+          *v = double(i);
+          return Status::Ok();
+        }
+      return Status::Invalid(who + " must be one of " + all + ", got '" + p.text + "'");
+    }
+    // A number naming the choice itself (norm_order=2), else an index.
+    for (std::size_t i = 0; i < ch.size(); ++i)
+      if (fmt(p.value) == ch[i]) {
+        *v = double(i);
+        return Status::Ok();
+      }
+    return Status::Invalid(who + " must be one of " + all + ", got " + fmt(p.value));
+  }
+  const bool is_seed = std::string(spec.name) == "seed";
+  double x = p.value;
+  if (!p.text.empty()) {
+    const char* s = p.text.c_str();
+    if (is_seed) {
+      char* end = nullptr;
+      errno = 0;
+      const unsigned long long w = std::strtoull(s, &end, 10);
+      if (p.text[0] == '-' || p.text[0] == '+' || end != s + p.text.size() || errno == ERANGE)
+        return Status::Invalid(who + " must be an integer in [0, 2^64-1], got '" + p.text + "'");
+      *u = w;
+      *v = double(w);
+      return Status::Ok();
+    }
+    if (p.text != "inf") return Status::Invalid(who + " must be a real number, got '" + p.text + "'");
+    x = std::numeric_limits<double>::infinity();
+  }
+  if (is_seed) {
+    if (!(x >= 0 && x < 18446744073709551616.0 && x == std::floor(x)))
+      return Status::Invalid(who + " must be an integer in [0, 2^64-1], got " + fmt(x));
+    *u = static_cast<std::uint64_t>(x);
+    *v = x;
+    return Status::Ok();
+  }
+  PYAGG_RETURN_IF_ERROR(check_param_value(owner, spec, x));
+  *v = x;
   return Status::Ok();
 }
 
@@ -77,10 +144,18 @@ Status apply_params(const char* owner, const std::vector<ParamSpec>& specs,
     for (std::size_t j = 0; j < i; ++j)
       if (params[j].name == p.name)
         return Status::Invalid(std::string(owner) + ": parameter " + p.name + " given twice");
-    PYAGG_RETURN_IF_ERROR(check_param_value(owner, *spec, p.value));
-    PYAGG_RETURN_IF_ERROR(set(p.name, p.value));
+    double v = 0;
+    std::uint64_t u = 0;
+    PYAGG_RETURN_IF_ERROR(param_value(owner, *spec, p, &v, &u));
+    PYAGG_RETURN_IF_ERROR(set(p.name, v, u));
   }
   return Status::Ok();
+}
+
+bool given(const std::vector<NamedParam>& params, const char* name) {
+  for (const auto& p : params)
+    if (p.name == name) return true;
+  return false;
 }
 
 }  // namespace
@@ -131,6 +206,44 @@ const std::vector<RuleInfo>& rule_table() {
        "El Mhamdi et al., Fast and Robust Distributed Learning in High Dimension, SRDS 2020",
        "mean of the n-f rows forming the subset of smallest diameter (exact)",
        {{"max_subsets", 1e7, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e7)"}}},
+      {RuleId::kDnc, "dnc", "n >= 2f+1 and floor(c*f) <= n-1", bound_2f1, true,
+       "Shejwalkar & Houmansadr, Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses "
+       "for Federated Learning (Divide-and-Conquer), NDSS 2021",
+       "niters times: project the centered rows (on b sampled coordinates) on their top singular direction, keep "
+       "the n-floor(c*f) lowest squared projections; mean of the intersection of the kept sets",
+       {{"niters", 5, true, "iterations, >= 1"},
+        {"b", 10000, true, "coordinates sampled per iteration (all when b >= d), >= 1"},
+        {"c", 1.0, false, "filtering fraction: floor(c*f) rows removed per iteration, finite, >= 0"},
+        {"seed", 0, true, "splitmix64 seed of the start vector and the coordinate subsets, 0 .. 2^64-1"},
+        {"power_iters", 100, true, "power-method steps on the n x n Gram matrix, >= 1"}}},
+      {RuleId::kClippedClustering, "clipped-clustering", "n >= 2f+1", bound_2f1, true,
+       "Li, Ngai & Voigt, An Experimental Study of Byzantine-Robust Aggregation Schemes in Federated "
+       "Learning, IEEE TBD 2023 (blades Clippedclustering)",
+       "clip to the median norm, 2-way agglomerative clustering on cosine distance, mean of the larger cluster",
+       {{"norm_history", 0, true, "all: the median over every norm this Aggregator saw; call: this call's norms",
+         "all|call"},
+        {"max_tau", std::numeric_limits<double>::infinity(), false, "cap on the clipping norm, > 0 (inf allowed)",
+         nullptr, true},
+        {"linkage", 0, true, "cluster linkage", "average|single"}}},
+      {RuleId::kSmea, "smea", "n >= 2f+1", bound_2f1, true,
+       "Allouah, Guerraoui, Gupta, Pinot & Stephan, On the Privacy-Robustness-Utility Trilemma in Distributed "
+       "Learning (SMEA), ICML 2023",
+       "mean of the n-f rows whose covariance has the smallest largest eigenvalue (exact, over all C(n, f) subsets)",
+       {{"max_subsets", 1e6, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e6)"}}},
+      {RuleId::kCaf, "caf", "n >= 2f+1", bound_2f1, true,
+       "Allouah, Guerraoui & Stephan, Towards Trustworthy Federated Learning with Untrusted Participants "
+       "(CAF, Algorithm 2), ICML 2025",
+       "down-weight rows along the top eigenvector of the weighted covariance until 2f weight is removed; the "
+       "weighted mean of the step with the smallest top eigenvalue",
+       {{"power_iters", 100, true, "power-method steps on the n x n Gram matrix, >= 1"},
+        {"seed", 0, true, "splitmix64 seed of the start vector, 0 .. 2^64-1"}}},
+      {RuleId::kZeroing, "zeroing", "n >= 1", bound_1, true,
+       "TensorFlow Federated, tff.aggregators.zeroing_factory",
+       "rows with norm > tau become zero rows; mode zero: sum of the kept rows / n, mode drop: their mean",
+       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true, true},
+        {"norm_order", 0, true, "the norm: inf, 1 or 2", "inf|1|2"},
+        {"mode", 0, true, "zero: a zeroed row keeps its weight (TFF MeanFactory); drop: mean of the kept rows",
+         "zero|drop"}}},
   };
   return table;
 }
@@ -148,6 +261,10 @@ const std::vector<PreInfo>& pre_table() {
        "Allouah et al., Boosting Robustness by Clipping Gradients in Distributed Learning (ARC), 2024",
        "static (tau > 0) or adaptive (tau = 0, ARC) norm clipping of each row",
        {{"tau", 0.0, false, "static clipping radius; 0 = adaptive robust clipping (ARC)"}}},
+      {PreId::kZeroing, "zeroing", "TensorFlow Federated, tff.aggregators.zeroing_factory",
+       "a row with norm > tau (unusable rows included) becomes a zero row; the others are copied",
+       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true, true},
+        {"norm_order", 0, true, "the norm: inf, 1 or 2", "inf|1|2"}}},
   };
   return table;
 }
@@ -173,8 +290,11 @@ Status make_rule(const std::string& name, std::int64_t f, const std::vector<Name
   RuleConfig cfg;
   cfg.rule = info->id;
   cfg.f = static_cast<std::size_t>(f);
+  const RuleId id = info->id;
+  if (id == RuleId::kSmea) cfg.max_subsets = 1e6;
+  bool history_all = id == RuleId::kClippedClustering;
   PYAGG_RETURN_IF_ERROR(apply_params(info->name, info->params, params,
-                                     [&](const std::string& p, double v) -> Status {
+                                     [&](const std::string& p, double v, std::uint64_t u) -> Status {
     if (p == "m" || p == "beta") {
       if (v < 1) return Status::Invalid(name + ": " + p + " must be >= 1, got " + p + "=" + fmt(v));
       (p == "m" ? cfg.m : cfg.beta) = static_cast<std::int64_t>(v);
@@ -187,6 +307,9 @@ Status make_rule(const std::string& name, std::int64_t f, const std::vector<Name
     } else if (p == "tol") {
       if (!(v >= 0)) return Status::Invalid(name + ": tol must be >= 0, got tol=" + fmt(v));
       cfg.tol = v;
+    } else if (p == "tau" && id == RuleId::kZeroing) {
+      if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0, got tau=" + fmt(v));
+      cfg.zero_tau = v;
     } else if (p == "tau") {
       if (!(v > 0)) return Status::Invalid(name + ": tau must be > 0, got tau=" + fmt(v));
       cfg.tau = v;
@@ -196,11 +319,34 @@ Status make_rule(const std::string& name, std::int64_t f, const std::vector<Name
     } else if (p == "max_subsets") {
       if (!(v >= 1)) return Status::Invalid(name + ": max_subsets must be >= 1, got max_subsets=" + fmt(v));
       cfg.max_subsets = v;
+    } else if (p == "seed") {
+      cfg.seed = u;
+    } else if (p == "niters" || p == "b" || p == "power_iters") {
+      if (v < 1) return Status::Invalid(name + ": " + p + " must be an integer >= 1, got " + p + "=" + fmt(v));
+      (p == "niters" ? cfg.niters : p == "b" ? cfg.sub_dim : cfg.power_iters) = static_cast<std::int64_t>(v);
+    } else if (p == "c") {
+      if (!(v >= 0)) return Status::Invalid(name + ": c must be finite and >= 0, got c=" + fmt(v));
+      cfg.filter_frac = v;
+    } else if (p == "max_tau") {
+      if (!(v > 0)) return Status::Invalid(name + ": max_tau must be > 0, got max_tau=" + fmt(v));
+      cfg.max_tau = v;
+    } else if (p == "linkage") {
+      cfg.linkage = v == 0 ? Linkage::kAverage : Linkage::kSingle;
+    } else if (p == "norm_history") {
+      history_all = v == 0;
+    } else if (p == "norm_order") {
+      cfg.norm_order = v == 0 ? 0 : v == 1 ? 1 : 2;
+    } else if (p == "mode") {
+      cfg.zero_mode = v == 0 ? ZeroMode::kZero : ZeroMode::kDrop;
     } else {
       return Status::Internal("unhandled parameter " + p);
     }
     return Status::Ok();
   }));
+  for (const auto& spec : info->params)
+    if (spec.required && !given(params, spec.name))
+      return Status::Invalid(name + ": parameter " + spec.name + " is required (" + spec.doc + ")");
+  if (id == RuleId::kClippedClustering && history_all) cfg.history = std::make_shared<NormHistory>();
   *out = cfg;
   return Status::Ok();
 }
@@ -216,21 +362,28 @@ Status make_pre(const std::string& name, std::int64_t f, const std::vector<Named
   cfg.pre = info->id;
   cfg.f = static_cast<std::size_t>(f);
   PYAGG_RETURN_IF_ERROR(apply_params(info->name, info->params, params,
-                                     [&](const std::string& p, double v) -> Status {
+                                     [&](const std::string& p, double v, std::uint64_t u) -> Status {
     if (p == "s") {
       if (v < 1) return Status::Invalid(name + ": s must be >= 1, got s=" + fmt(v));
       cfg.bucket_size = static_cast<std::int64_t>(v);
     } else if (p == "seed") {
-      if (v < 0) return Status::Invalid(name + ": seed must be >= 0, got seed=" + fmt(v));
-      cfg.seed = static_cast<std::uint64_t>(v);
+      cfg.seed = u;
+    } else if (p == "tau" && info->id == PreId::kZeroing) {
+      if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0, got tau=" + fmt(v));
+      cfg.tau = v;
     } else if (p == "tau") {
       if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0 (0 = adaptive), got tau=" + fmt(v));
       cfg.tau = v;
+    } else if (p == "norm_order") {
+      cfg.norm_order = v == 0 ? 0 : v == 1 ? 1 : 2;
     } else {
       return Status::Internal("unhandled parameter " + p);
     }
     return Status::Ok();
   }));
+  for (const auto& spec : info->params)
+    if (spec.required && !given(params, spec.name))
+      return Status::Invalid(name + ": parameter " + spec.name + " is required (" + spec.doc + ")");
   *out = cfg;
   return Status::Ok();
 }
@@ -277,9 +430,16 @@ Status resolve(const RuleConfig& cfg, std::size_t n, RuleConfig* r) {
       if (r->beta == 0) r->beta = static_cast<std::int64_t>(n - f);
       if (r->beta < 1 || std::size_t(r->beta) > n - f) return range_error("beta", r->beta, 1, n - f, "1", "n-f");
       break;
+    case RuleId::kDnc:
+      if (std::floor(cfg.filter_frac * double(f)) > double(n) - 1)
+        return Status::Invalid("dnc needs n >= 2f+1 and floor(c*f) <= n-1, got n=" + std::to_string(n) +
+                               ", f=" + std::to_string(f) + ", c=" + fmt(cfg.filter_frac) + " (floor(c*f)=" +
+                               fmt(std::floor(cfg.filter_frac * double(f))) + ")");
+      break;
+    case RuleId::kSmea:
     case RuleId::kMda:
       if (log_binomial(n, f) > std::log(cfg.max_subsets) + 1e-9)
-        return Status::Invalid("mda enumerates C(n, f) subsets: C(" + std::to_string(n) + ", " + std::to_string(f) +
+        return Status::Invalid(std::string(name) + " enumerates C(n, f) subsets: C(" + std::to_string(n) + ", " + std::to_string(f) +
                                ") = " + fmt(std::exp(log_binomial(n, f))) + " exceeds max_subsets=" +
                                fmt(cfg.max_subsets) + " (raise max_subsets or use another rule)");
       break;
@@ -308,7 +468,7 @@ Status check_rule_input(const RuleConfig& cfg, std::size_t n, std::size_t d) {
 Status check_pre_input(const PreConfig& cfg, std::size_t n, std::size_t d) {
   const PreInfo& info = pre_table()[static_cast<int>(cfg.pre)];
   PYAGG_RETURN_IF_ERROR(check_size(info.name, n, d));
-  if (cfg.pre != PreId::kBucketing && cfg.f >= n)
+  if (cfg.pre != PreId::kBucketing && cfg.pre != PreId::kZeroing && cfg.f >= n)
     return Status::Invalid(std::string(info.name) + " needs n > f, got n=" + std::to_string(n) +
                            ", f=" + std::to_string(cfg.f));
   return Status::Ok();
@@ -353,6 +513,11 @@ void run_cpu_rule(const RuleConfig& r, const T* const* rows, std::size_t n, std:
     case RuleId::kGeometricMedian: cpu::geometric_median(rows, n, d, r.nu, r.max_iter, r.tol, out); break;
     case RuleId::kCenteredClipping: cpu::centered_clipping(rows, n, d, r.tau, r.iters, state, out); break;
     case RuleId::kMda: cpu::mda(rows, n, d, f, out); break;
+    case RuleId::kDnc:
+    case RuleId::kClippedClustering:
+    case RuleId::kSmea:
+    case RuleId::kCaf:
+    case RuleId::kZeroing: cpu::rule_next(r, rows, n, d, out); break;
   }
 }
 
@@ -369,10 +534,30 @@ void run_cpu_pre(const PreConfig& c, const T* const* rows, std::size_t n, std::s
     case PreId::kNnm: cpu::nnm(rows, n, d, c.f, out); break;
     case PreId::kBucketing: cpu::bucketing(rows, n, d, std::size_t(c.bucket_size), c.seed, out); break;
     case PreId::kClipping: cpu::clipping(rows, n, d, c.f, c.tau, out); break;
+    case PreId::kZeroing: cpu::zeroing_pre(rows, n, d, c.tau, c.norm_order, out); break;
   }
 }
 
 }  // namespace
+
+bool rule_history(const RuleConfig& cfg, std::vector<double>* norms) {
+  if (!cfg.history) return false;
+  std::lock_guard<std::mutex> lock(cfg.history->mu);
+  *norms = cfg.history->norms;
+  return true;
+}
+
+Status set_rule_history(const RuleConfig& cfg, const std::vector<double>& norms) {
+  if (!cfg.history)
+    return Status::Invalid(std::string(info_of(cfg.rule).name) + " keeps no norm history (only clipped-clustering "
+                           "with norm_history=all does)");
+  for (double v : norms)
+    if (!(v >= 0) || !std::isfinite(v))
+      return Status::Invalid("norm history: every norm must be finite and >= 0, got " + fmt(v));
+  std::lock_guard<std::mutex> lock(cfg.history->mu);
+  cfg.history->norms = norms;
+  return Status::Ok();
+}
 
 Status aggregate(const RuleConfig& cfg, const GradView& g, void* out, const void* state) {
   try {

@@ -215,6 +215,8 @@ class ParameterServer:
         self.opt.load(arrays, meta.get("opt_t", 0))
         if "agg_state" in arrays:
             self.agg.state = np.array(arrays["agg_state"])
+        if "agg_norm_history" in arrays:  # clipped-clustering's norms of the earlier steps
+            self.agg.norm_history = np.array(arrays["agg_norm_history"], dtype=np.float64)
         self.agg.calls = int(meta.get("agg_calls", 0))
         self.start_step = int(meta["step"]) + 1
         self.resumed_from = int(meta["step"])
@@ -265,6 +267,9 @@ class ParameterServer:
         arrays.update({f"count_{k}": v for k, v in self.counts.items()})
         if isinstance(getattr(self.agg, "state", None), np.ndarray):
             arrays["agg_state"] = self.agg.state
+        history = getattr(self.agg, "norm_history", None)
+        if history is not None:
+            arrays["agg_norm_history"] = history
         meta = {
             "fingerprint": self.cfg.fingerprint(),
             "d": self.d,

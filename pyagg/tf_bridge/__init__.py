@@ -158,6 +158,17 @@ def _check_f(f: Any) -> int:
     return int(f)
 
 
+def _numeric_text(value: str) -> bool:
+    """A string that reads as a number other than "inf" (refused: numbers are passed as numbers)."""
+    if value.strip().lower() == "inf":
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _encode_params(params: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Rule parameters -> the op's (param_names, param_values) attrs.
 
@@ -168,12 +179,18 @@ def _encode_params(params: dict[str, Any]) -> tuple[list[str], list[str]]:
 
     names, values = [], []
     for name, value in params.items():
+        if isinstance(value, str) and not _numeric_text(value):  # a named choice: the engine checks it
+            names.append(str(name))
+            values.append(value)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise InvalidArgumentError(
-                f"parameter {name} must be a real number, got {value!r} ({type(value).__name__})"
+                f"parameter {name} must be a real number or a name, got {value!r} ({type(value).__name__})"
             )
         names.append(str(name))
-        values.append(repr(float(value)))
+        # ints beyond 2^53 (a 64-bit seed) travel exactly, as decimal integers
+        big = isinstance(value, (int, np.integer)) and abs(int(value)) > 2**53
+        values.append(str(int(value)) if big else repr(float(value)))
     return names, values
 
 

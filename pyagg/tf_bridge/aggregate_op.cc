@@ -30,6 +30,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -114,8 +115,14 @@ class PyaggAggregateOp : public OpKernel {
     params.reserve(names.size());
     for (std::size_t i = 0; i < names.size(); ++i) {
       double v = 0;
-      OP_REQUIRES_OK(ctx, parse_value(names[i], values[i], &v));
-      params.push_back({names[i], v});
+      if (parse_value(names[i], values[i], &v).ok() &&
+          values[i].find_first_not_of("0123456789") != std::string::npos) {
+        params.push_back({names[i], v, ""});
+      } else {
+        // A named choice ("single") or an exact decimal integer (a 64-bit
+        // seed): the engine reads the text and names a bad one itself.
+        params.push_back({names[i], std::numeric_limits<double>::quiet_NaN(), values[i]});
+      }
     }
     // The engine's own parsing and validation: same messages as pyagg.aggregate.
     OP_REQUIRES_OK(ctx, to_tf(pyagg::make_rule(rule, static_cast<std::int64_t>(f), params, &cfg_)));
@@ -159,7 +166,12 @@ class PyaggAggregateOp : public OpKernel {
       OP_REQUIRES_OK(ctx, stream->BlockHostUntilDone());
     }
 #endif
-    OP_REQUIRES_OK(ctx, to_tf(pyagg::aggregate(cfg_, view, out->flat<T>().data(), v0)));
+    // The op is stateless (centered-clipping's state is an input): a kernel
+    // cached by TF must not carry clipped-clustering's norm history from one
+    // run to the next, so each run starts a fresh one (norm_history = call).
+    pyagg::RuleConfig cfg = cfg_;
+    if (cfg.history) cfg.history = std::make_shared<pyagg::NormHistory>();
+    OP_REQUIRES_OK(ctx, to_tf(pyagg::aggregate(cfg, view, out->flat<T>().data(), v0)));
   }
 
  private:

@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -30,16 +32,21 @@ struct Register {
   Register(const char* name, std::function<void()> fn) { cases().push_back({name, std::move(fn)}); }
 };
 
+// PYAGG_TEST_FILTER=<substring>: run only the cases whose name contains it.
 inline int run_all() {
   int failed_cases = 0;
+  std::size_t ran = 0;
+  const char* filter = std::getenv("PYAGG_TEST_FILTER");
   for (auto& c : cases()) {
+    if (filter && *filter && !std::strstr(c.name, filter)) continue;
+    ++ran;
     int before = failures();
     c.fn();
     bool ok = failures() == before;
     if (!ok) ++failed_cases;
     std::printf("[%s] %s\n", ok ? "  OK  " : " FAIL ", c.name);
   }
-  std::printf("%zu passed, %d failed\n", cases().size() - failed_cases, failed_cases);
+  std::printf("%zu passed, %d failed\n", ran - failed_cases, failed_cases);
   return failed_cases == 0 ? 0 : 1;
 }
 

@@ -12,6 +12,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -33,9 +36,14 @@ enum class RuleId : int {
   kGeometricMedian,
   kCenteredClipping,
   kMda,
+  kDnc,
+  kClippedClustering,
+  kSmea,
+  kCaf,
+  kZeroing,
 };
 
-enum class PreId : int { kNnm = 0, kBucketing, kClipping };
+enum class PreId : int { kNnm = 0, kBucketing, kClipping, kZeroing };
 
 // One tunable parameter of a rule or pre-aggregator.
 struct ParamSpec {
@@ -43,6 +51,11 @@ struct ParamSpec {
   double default_value;   // NaN: derived from n and f at run time (see `doc`)
   bool integer;           // must be an integer value
   const char* doc;
+  // Named choices "a|b|c": the value is the index of the choice (given as its
+  // name through NamedParam::text, or as the index). nullptr: a number.
+  const char* choices = nullptr;
+  bool allow_inf = false;  // +inf is an admissible value
+  bool required = false;   // no default: make_rule refuses a config without it
 };
 
 struct RuleInfo {
@@ -73,7 +86,22 @@ std::string known_pre_names();
 struct NamedParam {
   std::string name;
   double value;
+  // Optional text form of the value: the name of a choice ("single"), or an
+  // integer too large for a double to hold exactly (a 64-bit seed). When set,
+  // it is what the engine reads.
+  std::string text;
 };
+
+// clipped-clustering's norm history (norm_history = all): the L2 norms of the
+// usable rows of every earlier call made with the same RuleConfig (i.e. the
+// same Aggregator). Shared by the copies of one config; guarded by `mu`.
+struct NormHistory {
+  std::mutex mu;
+  std::vector<double> norms;
+};
+
+enum class Linkage : int { kAverage = 0, kSingle = 1 };
+enum class ZeroMode : int { kZero = 0, kDrop = 1 };
 
 // A parsed, parameter-checked rule. Fields left at their "unset" value are
 // derived from (n, f) when the rule runs (e.g. m = n-f-2).
@@ -92,7 +120,22 @@ struct RuleConfig {
   double tau = 10.0;
   std::int64_t iters = 1;  // "L" in the spec
   // mda: refuse when C(n, f) exceeds this many subsets
-  double max_subsets = 1e7;
+  double max_subsets = 1e7;   // smea: 1e6 (set by make_rule)
+  // dnc, caf: the seeded start vector; dnc: coordinate subsets
+  std::uint64_t seed = 0;
+  std::int64_t power_iters = 100;
+  // dnc
+  std::int64_t niters = 5;
+  std::int64_t sub_dim = 10000;  // "b"
+  double filter_frac = 1.0;      // "c"
+  // clipped-clustering
+  double max_tau = std::numeric_limits<double>::infinity();
+  Linkage linkage = Linkage::kAverage;
+  std::shared_ptr<NormHistory> history;  // non-null iff norm_history = all
+  // zeroing (rule and pre-aggregator)
+  double zero_tau = std::numeric_limits<double>::quiet_NaN();  // required
+  int norm_order = 0;  // 0 = inf, 1, 2
+  ZeroMode zero_mode = ZeroMode::kZero;
 };
 
 struct PreConfig {
@@ -100,7 +143,8 @@ struct PreConfig {
   std::size_t f = 0;
   std::int64_t bucket_size = 2;  // bucketing: s
   std::uint64_t seed = 0;        // bucketing: shuffle seed (splitmix64 stream)
-  double tau = 0.0;              // clipping: static threshold; 0 = adaptive (ARC)
+  double tau = 0.0;              // clipping: static threshold; 0 = adaptive (ARC); zeroing: threshold
+  int norm_order = 0;            // zeroing: 0 = inf, 1, 2
 };
 
 // Parse a rule name and its parameters; validates everything that does not
@@ -130,6 +174,13 @@ Status aggregate(const RuleConfig& cfg, const GradView& g, void* out,
 // Apply a pre-aggregator: writes pre_output_rows(cfg, n) rows of d elements,
 // row-major, into `out` (same dtype/device as g).
 Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
+
+// A rule's state kept across calls besides centered-clipping's momentum:
+// clipped-clustering's norm history (norm_history = all). `has` is false for
+// every other rule (and for norm_history = call). Used to checkpoint an
+// Aggregator and to restore it (set_rule_history replaces the history).
+bool rule_history(const RuleConfig& cfg, std::vector<double>* norms);
+Status set_rule_history(const RuleConfig& cfg, const std::vector<double>& norms);
 
 // Build facts, for pyagg.build_info().
 struct BuildInfo {

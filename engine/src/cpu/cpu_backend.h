@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pyagg/rules.h"
+
 namespace pyagg {
 namespace cpu {
 
@@ -68,6 +70,15 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 // tau > 0: static clipping; tau == 0: adaptive robust clipping (ARC).
 template <typename T>
 void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out);
+
+// ---- dnc, clipped-clustering, smea, caf, zeroing (next.cpp, next_impl.h) ---
+// r: a resolved RuleConfig of one of those five rules.
+template <typename T>
+void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out);
+// Pre-aggregator: a row with ||x||_p > tau (or unusable) becomes zeros, the
+// others are copied; norm_order 0 = inf, 1, 2.
+template <typename T>
+void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau, int norm_order, T* out);
 
 }  // namespace cpu
 }  // namespace pyagg

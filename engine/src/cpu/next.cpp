@@ -1,0 +1,242 @@
+// pyagg engine — CPU (OpenMP) backend: dnc, clipped-clustering, smea, caf,
+// zeroing (rule and pre-aggregator). Exact definitions:
+// shared/spec/rules_next.md; the selection / weighting logic, shared with the
+// CUDA backend, is in next_impl.h.
+//
+// Rules, papers and resilience bounds
+// -----------------------------------
+//  dnc (f; niters, b, c, seed, power_iters)  Shejwalkar & Houmansadr, NDSS 2021
+//      (Divide-and-Conquer).                    n >= 2f+1 and floor(c*f) <= n-1.
+//  clipped-clustering (f; norm_history, max_tau, linkage)  Li, Ngai & Voigt,
+//      2023 (blades Clippedclustering).         n >= 2f+1.
+//  smea (f; max_subsets)  Allouah, Guerraoui, Gupta, Pinot & Stephan, ICML 2023.
+//                                               n >= 2f+1, C(n, f) <= max_subsets.
+//  caf (f; power_iters, seed)  Allouah, Guerraoui & Stephan, ICML 2025, Alg. 2.
+//                                               n >= 2f+1.
+//  zeroing (tau, norm_order, mode)  TensorFlow Federated zeroing_factory.
+//                                               n >= 1 (f unused).
+//
+// Passes over G
+// -------------
+//  1. row statistics (row_stats; skipped for float32 smea, caf and dnc with
+//     b >= d, whose usable rows are the finite rows that pass 2 reports): per
+//     row, over the fixed blocks of
+//     kReduceBlock coordinates, the sum of squares (with finiteness) and, for
+//     zeroing with norm_order 1 or inf, the L1 and L-inf norms; partials
+//     combined in block order (deterministic).
+//  2. (dnc, clipped-clustering, smea, caf) the one distance pass,
+//     cpu::pairwise_sqdist; dnc with b < d runs it once per iteration on a
+//     gathered n x b copy of the sampled coordinates (O(n b) memory).
+//  3. the output combination (combine): out = sum_t a_t x_{idx_t} / den,
+//     per chunk of coordinates, rows in increasing index order, double.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/next_impl.h"
+#include "cpu/reduce.h"
+
+namespace pyagg {
+namespace cpu {
+namespace {
+
+constexpr std::size_t kCombineChunk = 1024;
+
+template <typename T>
+void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norms, std::vector<detail::RowStat>* out) {
+  const std::size_t nb = (d + kReduceBlock - 1) / kReduceBlock;
+  std::vector<double> sq(n * nb), l1(abs_norms ? n * nb : 0), li(abs_norms ? n * nb : 0);
+  std::vector<unsigned char> fin(n * nb);
+#pragma omp parallel for schedule(dynamic, 4)
+  for (std::ptrdiff_t k = 0; k < std::ptrdiff_t(n * nb); ++k) {
+    const std::size_t i = std::size_t(k) / nb, b = std::size_t(k) % nb;
+    const std::size_t c0 = b * kReduceBlock, len = std::min(kReduceBlock, d - c0);
+    const T* x = rows[i] + c0;
+    bool ok = true;
+    if (!abs_norms) {
+      sq[k] = reduce::block_sumsq_finite(x, len, &ok);
+    } else {
+      // One loop for everything zeroing reads (sum of squares, finiteness,
+      // L1 in double, L-inf in T: exact), 16 lanes each, folded in a fixed order.
+      double s2[16] = {}, a1[16] = {}, fn[16] = {};
+      T mx[16] = {};
+      std::size_t c = 0;
+      for (; c + 16 <= len; c += 16)
+        for (int l = 0; l < 16; ++l) {
+          const double v = double(x[c + l]);
+          s2[l] += v * v;
+          fn[l] += v - v;
+          a1[l] += std::fabs(v);
+          const T av = std::fabs(x[c + l]);
+          mx[l] = mx[l] < av ? av : mx[l];
+        }
+      for (; c < len; ++c) {
+        const double v = double(x[c]);
+        const int l = int(c % 16);
+        s2[l] += v * v;
+        fn[l] += v - v;
+        a1[l] += std::fabs(v);
+        const T av = std::fabs(x[c]);
+        mx[l] = mx[l] < av ? av : mx[l];
+      }
+      double ssum = 0, asum = 0;
+      T m = 0;
+      for (int l = 0; l < 16; ++l) {
+        ssum += s2[l];
+        asum += a1[l];
+        m = m < mx[l] ? mx[l] : m;
+        ok = ok && fn[l] == 0.0;
+      }
+      sq[k] = ssum;
+      l1[k] = asum;
+      li[k] = double(m);
+    }
+    fin[k] = ok;
+  }
+  out->assign(n, detail::RowStat{});
+  for (std::size_t i = 0; i < n; ++i) {
+    detail::RowStat& s = (*out)[i];
+    for (std::size_t b = 0; b < nb; ++b) {
+      s.sumsq += sq[i * nb + b];
+      s.finite = s.finite && fin[i * nb + b];
+      if (abs_norms) {
+        s.l1 += l1[i * nb + b];
+        s.linf = std::max(s.linf, li[i * nb + b]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void combine(const T* const* rows, std::size_t d, const detail::Combo& c, T* out) {
+  if (c.nan || c.idx.empty()) {
+    const T v = c.nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
+    std::fill(out, out + d, v);
+    return;
+  }
+  const std::size_t cnt = c.idx.size();
+  const double den = c.den;
+  const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
+#pragma omp parallel for schedule(dynamic, 8)
+  for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
+    const std::size_t c0 = std::size_t(ch) * kCombineChunk, len = std::min(kCombineChunk, d - c0);
+    constexpr std::size_t kStep = 32;
+    std::size_t k = 0;
+    for (; k + kStep <= len; k += kStep) {
+      double a[kStep] = {};
+      for (std::size_t t = 0; t < cnt; ++t) {
+        const T* r = rows[c.idx[t]] + c0 + k;
+        const double w = c.a[t];
+#pragma GCC unroll 32
+        for (std::size_t l = 0; l < kStep; ++l) a[l] += w * double(r[l]);
+      }
+#pragma GCC unroll 32
+      for (std::size_t l = 0; l < kStep; ++l) out[c0 + k + l] = T(a[l] / den);
+    }
+    for (; k < len; ++k) {
+      double a = 0;
+      for (std::size_t t = 0; t < cnt; ++t) a += c.a[t] * double(rows[c.idx[t]][c0 + k]);
+      out[c0 + k] = T(a / den);
+    }
+  }
+}
+
+// D of the rows on the sorted coordinates `coords` (nullptr: all).
+template <typename T>
+void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const std::vector<std::size_t>* coords,
+                      std::vector<double>* D) {
+  D->assign(n * n, 0.0);
+  if (!coords) {
+    pairwise_sqdist<T>(rows, n, d, D->data());
+    return;
+  }
+  const std::size_t b = coords->size();
+  std::vector<T> buf(n * b);
+  std::vector<const T*> brows(n);
+  const std::size_t* cs = coords->data();
+#pragma omp parallel for schedule(static)
+  for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) {
+    const T* x = rows[i];
+    T* o = buf.data() + std::size_t(i) * b;
+    for (std::size_t k = 0; k < b; ++k) o[k] = x[cs[k]];
+  }
+  for (std::size_t i = 0; i < n; ++i) brows[i] = buf.data() + i * b;
+  pairwise_sqdist<T>(brows.data(), n, b, D->data());
+}
+
+}  // namespace
+
+template <typename T>
+void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out) {
+  std::vector<detail::RowStat> st;
+  detail::Combo c;
+  // float32 input: a row's float64 sum of squares cannot overflow (|x| <=
+  // 3.4e38, d < 2^62), so "usable" is "every entry finite", which the distance
+  // pass already reports (D[i][i] = 0 exactly for those rows). smea, caf and
+  // dnc on all coordinates then read G twice (distances, output), not three
+  // times; they read nothing else of the statistics.
+  const bool full_dnc = r.rule == RuleId::kDnc && std::size_t(r.sub_dim) >= d;
+  if (std::is_same<T, float>::value && (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf || full_dnc)) {
+    std::vector<double> D(n * n);
+    pairwise_sqdist<T>(rows, n, d, D.data());
+    st.assign(n, detail::RowStat{});
+    for (std::size_t i = 0; i < n; ++i) st[i].finite = D[i * n + i] == 0.0;
+    if (r.rule == RuleId::kSmea)
+      c = detail::smea(r, D.data(), n, st);
+    else if (r.rule == RuleId::kCaf)
+      c = detail::caf(r, D.data(), n, st);
+    else
+      c = detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>*, std::vector<double>* Dk) { *Dk = D; });
+    combine(rows, d, c, out);
+    return;
+  }
+  row_stats(rows, n, d, detail::needs_abs_norms(r), &st);
+  if (r.rule == RuleId::kZeroing) {
+    c = detail::zeroing(r, st);
+  } else if (r.rule == RuleId::kDnc) {
+    c = detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
+      subset_distances(rows, n, d, coords, D);
+    });
+  } else {
+    std::vector<double> D(n * n);
+    pairwise_sqdist<T>(rows, n, d, D.data());
+    if (r.rule == RuleId::kClippedClustering)
+      c = detail::clipped_clustering(r, D.data(), n, st);
+    else if (r.rule == RuleId::kSmea)
+      c = detail::smea(r, D.data(), n, st);
+    else
+      c = detail::caf(r, D.data(), n, st);
+  }
+  combine(rows, d, c, out);
+}
+
+template <typename T>
+void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau, int norm_order, T* out) {
+  std::vector<detail::RowStat> st;
+  row_stats(rows, n, d, norm_order != 2, &st);
+  const auto keep = detail::zeroing_keep(st, tau, norm_order);
+  const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
+#pragma omp parallel for schedule(dynamic, 8)
+  for (std::ptrdiff_t k = 0; k < std::ptrdiff_t(n * nchunks); ++k) {
+    const std::size_t i = std::size_t(k) / nchunks, c0 = (std::size_t(k) % nchunks) * kCombineChunk;
+    const std::size_t len = std::min(kCombineChunk, d - c0);
+    if (keep[i])
+      std::memcpy(out + i * d + c0, rows[i] + c0, len * sizeof(T));
+    else
+      std::fill(out + i * d + c0, out + i * d + c0 + len, T(0));
+  }
+}
+
+template void rule_next<float>(const RuleConfig&, const float* const*, std::size_t, std::size_t, float*);
+template void rule_next<double>(const RuleConfig&, const double* const*, std::size_t, std::size_t, double*);
+template void zeroing_pre<float>(const float* const*, std::size_t, std::size_t, double, int, float*);
+template void zeroing_pre<double>(const double* const*, std::size_t, std::size_t, double, int, double*);
+
+}  // namespace cpu
+}  // namespace pyagg
