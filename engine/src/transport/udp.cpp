@@ -108,24 +108,94 @@ class Fd {
 // ------------------------------------------------------------ source -------
 constexpr std::size_t kRecvBufSize = 65536;  // any UDP datagram or GRO run fits
 
+// One socket's batched receive state (recvmmsg into `batch` slots of `slot` bytes).
+struct Ring {
+  int fd = -1;
+  int batch = 0;
+  std::size_t slot = 0;
+  std::vector<uint8_t> storage;
+  std::vector<mmsghdr> msgs;
+  std::vector<iovec> iov;
+  std::vector<uint8_t> ctrl;
+  std::vector<sockaddr_storage> names;
+  static constexpr std::size_t kCtrl = CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)) + 64;
+
+  void init(int f, int b, std::size_t s) {
+    fd = f;
+    batch = b;
+    slot = s;
+    storage.assign(std::size_t(b) * s, 0);
+    msgs.resize(b);
+    iov.resize(b);
+    ctrl.assign(std::size_t(b) * kCtrl, 0);
+    names.resize(b);
+  }
+  void close() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  // One recvmmsg (non-blocking): the number of messages, or -1 with errno.
+  int receive() {
+    for (int i = 0; i < batch; ++i) {
+      iov[i].iov_base = storage.data() + std::size_t(i) * slot;
+      iov[i].iov_len = slot;
+      msghdr& h = msgs[i].msg_hdr;
+      std::memset(&h, 0, sizeof(h));
+      h.msg_iov = &iov[i];
+      h.msg_iovlen = 1;
+      h.msg_control = ctrl.data() + std::size_t(i) * kCtrl;
+      h.msg_controllen = kCtrl;
+      h.msg_name = &names[i];
+      h.msg_namelen = sizeof(sockaddr_storage);
+      msgs[i].msg_len = 0;
+    }
+    return ::recvmmsg(fd, msgs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
+  }
+  // Appends message i as datagram views (a UDP GRO run split into its datagrams), tagged
+  // with `origin`; folds the SO_RXQ_OVFL drop counter into *drops when given.
+  void emit(int i, int origin, std::vector<DatagramView>* out, std::atomic<uint64_t>* drops = nullptr) const {
+    const uint8_t* base = storage.data() + std::size_t(i) * slot;
+    const std::size_t len = msgs[i].msg_len;
+    const bool trunc = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+    const void* name = &names[i];
+    const std::size_t name_len = msgs[i].msg_hdr.msg_namelen;
+    int seg = 0;
+    msghdr* h = const_cast<msghdr*>(&msgs[i].msg_hdr);
+    for (cmsghdr* c = CMSG_FIRSTHDR(h); c != nullptr; c = CMSG_NXTHDR(h, c)) {
+      if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+        std::memcpy(&seg, CMSG_DATA(c), sizeof(int));
+      } else if (drops != nullptr && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+        uint32_t total = 0;  // cumulative, wraps at 2^32
+        std::memcpy(&total, CMSG_DATA(c), sizeof(total));
+        const uint32_t prev = static_cast<uint32_t>(drops->load(std::memory_order_relaxed));
+        drops->fetch_add(uint32_t(total - prev), std::memory_order_relaxed);
+      }
+    }
+    if (seg > 0 && std::size_t(seg) < len && !trunc) {
+      // A GRO run: datagrams of `seg` bytes back to back, the last possibly shorter.
+      for (std::size_t off = 0; off < len; off += std::size_t(seg)) {
+        out->push_back({base + off, std::min<std::size_t>(std::size_t(seg), len - off), false, origin, name, name_len});
+      }
+    } else {
+      out->push_back({base, len, trunc, origin, name, name_len});
+    }
+  }
+};
+
+
 class UdpSource final : public DatagramSource {
  public:
-  UdpSource(int fd, int wake_fd, bool gro, int batch, std::string desc)
-      : fd_(fd), wake_fd_(wake_fd), gro_(gro), batch_(batch), desc_(std::move(desc)) {
-    storage_.resize(std::size_t(batch_) * kRecvBufSize);
-    msgs_.resize(batch_);
-    iov_.resize(batch_);
-    ctrl_.resize(std::size_t(batch_) * kCtrlSize);
-    names_.resize(batch_);
+  UdpSource(int fd, int wake_fd, int batch, std::string desc) : fd_(fd), wake_fd_(wake_fd), desc_(std::move(desc)) {
+    ring_.init(fd, batch, kRecvBufSize);
   }
   ~UdpSource() override {
-    ::close(fd_);
+    ring_.close();
     ::close(wake_fd_);
   }
 
   Status recv_batch(int timeout_ms, std::vector<DatagramView>* out) override {
     out->clear();
-    int n = receive();
+    int n = ring_.receive();
     if (n < 0) {
       const int e = errno;
       if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) return io_error("recvmmsg on " + desc_, e);
@@ -148,39 +218,14 @@ class UdpSource final : public DatagramSource {
         (void)err;  // ICMP errors on an unconnected UDP socket: nothing to do
       }
       if (!(p[0].revents & POLLIN)) return Status::Ok();
-      n = receive();
+      n = ring_.receive();
       if (n < 0) {
         const int e2 = errno;
         if (e2 == EAGAIN || e2 == EWOULDBLOCK || e2 == EINTR) return Status::Ok();
         return io_error("recvmmsg on " + desc_, e2);
       }
     }
-    for (int i = 0; i < n; ++i) {
-      const uint8_t* base = storage_.data() + std::size_t(i) * kRecvBufSize;
-      const std::size_t len = msgs_[i].msg_len;
-      const bool trunc = (msgs_[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-      int seg = 0;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msgs_[i].msg_hdr); c != nullptr; c = CMSG_NXTHDR(&msgs_[i].msg_hdr, c)) {
-        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-          std::memcpy(&seg, CMSG_DATA(c), sizeof(int));
-        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
-          uint32_t drops = 0;  // cumulative, wraps at 2^32
-          std::memcpy(&drops, CMSG_DATA(c), sizeof(drops));
-          const uint32_t prev = static_cast<uint32_t>(drops_.load(std::memory_order_relaxed));
-          drops_.fetch_add(uint32_t(drops - prev), std::memory_order_relaxed);
-        }
-      }
-      const void* name = &names_[i];
-      const std::size_t name_len = msgs_[i].msg_hdr.msg_namelen;
-      if (seg > 0 && std::size_t(seg) < len && !trunc) {
-        // A GRO run: datagrams of `seg` bytes back to back, the last possibly shorter.
-        for (std::size_t off = 0; off < len; off += std::size_t(seg)) {
-          out->push_back({base + off, std::min<std::size_t>(std::size_t(seg), len - off), false, -2, name, name_len});
-        }
-      } else {
-        out->push_back({base, len, trunc, -2, name, name_len});
-      }
-    }
+    for (int i = 0; i < n; ++i) ring_.emit(i, -2, out, &drops_);
     return Status::Ok();
   }
 
@@ -203,35 +248,10 @@ class UdpSource final : public DatagramSource {
   }
 
  private:
-  static constexpr std::size_t kCtrlSize = CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)) + 64;
-
-  int receive() {
-    for (int i = 0; i < batch_; ++i) {
-      iov_[i].iov_base = storage_.data() + std::size_t(i) * kRecvBufSize;
-      iov_[i].iov_len = kRecvBufSize;
-      msghdr& h = msgs_[i].msg_hdr;
-      std::memset(&h, 0, sizeof(h));
-      h.msg_iov = &iov_[i];
-      h.msg_iovlen = 1;
-      h.msg_control = ctrl_.data() + std::size_t(i) * kCtrlSize;
-      h.msg_controllen = kCtrlSize;
-      h.msg_name = &names_[i];
-      h.msg_namelen = sizeof(sockaddr_storage);
-      msgs_[i].msg_len = 0;
-    }
-    return ::recvmmsg(fd_, msgs_.data(), static_cast<unsigned>(batch_), MSG_DONTWAIT, nullptr);
-  }
-
   int fd_;
   int wake_fd_;
-  bool gro_;
-  int batch_;
   std::string desc_;
-  std::vector<uint8_t> storage_;
-  std::vector<mmsghdr> msgs_;
-  std::vector<iovec> iov_;
-  std::vector<uint8_t> ctrl_;
-  std::vector<sockaddr_storage> names_;
+  Ring ring_;
   std::atomic<uint64_t> drops_{0};
 };
 
@@ -438,7 +458,7 @@ Status make_udp_source(const UdpSourceOptions& o, std::unique_ptr<DatagramSource
   if (wfd < 0) return io_error("eventfd", errno);
   const std::string desc = "udp://" + (inf.family == AF_INET6 ? "[" + inf.host + "]" : inf.host) + ":" +
                            std::to_string(inf.port);
-  out->reset(new UdpSource(fd.release(), wfd, inf.gro, o.batch, desc));
+  out->reset(new UdpSource(fd.release(), wfd, o.batch, desc));
   if (info) *info = inf;
   return Status::Ok();
 }
@@ -505,50 +525,6 @@ bool same_peer(const sockaddr_storage& a, std::size_t alen, const void* b, std::
   }
   return false;
 }
-
-// One socket's batched receive state.
-struct Ring {
-  int fd = -1;
-  int batch = 0;
-  std::size_t slot = 0;
-  std::vector<uint8_t> storage;
-  std::vector<mmsghdr> msgs;
-  std::vector<iovec> iov;
-  std::vector<uint8_t> ctrl;
-  std::vector<sockaddr_storage> names;
-  static constexpr std::size_t kCtrl = CMSG_SPACE(sizeof(int)) + 64;
-
-  void init(int f, int b, std::size_t s) {
-    fd = f;
-    batch = b;
-    slot = s;
-    storage.assign(std::size_t(b) * s, 0);
-    msgs.resize(b);
-    iov.resize(b);
-    ctrl.assign(std::size_t(b) * kCtrl, 0);
-    names.resize(b);
-  }
-  void close() {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-  int receive() {
-    for (int i = 0; i < batch; ++i) {
-      iov[i].iov_base = storage.data() + std::size_t(i) * slot;
-      iov[i].iov_len = slot;
-      msghdr& h = msgs[i].msg_hdr;
-      std::memset(&h, 0, sizeof(h));
-      h.msg_iov = &iov[i];
-      h.msg_iovlen = 1;
-      h.msg_control = ctrl.data() + std::size_t(i) * kCtrl;
-      h.msg_controllen = kCtrl;
-      h.msg_name = &names[i];
-      h.msg_namelen = sizeof(sockaddr_storage);
-      msgs[i].msg_len = 0;
-    }
-    return ::recvmmsg(fd, msgs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
-  }
-};
 
 // Errors a UDP socket reports for ICMP messages or transient conditions: not fatal.
 bool transient(int e) {
@@ -691,25 +667,11 @@ class IsolatedUdpSource final : public DatagramSource {
       return io_error("recvmmsg on " + desc_, e);
     }
     for (int i = 0; i < n; ++i) {
-      const uint8_t* base = ring.storage.data() + std::size_t(i) * ring.slot;
-      const std::size_t len = ring.msgs[i].msg_len;
-      const bool trunc = (ring.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-      const void* name = &ring.names[i];
-      const std::size_t name_len = ring.msgs[i].msg_hdr.msg_namelen;
       int o = origin;
-      if (rs != nullptr && !same_peer(rs->peer, rs->peer_len, name, name_len)) o = -1;  // arrived before connect()
-      int seg = 0;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&ring.msgs[i].msg_hdr); c != nullptr;
-           c = CMSG_NXTHDR(&ring.msgs[i].msg_hdr, c)) {
-        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) std::memcpy(&seg, CMSG_DATA(c), sizeof(int));
+      if (rs != nullptr && !same_peer(rs->peer, rs->peer_len, &ring.names[i], ring.msgs[i].msg_hdr.msg_namelen)) {
+        o = -1;  // arrived before connect()
       }
-      if (seg > 0 && std::size_t(seg) < len && !trunc) {
-        for (std::size_t off = 0; off < len; off += std::size_t(seg)) {
-          out->push_back({base + off, std::min<std::size_t>(std::size_t(seg), len - off), false, o, name, name_len});
-        }
-      } else {
-        out->push_back({base, len, trunc, o, name, name_len});
-      }
+      ring.emit(i, o, out);
     }
     return Status::Ok();
   }
