@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._ext import _numeric_text  # one rule for "a string that is a number" (the Cython layer's)
 from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,17 +157,6 @@ def _check_f(f: Any) -> int:
     if isinstance(f, bool) or not hasattr(f, "__index__"):
         raise InvalidArgumentError(f"f must be an integer, got {f!r}")
     return int(f)
-
-
-def _numeric_text(value: str) -> bool:
-    """A string that reads as a number other than "inf" (refused: numbers are passed as numbers)."""
-    if value.strip().lower() == "inf":
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _encode_params(params: dict[str, Any]) -> tuple[list[str], list[str]]:
