@@ -114,8 +114,13 @@ Status param_value(const char* owner, const ParamSpec& spec, const NamedParam& p
       *v = double(w);
       return Status::Ok();
     }
-    if (p.text != "inf") return Status::Invalid(who + " must be a real number, got '" + p.text + "'");
-    x = std::numeric_limits<double>::infinity();
+    // A number given as text (the TF op passes exact decimal integers as text): parsed whole.
+    char* end = nullptr;
+    errno = 0;
+    const double t = std::strtod(s, &end);
+    if (end != s + p.text.size() || errno == ERANGE || std::isnan(t))
+      return Status::Invalid(who + " must be a real number, got '" + p.text + "'");
+    x = t;
   }
   if (is_seed) {
     if (!(x >= 0 && x < 18446744073709551616.0 && x == std::floor(x)))
