@@ -250,6 +250,13 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
                           uint32_t job_id, uint32_t rank, uint8_t* out32)
 
 
+cdef void _assign(vector[uint8_t]& dst, bytes src):
+    """dst <- the bytes of src (key material for the engine's config structs)."""
+    dst.resize(len(src))
+    if len(src):
+        memcpy(dst.data(), <const char*>src, len(src))
+
+
 cdef CMacAlgo _to_mac(str name) except *:
     cdef CMacAlgo m = CMacAlgo.kNone
     raise_status(parse_mac(name.encode("utf-8"), &m))
@@ -402,9 +409,7 @@ cdef class UdpReceiver:
             cfg.ranks.push_back(<uint32_t>r)
         cfg.mac = _to_mac(mac)
         if cfg.mac != CMacAlgo.kNone:
-            cfg.keys.resize(len(keys))
-            if len(keys):
-                memcpy(cfg.keys.data(), <const char*>keys, len(keys))
+            _assign(cfg.keys, keys)
         cfg.d = d
         cfg.dtype = to_dtype(dtype)
         cfg.max_datagram = max_datagram
@@ -541,12 +546,8 @@ cdef class UdpSender:
         cfg.rank = rank
         cfg.tensor_id = tensor_id
         cfg.mac = _to_mac(mac)
-        cdef bytes kb
         if cfg.mac != CMacAlgo.kNone:
-            kb = bytes(key) if key is not None else b""
-            cfg.key.resize(len(kb))
-            if len(kb):
-                memcpy(cfg.key.data(), <const char*>kb, len(kb))
+            _assign(cfg.key, bytes(key) if key is not None else b"")
         cfg.max_datagram = max_datagram
         cfg.rate = rate
         cfg.burst = burst

@@ -53,18 +53,25 @@ struct Setup {
   ReceiverConfig rc;
 };
 
+// A receiver configuration for `ranks`, each with its test key (key_of), under `mac`.
+ReceiverConfig keyed_config(uint32_t job, const std::vector<uint32_t>& ranks, MacAlgo mac, std::size_t d) {
+  ReceiverConfig rc;
+  rc.job_id = job;
+  rc.ranks = ranks;
+  rc.mac = mac;
+  for (uint32_t r : ranks) {
+    auto k = key_of(int(r));
+    rc.keys.insert(rc.keys.end(), k.begin(), k.end());
+  }
+  rc.d = d;
+  return rc;
+}
+
 Setup make(std::vector<uint32_t> ranks, std::size_t d, DType dt, FillPolicy fill, double drop = 0.0,
            MacAlgo mac = best(), std::size_t capacity = 1 << 20) {
   Setup s;
   s.ch = LoopbackChannel::create(capacity);
-  s.rc.job_id = 77;
-  s.rc.ranks = ranks;
-  s.rc.mac = mac;
-  for (uint32_t r : ranks) {
-    auto k = key_of(int(r));
-    s.rc.keys.insert(s.rc.keys.end(), k.begin(), k.end());
-  }
-  s.rc.d = d;
+  s.rc = keyed_config(77, ranks, mac, d);
   s.rc.dtype = dt;
   s.rc.fill = fill;
   s.rc.drop_rate = drop;
@@ -544,15 +551,7 @@ TEST_CASE("steps must increase on both ends; bad configs are refused with a mess
 
 TEST_CASE("UDP on 127.0.0.1: 250k floats, two senders, authenticated, complete") {
   const std::size_t d = 250003;  // 1 MB each: fits the socket buffer even without root (rmem_max)
-  ReceiverConfig rc;
-  rc.job_id = 9;
-  rc.ranks = {1, 2};
-  rc.mac = best();
-  for (int r : {1, 2}) {
-    auto k = key_of(r);
-    rc.keys.insert(rc.keys.end(), k.begin(), k.end());
-  }
-  rc.d = d;
+  ReceiverConfig rc = keyed_config(9, {1, 2}, best(), d);
   UdpSourceOptions uo;
   UdpSourceInfo info;
   std::unique_ptr<GradientReceiver> rx;
@@ -780,15 +779,7 @@ TEST_CASE("reassembler: isolation, registration, unknown source, source mismatch
     return;
   }
   const std::size_t d = 1000;
-  ReceiverConfig rc;
-  rc.job_id = 77;
-  rc.ranks = {1, 2};
-  rc.mac = mac;
-  for (int r : {1, 2}) {
-    auto k = key_of(r);
-    rc.keys.insert(rc.keys.end(), k.begin(), k.end());
-  }
-  rc.d = d;
+  ReceiverConfig rc = keyed_config(77, {1, 2}, mac, d);
   rc.isolate = true;
   std::unique_ptr<Reassembler> re;
   CHECK(Reassembler::create(rc, &re).ok());
@@ -1008,15 +999,7 @@ TEST_CASE("UDP isolation: a flood of forged datagrams from an unregistered sourc
     return;
   }
   const std::size_t d = 250003;
-  ReceiverConfig rc;
-  rc.job_id = 9;
-  rc.ranks = {1, 2};
-  rc.mac = mac;
-  for (int r : {1, 2}) {
-    auto k = key_of(r);
-    rc.keys.insert(rc.keys.end(), k.begin(), k.end());
-  }
-  rc.d = d;
+  ReceiverConfig rc = keyed_config(9, {1, 2}, mac, d);
   UdpSourceOptions uo;
   uo.isolate = true;
   UdpSourceInfo info;

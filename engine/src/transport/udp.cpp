@@ -105,6 +105,20 @@ class Fd {
   int fd_ = -1;
 };
 
+// Resets a wake-up eventfd after poll() reported it readable.
+void clear_wake(int fd) {
+  uint64_t v;
+  ssize_t r = ::read(fd, &v, sizeof(v));
+  (void)r;
+}
+
+// Sets a source's wake-up eventfd (makes a blocked poll() return).
+void signal_wake(int fd) {
+  uint64_t one = 1;
+  ssize_t r = ::write(fd, &one, sizeof(one));
+  (void)r;
+}
+
 // ------------------------------------------------------------ source -------
 constexpr std::size_t kRecvBufSize = 65536;  // any UDP datagram or GRO run fits
 
@@ -205,11 +219,7 @@ class UdpSource final : public DatagramSource {
         if (errno == EINTR) return Status::Ok();
         return io_error("poll on " + desc_, errno);
       }
-      if (p[1].revents & POLLIN) {
-        uint64_t v;
-        ssize_t r = ::read(wake_fd_, &v, sizeof(v));
-        (void)r;
-      }
+      if (p[1].revents & POLLIN) clear_wake(wake_fd_);
       if (p[0].revents & (POLLERR | POLLNVAL)) {
         int err = 0;
         socklen_t l = sizeof(err);
@@ -229,11 +239,7 @@ class UdpSource final : public DatagramSource {
     return Status::Ok();
   }
 
-  void wake() override {
-    uint64_t one = 1;
-    ssize_t r = ::write(wake_fd_, &one, sizeof(one));
-    (void)r;
-  }
+  void wake() override { signal_wake(wake_fd_); }
 
   std::string describe() const override { return desc_; }
   uint64_t kernel_drops() const override {
@@ -566,11 +572,7 @@ class IsolatedUdpSource final : public DatagramSource {
       if (errno == EINTR) return Status::Ok();
       return io_error("poll on " + desc_, errno);
     }
-    if (pfds_[0].revents & POLLIN) {
-      uint64_t v;
-      ssize_t r = ::read(wake_fd_, &v, sizeof(v));
-      (void)r;
-    }
+    if (pfds_[0].revents & POLLIN) clear_wake(wake_fd_);
     for (std::size_t i = 1; i < pfds_.size(); ++i) {
       if (pfds_[i].revents & POLLNVAL) return Status::Io("a socket of " + desc_ + " is not open");
     }
@@ -578,11 +580,7 @@ class IsolatedUdpSource final : public DatagramSource {
     return round(out);
   }
 
-  void wake() override {
-    uint64_t one = 1;
-    ssize_t r = ::write(wake_fd_, &one, sizeof(one));
-    (void)r;
-  }
+  void wake() override { signal_wake(wake_fd_); }
 
   std::string describe() const override {
     std::size_t n = 0;
