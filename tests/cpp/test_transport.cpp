@@ -422,8 +422,8 @@ TEST_CASE("hostile datagrams: all rejected and counted, no write, honest data in
   s.ch->inject(cur[0].data(), cur[0].size());
   // collect() returns as soon as both rows are complete; let the receive thread drain the queue
   // first, so that the END copies and the replay queued behind the last chunks land in this step's
-  // counters (the loopback source hands over at most 64 datagrams per batch)
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // counters (a fixed sleep was not enough on a loaded CI machine)
+  CHECK(s.ch->wait_drained(10000));
   CHECK(s.rx->collect(2, 1.0, nullptr, &r).ok());
   CHECK(r.reason == EndReason::kComplete);
   const float* buf = static_cast<const float*>(s.rx->buffer());
@@ -698,7 +698,7 @@ TEST_CASE("END replays: authentic END copies after the first and ENDs of older s
   CHECK(r.workers[0].end_markers == 4 && r.workers[0].rejected.total() == 0);
   // an END of the closed step arriving before the next expect(): a replay too
   s.ch->inject(end2.data(), end2.size());
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(s.ch->wait_drained(10000));
   CHECK(s.rx->expect(3).ok());
   CHECK(s.rx->collect(3, 0.05, nullptr, &r).ok());
   CHECK_MSG(r.workers[0].end_replays == 1, std::to_string(r.workers[0].end_replays));

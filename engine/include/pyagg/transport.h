@@ -228,6 +228,10 @@ class LoopbackChannel {
   // Puts raw bytes on the channel as one datagram (forged or garbage datagrams in tests).
   virtual void inject(const uint8_t* data, std::size_t len) = 0;
   virtual uint64_t dropped() const = 0;
+  // Waits until every datagram put on the channel so far has been handed to
+  // the source AND the source has come back for more (its previous batch is
+  // processed). False after timeout_ms. Lets tests assert counters without sleeps.
+  virtual bool wait_drained(int timeout_ms) = 0;
 };
 
 // UDP receive socket: bound to host:port (port 0 = ephemeral), non-blocking,

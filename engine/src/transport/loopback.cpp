@@ -37,22 +37,35 @@ class Channel : public LoopbackChannel, public std::enable_shared_from_this<Chan
         return false;
       }
       q_.emplace_back(data, data + len);
+      idle_ = false;
     }
     cv_.notify_one();
     return true;
   }
 
   // Moves up to max datagrams into out; waits up to timeout_ms for the first.
+  // The caller processes a batch before it calls pop again, so a pop that finds
+  // the queue empty proves everything queued before it has been processed.
   void pop(int timeout_ms, std::size_t max, std::vector<std::vector<uint8_t>>* out) {
     std::unique_lock<std::mutex> lk(mu_);
+    if (q_.empty()) {
+      idle_ = true;
+      drained_cv_.notify_all();
+    }
     if (q_.empty() && !woken_) {
       cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return !q_.empty() || woken_; });
     }
+    idle_ = false;
     woken_ = false;
     while (!q_.empty() && out->size() < max) {
       out->push_back(std::move(q_.front()));
       q_.pop_front();
     }
+  }
+
+  bool wait_drained(int timeout_ms) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    return drained_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return idle_ && q_.empty(); });
   }
 
   void wake() {
@@ -66,6 +79,8 @@ class Channel : public LoopbackChannel, public std::enable_shared_from_this<Chan
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  std::condition_variable drained_cv_;  // signalled when the source finds the queue empty
+  bool idle_ = false;                   // the source is in pop() with nothing queued
   std::deque<std::vector<uint8_t>> q_;
   std::size_t capacity_;
   uint64_t dropped_ = 0;
