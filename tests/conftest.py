@@ -34,6 +34,12 @@ try:
     from hypothesis import HealthCheck, settings
 
     settings.register_profile("pyagg", deadline=None, max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+    # CI runs the same examples every time (a red CI run is reproducible from its log); local
+    # runs keep drawing new ones, so property tests keep searching.
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    if os.environ.get("CI") == "true":
+        settings.load_profile("ci")
 except ImportError:  # pragma: no cover - hypothesis is a test dependency
     pass
 

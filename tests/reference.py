@@ -460,17 +460,116 @@ def clipped_clustering(G: np.ndarray, f: int = 0, norm_history: str = "all", max
     return _rnd(mean64(np.array([Y[a] for a in pick])), G.dtype)
 
 
-def smea_subset(G: np.ndarray, f: int) -> tuple[int, ...]:
+def dnc_tie_outputs(G: np.ndarray, f: int = 0, rel: float = 1e-9) -> list[np.ndarray]:
+    """DnC outputs when scores within `rel` of the keep boundary count as ties (mirror-image rows
+    score equally in exact arithmetic, and the engine's centering from the distance matrix rounds
+    differently from this reference's). Only for b >= d (every iteration selects the same set)."""
+    n, d = G.shape
+    rng = SplitMix64(0)
+    s = start_vector(rng, n)
+    R = usable_rows(G)
+    if not R:
+        return [_nan_out(G)]
+    keep = min(n - f, len(R))
+    X = G.astype(F64)
+    Y = X[R] - X[R].mean(axis=0)
+    lam, u = power(Y @ Y.T, s[R], 100)
+    score = np.zeros(len(R)) if u is None or lam <= 0 else (Y @ (Y.T @ u / math.sqrt(lam))) ** 2
+    order = sorted(range(len(R)), key=lambda a: (score[a], a))
+    edge = score[order[keep - 1]]
+    tol = rel * max(1.0, float(np.max(score)))
+    sure = [a for a in order if score[a] < edge - tol]
+    tied = [a for a in order if abs(score[a] - edge) <= tol]
+    outs = []
+    for extra in itertools.combinations(tied, keep - len(sure)):
+        outs.append(_rnd(mean64(X[sorted(R[a] for a in sure + list(extra))]), G.dtype))
+    return outs
+
+
+def clipped_clustering_tie_outputs(G: np.ndarray, f: int = 0, rel: float = 1e-9,
+                                   max_states: int = 20000) -> list[np.ndarray] | None:
+    """Every output of a one-shot clipped clustering when linkage values within `rel` of the
+    smallest count as ties (rounding may decide them: the engine updates linkages by
+    Lance-Williams, this reference recomputes them) and when equal cluster sizes may go either
+    way. Clusters are tracked as multisets of row classes (bitwise-equal clipped rows are one
+    class), so duplicated rows do not multiply the search. None when more than max_states
+    partitions would have to be visited."""
+    U = usable_rows(G)
+    if not U:
+        return [_nan_out(G)]
+    X = G.astype(F64)
+    norms = [float(np.linalg.norm(X[i])) for i in U]
+    v = sorted(norms)
+    k = len(v)
+    tau = v[k // 2] if k % 2 else (v[k // 2 - 1] + v[k // 2]) / 2.0
+    Y = [X[i] * (tau / nr) if nr > tau else X[i] for i, nr in zip(U, norms)]
+    keys = [y.tobytes() for y in Y]
+    cls = [keys.index(kb) for kb in keys]  # class = first row with the same bytes
+    m = len(U)
+    D = np.zeros((m, m))
+    for a in range(m):
+        for b2 in range(m):
+            if a != b2:
+                na, nb = np.linalg.norm(Y[a]), np.linalg.norm(Y[b2])
+                sim = 0.0 if na == 0 or nb == 0 else float(Y[a] @ Y[b2]) / (na * nb)
+                D[a, b2] = min(max(1.0 - sim, 0.0), 2.0)
+    outs: dict[bytes, np.ndarray] = {}
+    seen: set = set()
+
+    def canon(clusters):
+        return tuple(sorted(tuple(sorted(cls[a] for a in cl)) for cl in clusters))
+
+    def visit(clusters):
+        c = canon(clusters)
+        if c in seen:
+            return True
+        seen.add(c)
+        if len(seen) > max_states:
+            return False
+        if len(clusters) <= 2:
+            big = max(len(cl) for cl in clusters)
+            for cl in clusters:
+                if len(cl) == big:
+                    out = _rnd(mean64(np.array([Y[a] for a in cl])), G.dtype)
+                    outs[out.tobytes()] = out
+            return True
+        links = {}
+        for p in range(len(clusters)):
+            for q in range(p + 1, len(clusters)):
+                vals = [D[a, b2] for a in clusters[p] for b2 in clusters[q]]
+                links[p, q] = sum(vals) / len(vals)
+        lo = min(links.values())
+        for (p, q), link in links.items():
+            if link <= lo + rel * max(1.0, lo):
+                nxt = [cl for i, cl in enumerate(clusters) if i not in (p, q)] + [clusters[p] + clusters[q]]
+                if not visit(nxt):
+                    return False
+        return True
+
+    if not visit([[a] for a in range(m)]):
+        return None
+    return list(outs.values())
+
+
+def smea_lambdas(G: np.ndarray, f: int) -> list[tuple[tuple[int, ...], float]]:
+    """(subset, lambda) for every n-f subset, in itertools.combinations order."""
     n = G.shape[0]
     ok = set(usable_rows(G))
     X = G.astype(F64)
-    best, best_lam = None, math.inf
+    out = []
     for S in itertools.combinations(range(n), n - f):
         if not set(S) <= ok:
             lam = math.inf
         else:
             Y = X[list(S)] - X[list(S)].mean(axis=0)
             lam = max(float(np.linalg.eigvalsh(Y @ Y.T / len(S))[-1]), 0.0)
+        out.append((S, lam))
+    return out
+
+
+def smea_subset(G: np.ndarray, f: int) -> tuple[int, ...]:
+    best, best_lam = None, math.inf
+    for S, lam in smea_lambdas(G, f):
         if best is None or lam < best_lam:
             best, best_lam = S, lam
     return best
@@ -482,7 +581,11 @@ def smea(G: np.ndarray, f: int = 0, max_subsets: float = 1e6) -> np.ndarray:
     return _rnd(mean64(G[list(smea_subset(G, f))]), G.dtype)
 
 
-def caf(G: np.ndarray, f: int = 0, power_iters: int = 100, seed: int = 0) -> np.ndarray:
+def caf(G: np.ndarray, f: int = 0, power_iters: int = 100, seed: int = 0, _w_slack: float = 0.0,
+        _lam_slack: float = 0.0) -> np.ndarray:
+    """The spec's CAF. _w_slack and _lam_slack (tests only, default 0 = the spec) move the loop's
+    `W > n - 2f` and the `lambda < best` comparisons by a relative amount: with them,
+    :func:`tie_outputs` lists the results that rounding at an exact boundary may give."""
     n = G.shape[0]
     rng = SplitMix64(seed)
     s = start_vector(rng, n)
@@ -492,7 +595,7 @@ def caf(G: np.ndarray, f: int = 0, power_iters: int = 100, seed: int = 0) -> np.
     X = G.astype(F64)
     c = np.array([1.0 if i in R else 0.0 for i in range(n)])
     best, best_mu = math.inf, None
-    while c.sum() > n - 2 * f:
+    while c.sum() > (n - 2 * f) * (1.0 + _w_slack):
         W = c.sum()
         A = [i for i in range(n) if c[i] > 0]
         p = c[A] / W
@@ -500,7 +603,7 @@ def caf(G: np.ndarray, f: int = 0, power_iters: int = 100, seed: int = 0) -> np.
         Xc = X[A] - mu
         sq = np.sqrt(p)
         lam, u = power((sq[:, None] * Xc) @ (sq[:, None] * Xc).T, s[A], power_iters)
-        if lam < best:
+        if lam < (best if best == math.inf else best * (1.0 + _lam_slack)):
             best, best_mu = lam, mu
         if u is None or lam <= 0:
             break
@@ -608,6 +711,33 @@ def req(rule: str) -> dict:
 
 def pre_req(name: str) -> dict:
     return dict(PRE_REQUIRED_PARAMS.get(name, {}))
+
+
+def tie_outputs(G: np.ndarray, rule: str, f: int = 0, rel: float = 1e-9) -> list[np.ndarray]:
+    """Every output the spec allows for SMEA and CAF when exact ties meet rounding.
+
+    SMEA: "selections can differ only between subsets whose lambda are within rounding", so the
+    mean of every subset whose lambda is within `rel` of the smallest is allowed. CAF compares
+    W = sum c against n - 2f and each lambda against the best so far; on integer inputs both often
+    tie exactly, and either side of a tie is allowed (the four combinations of moving each
+    comparison by -rel or +rel). DnC (b >= d): dnc_tie_outputs. Clipped clustering: see clipped_clustering_tie_outputs (None when
+    the tie search is too large). Other rules: the reference output only."""
+    G = np.asarray(G)
+    if rule == "smea":
+        lams = smea_lambdas(G, f)
+        finite = [lam for _, lam in lams if math.isfinite(lam)]
+        if not finite:
+            return [smea(G, f)]
+        lo = min(finite)
+        tol = rel * max(1.0, max(finite))
+        return [_rnd(mean64(G[list(S)]), G.dtype) for S, lam in lams if lam <= lo + tol]
+    if rule == "caf":
+        return [caf(G, f, _w_slack=ws, _lam_slack=ls) for ws in (-rel, rel) for ls in (-rel, rel)]
+    if rule == "clipped-clustering":
+        return clipped_clustering_tie_outputs(G, f, rel)
+    if rule == "dnc" and G.shape[1] <= 10000:
+        return dnc_tie_outputs(G, f, rel)
+    return [aggregate(G, rule, f)]
 
 
 def aggregate(G: np.ndarray, rule: str, f: int = 0, **params) -> np.ndarray:
