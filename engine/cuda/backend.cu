@@ -322,7 +322,8 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
       WireSource src;
       src.set_off = s.off;
       src.set_idx = s.idx;
-      return run_coordinate<T>(CoordOp::kAveragedMedian, x, d, theta, src, theta - 2 * f, out, scratch, dev, kStream);
+      return run_coordinate<T>(CoordOp::kAveragedUpperMedian, x, d, theta, src, theta - 2 * f, out, scratch, dev,
+                              kStream);
     }
     default: break;
   }

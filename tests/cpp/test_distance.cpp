@@ -238,15 +238,39 @@ std::vector<std::size_t> ref_bulyan_sel(const Ref& R, std::size_t f) {
   return sel;
 }
 
+// AggregaThor's Bulyan over Multi-Krum (shared/spec/rules.md), naively:
+// neighbour sets and scores once on all n rows (k = n-f-2), then per round the
+// m-t best remaining rows; the best r is removed and D[i][r] subtracted from
+// the score of every remaining i that has r among its neighbours (infinite
+// scores stay infinite).
 std::vector<std::vector<std::size_t>> ref_bmk_sets(const Ref& R, std::size_t f, std::size_t m) {
-  std::vector<std::size_t> rem = iota_n(R.n);
+  const std::size_t n = R.n, k = n - f - 2;
+  std::vector<std::vector<std::size_t>> nbr(n);
+  std::vector<double> sc(n, Inf);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::vector<std::size_t> o;
+    for (std::size_t j = 0; j < n; ++j)
+      if (j != i) o.push_back(j);
+    std::stable_sort(o.begin(), o.end(), [&](std::size_t a, std::size_t b) {
+      return R.at(i, a) != R.at(i, b) ? R.at(i, a) < R.at(i, b) : a < b;
+    });
+    o.resize(k);
+    nbr[i] = o;
+    double s = 0.0;
+    for (std::size_t j : o) s += R.at(i, j);
+    sc[i] = R.fin[i] ? s : Inf;
+  }
+  std::vector<std::size_t> rem = iota_n(n);
   std::vector<std::vector<std::size_t>> sets;
-  for (std::size_t t = 0; t < R.n - 2 * f - 2; ++t) {
-    const auto order = ref_rank(R, rem, ref_scores(R, rem, f));
+  for (std::size_t t = 0; t < n - 2 * f - 2; ++t) {
+    const auto order = ref_rank(R, rem, sc);
     std::vector<std::size_t> s(order.begin(), order.begin() + long(m - t));
     std::sort(s.begin(), s.end());
     sets.push_back(s);
-    rem.erase(std::find(rem.begin(), rem.end(), order[0]));
+    const std::size_t r = order[0];
+    rem.erase(std::find(rem.begin(), rem.end(), r));
+    for (std::size_t i : rem)
+      if (std::isfinite(sc[i]) && std::find(nbr[i].begin(), nbr[i].end(), r) != nbr[i].end()) sc[i] -= R.at(i, r);
   }
   return sets;
 }
@@ -299,6 +323,35 @@ template <typename T>
 std::vector<T> ref_coordinate_phase(const std::vector<const T*>& rows, std::size_t d, std::size_t beta) {
   std::vector<T> o(d);
   cpu::averaged_median<T>(rows.data(), rows.size(), d, beta, o.data());
+  return o;
+}
+
+// bulyan-multikrum's coordinate phase (upper median), naively: per
+// coordinate, the k finite values sorted, m = s[k/2], the b = min(beta, k)
+// values first in the order (|v - m|, v), summed in ascending order in double.
+template <typename T>
+std::vector<T> ref_upper_phase(const std::vector<const T*>& rows, std::size_t d, std::size_t beta) {
+  std::vector<T> o(d);
+  for (std::size_t c = 0; c < d; ++c) {
+    std::vector<double> v;
+    for (const T* r : rows)
+      if (std::isfinite(double(r[c]))) v.push_back(double(r[c]));
+    if (v.empty()) {
+      o[c] = T(0);
+      continue;
+    }
+    std::sort(v.begin(), v.end());
+    const double m = v[v.size() / 2];
+    std::vector<double> w = v;
+    std::stable_sort(w.begin(), w.end(), [m](double a, double b) {
+      return std::fabs(a - m) != std::fabs(b - m) ? std::fabs(a - m) < std::fabs(b - m) : a < b;
+    });
+    w.resize(std::min(beta, w.size()));
+    std::sort(w.begin(), w.end());
+    double s = 0.0;
+    for (double x : w) s += x;
+    o[c] = T(s / double(w.size()));
+  }
   return o;
 }
 
@@ -566,6 +619,50 @@ void hand_bulyan() {
   // m = 4: contributions (3/4, 3/4), (1, 1), (1, 3/2) -> medians (1, 1).
   check_vec(lib_bmk(h, 1, 4), {1.0, 1.0}, "bulyan-multikrum hand7 m=4");
 }
+// Cases where AggregaThor's rule (scores once, pruned distances subtracted,
+// upper median) differs from re-scoring each round (the old definition).
+template <typename T>
+void hand_bmk_aggregathor() {
+  // d = 1, n = 7, f = 1 (k = 4, theta = 3), rows -3 -1 2 1 -5 -6 5.
+  // Scores 33 33 44 37 57 84 125 (N4 = {5,0,1,3}). m = 4:
+  //   round 0: {0,1,3,2} -> -1/4; remove 0: 1:29 2:19 3:21 4:53 5:75 6:61
+  //   round 1: {2,3,1} -> 2/3; remove 2 (not a neighbour of 4 or 5):
+  //            1:20 3:20 4:53 5:75 6:52
+  //   round 2: {1,3} -> 0 (re-scoring with k = 2 would give row 4 17: {1,4}).
+  //   upper median of (-1/4, 2/3, 0), beta = 1 -> 0.
+  const std::vector<double> x7 = {-3, -1, 2, 1, -5, -6, 5};
+  Rows<T> a(7, 1, x7);
+  check_vec(lib_bmk(a, 1, 4), {0.0}, "bulyan-multikrum aggregathor m=4");
+  //   m = 3: {0,1,3} -> -1, {2,3} -> 3/2, {1} -> -1 -> -1.
+  check_vec(lib_bmk(a, 1, 3), {-1.0}, "bulyan-multikrum aggregathor m=3");
+  std::vector<double> D(49);
+  for (int i = 0; i < 7; ++i)
+    for (int j = 0; j < 7; ++j) D[std::size_t(i * 7 + j)] = (x7[std::size_t(i)] - x7[std::size_t(j)]) * (x7[std::size_t(i)] - x7[std::size_t(j)]);
+  const auto s4 = dt::bulyan_multikrum_select(D.data(), 7, 1, 4);
+  CHECK(s4.size() == 3);
+  if (s4.size() == 3) {
+    CHECK_MSG((s4[0] == std::vector<std::size_t>{0, 1, 2, 3}), idx_str(s4[0]));
+    CHECK_MSG((s4[1] == std::vector<std::size_t>{1, 2, 3}), idx_str(s4[1]));
+    CHECK_MSG((s4[2] == std::vector<std::size_t>{1, 3}), idx_str(s4[2]));
+  }
+  // Even theta (upper median): n = 8, f = 1 (k = 5, theta = 4, beta = 2),
+  // rows 0 1 2 10 11 12 13 14, m = 5: rounds {3..7} -> 12, {4..7} -> 12.5,
+  // {1,2,5} -> 5 (ties 2/5 and 1/6 by index), {5,6} -> 12.5; sorted
+  // 5 12 12.5 12.5, upper median 12.5 -> (12.5 + 12.5)/2 (the lower-mean
+  // median 12.25 would give 12.25).
+  Rows<T> b(8, 1, {0, 1, 2, 10, 11, 12, 13, 14});
+  check_vec(lib_bmk(b, 1, 5), {12.5}, "bulyan-multikrum aggregathor even theta");
+  // n = 8: rows 0 1 3 4 5 8 20 100, m = 5: 13/5, 10/4, 6/3, 1/2 -> upper
+  // median 2.5, closest two 2.5 and 2.6 -> 2.55.
+  Rows<T> c(8, 1, {0, 1, 3, 4, 5, 8, 20, 100});
+  check_vec(lib_bmk(c, 1, 5), {2.55}, "bulyan-multikrum aggregathor 2.55");
+}
+
+TEST_CASE("bulyan-multikrum: AggregaThor's rule on hand cases (scores once, pruned subtraction, upper median)") {
+  hand_bmk_aggregathor<float>();
+  hand_bmk_aggregathor<double>();
+}
+
 TEST_CASE("bulyan, bulyan-multikrum: hand cases") {
   hand_bulyan<float>();
   hand_bulyan<double>();
@@ -769,7 +866,7 @@ void rules_vs_reference(std::size_t n, std::size_t f, std::size_t d, std::size_t
       std::vector<const T*> crows;
       for (const auto& c : contrib) crows.push_back(c.data());
       const auto bout = lib_bmk(r, f, m);
-      CHECK_MSG(same_bits(bout, ref_coordinate_phase(crows, d, theta - 2 * f)),
+      CHECK_MSG(same_bits(bout, ref_upper_phase(crows, d, theta - 2 * f)),
                 "bulyan-multikrum m=" + std::to_string(m) + " " + what);
       if (robust) CHECK_MSG(all_finite(bout), "bulyan-multikrum finite " + what);
     }

@@ -34,6 +34,10 @@ void trimmed_mean(const T* const* rows, std::size_t n, std::size_t d, std::size_
 // finite values (ties -> smaller value). Also Bulyan's coordinate phase.
 template <typename T>
 void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out);
+// The same around the UPPER median (element k/2 of the k sorted finite values,
+// whatever the parity of k): the coordinate phase of bulyan-multikrum.
+template <typename T>
+void averaged_upper_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out);
 
 // ---- iterative rules (iterative.cpp) ---------------------------------------
 template <typename T>

@@ -27,11 +27,15 @@
 //      theta, d, beta = theta-2f) (coordinate.cpp).
 //  bulyan-multikrum (f, m)  AggregaThor (SysML 2019), Bulyan over Multi-Krum.
 //                                                           n >= 4f+3, n-2f-2 <= m <= n-f-2.
-//      theta = n-2f-2 rounds; round t (r = n-t remaining rows, k = r-f-2)
-//      contributes the mean of the (m-t) best-scored remaining rows, then the
-//      single best is removed; the theta contribution rows are materialised
-//      in a buffer of T (theta x min(d, 2^20) at a time) and out =
-//      averaged_median(contributions, theta, d, beta = theta-2f).
+//      Exactly as AggregaThor's native op: Krum scores computed ONCE on all n
+//      rows (k = n-f-2), distances outside each neighbour set pruned to 0;
+//      theta = n-2f-2 rounds; round t contributes the mean of the (m-t)
+//      best-scored remaining rows, then the single best r is removed and its
+//      pruned distance subtracted from every remaining score (no re-scoring;
+//      distance_impl.h). The theta contribution rows are materialised in a
+//      buffer of T (theta x min(d, 2^20) at a time) and out =
+//      averaged_upper_median(contributions, theta, d, beta = theta-2f): around
+//      the UPPER median (element theta//2).
 //  mda (f)              El Mhamdi, Guerraoui, Guirguis, Hoang, Rouault, "Fast
 //                       and Robust Distributed Learning in High Dimension",
 //                       SRDS 2020 (minimum-diameter averaging). n >= 2f+1.
@@ -495,7 +499,7 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
       for (std::size_t t = 0; t < theta; ++t)
         mean_chunk(rows, sets[t].data(), sets[t].size(), s0 + c0, clen, buf.get() + t * span + c0);
     }
-    averaged_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
+    averaged_upper_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
   }
 }
 
