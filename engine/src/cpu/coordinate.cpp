@@ -228,7 +228,7 @@ template <std::size_t W, typename Fn>
 void parallel_tiles(std::size_t n, std::size_t d, std::size_t scratch_bytes, Fn&& fn) {
   const std::size_t ntiles = (d + W - 1) / W;
   const std::size_t useful = (ntiles * W * n) / kMinElementsPerThread + 1;
-  int threads = reduce::max_threads();
+  int threads = reduce::threads_for(n * d);
   if (std::size_t(threads) > useful) threads = int(useful);
   if (std::size_t(threads) > ntiles) threads = int(ntiles);
   if (threads < 1) threads = 1;

@@ -115,12 +115,9 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu/cpu_backend.h"
 #include "cpu/distance_impl.h"
+#include "cpu/reduce.h"
 
 // The 64-byte vector-extension values below never cross a function boundary
 // outside this file (internal linkage, inlined): GCC's note that their ABI
@@ -132,21 +129,6 @@
 namespace pyagg {
 namespace cpu {
 namespace {
-
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-inline int thread_num() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 // Accumulator lanes of the distance kernel: 128 bytes (32 floats, 16
 // doubles), held as two 64-byte GCC/Clang vector-extension values `lo`
@@ -389,7 +371,7 @@ constexpr std::size_t kMeanChunk = 1024;
 template <typename T>
 void mean_rows(const T* const* rows, const std::size_t* sel, std::size_t cnt, std::size_t d, T* out) {
   const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(cnt * d))
   for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
     const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
     mean_chunk(rows, sel, cnt, c0, len, out + c0);
@@ -414,13 +396,13 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
   // Scratch before the parallel region (bad_alloc is caught by the engine).
   std::vector<double> part(nblocks * npairs, 0.0);
   std::vector<unsigned char> bad(nblocks * n, 0);
-  const int nthreads = max_threads();
+  const int nthreads = reduce::threads_for(n * d);
   std::vector<double> lanes(std::size_t(nthreads) * npairs * kDoubleLanes);
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
   for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
     const std::size_t c0 = std::size_t(blk) * kReduceBlock;
     const std::size_t c1 = std::min(d, c0 + kReduceBlock);
-    double* dl = lanes.data() + std::size_t(thread_num()) * npairs * kDoubleLanes;
+    double* dl = lanes.data() + std::size_t(reduce::thread_num()) * npairs * kDoubleLanes;
     distance_block<T>(rows, n, d, c0, c1, tile, dl, part.data() + std::size_t(blk) * npairs,
                       bad.data() + std::size_t(blk) * n);
   }
@@ -493,7 +475,7 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
     const std::size_t nchunks = (len + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(n * len))
     for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
       const std::size_t c0 = std::size_t(ch) * kMeanChunk, clen = std::min(kMeanChunk, len - c0);
       for (std::size_t t = 0; t < theta; ++t)
@@ -533,7 +515,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
   }
   // All n output rows per chunk of coordinates: G is read from memory once.
   const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(reduce::threads_for(n * d))
   for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
     const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
     for (std::size_t i = 0; i < n; ++i) {

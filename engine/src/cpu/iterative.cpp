@@ -92,7 +92,7 @@ template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
                       double tol, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::max_threads();
+  const int threads = reduce::threads_for(n * d);
   std::unique_ptr<double[]> z(new double[d]);  // first touched in pass 0, by the threads
   std::vector<double> dist_part(nb * n), delta_part(nb), znorm_part(nb), dist(n), w(n);
   std::vector<unsigned char> fin_part(nb * n);
@@ -191,7 +191,7 @@ template <typename T>
 void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters,
                        const T* state, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::max_threads();
+  const int threads = reduce::threads_for(n * d);
   std::unique_ptr<double[]> v(new double[d]);  // first touched in pass 0, by the threads
   std::vector<double> norm_part(nb * n), c(n);
   std::vector<unsigned char> fin_part(nb * n);

@@ -92,7 +92,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 
   const std::size_t ntiles = (d + kBucketTile - 1) / kBucketTile;
   const std::int64_t total = static_cast<std::int64_t>(ntiles * nbk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
   for (std::int64_t t = 0; t < total; ++t) {
     const std::size_t tile = std::size_t(t) / nbk, bk = std::size_t(t) % nbk;
     const std::size_t j0 = tile * kBucketTile, wl = std::min(kBucketTile, d - j0);
@@ -133,7 +133,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 template <typename T>
 void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::max_threads();
+  const int threads = reduce::threads_for(n * d);
   std::vector<double> part(n * nb), norm(n), scale(n, 1.0);
   std::vector<unsigned char> fpart(n * nb), finite(n);
   double* pp = part.data();
