@@ -34,11 +34,11 @@
 #include "check.h"
 #include "testdata.h"
 #include "cpu/cpu_backend.h"
-#include "cpu/distance_impl.h"
+#include "common/select_distance.h"
 #include "pyagg/rules.h"
 
 using namespace pyagg;
-namespace dt = pyagg::cpu::detail;
+namespace dt = pyagg::selection;
 
 namespace {
 

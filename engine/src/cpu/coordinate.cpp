@@ -101,7 +101,7 @@ using sortnet::kVecBytes;
 constexpr std::size_t kTileBytes = 128;      // per row of a sorting tile (W = 32 floats, 16 doubles)
 constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per row
 constexpr std::size_t kSumTileBytes = 2048;  // per row of an average(_nan) tile
-constexpr std::size_t kMaxNetworkN = 4096;   // above: per-lane std::sort
+constexpr std::size_t kMaxNetworkN = netbuild::kMaxNetworkN;   // above: per-lane std::sort
 
 // ---- explicit SIMD (vector extensions) ------------------------------------------
 // Lanes per double vector; every read-out works on groups of G lanes in double.

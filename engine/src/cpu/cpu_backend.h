@@ -16,13 +16,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/blocks.h"
 #include "pyagg/rules.h"
 
 namespace pyagg {
 namespace cpu {
 
-// Coordinates per deterministic reduction block (fixed; not the thread count).
-constexpr std::size_t kReduceBlock = 4096;
+// Coordinates per deterministic reduction block (fixed; not the thread count;
+// common/blocks.h, shared with the CUDA backend).
+using ::pyagg::kReduceBlock;
 
 // ---- coordinate-wise rules (coordinate.cpp) --------------------------------
 template <typename T> void average(const T* const* rows, std::size_t n, std::size_t d, T* out);
@@ -75,7 +77,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 template <typename T>
 void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out);
 
-// ---- dnc, clipped-clustering, smea, caf, zeroing (next.cpp, next_impl.h) ---
+// ---- dnc, clipped-clustering, smea, caf, zeroing (next.cpp, common/select_next.h) ---
 // r: a resolved RuleConfig of one of those five rules.
 template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out);

@@ -1,7 +1,7 @@
 // pyagg engine — CPU (OpenMP) backend: distance-based rules.
 //
 // Exact definitions: shared/spec/rules.md. Selection phases (pure functions of
-// the distance matrix): distance_impl.h. Inputs are validated by the dispatch
+// the distance matrix): common/select_distance.h. Inputs are validated by the dispatch
 // point (engine/src/rules.cpp): n >= the rule's bound, d >= 1, m resolved.
 //
 // Rules, papers and resilience bounds
@@ -32,7 +32,7 @@
 //      theta = n-2f-2 rounds; round t contributes the mean of the (m-t)
 //      best-scored remaining rows, then the single best r is removed and its
 //      pruned distance subtracted from every remaining score (no re-scoring;
-//      distance_impl.h). The theta contribution rows are materialised in a
+//      common/select_distance.h). The theta contribution rows are materialised in a
 //      buffer of T (theta x min(d, 2^20) at a time) and out =
 //      averaged_upper_median(contributions, theta, d, beta = theta-2f): around
 //      the UPPER median (element theta//2).
@@ -116,7 +116,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
-#include "cpu/distance_impl.h"
+#include "common/select_distance.h"
 #include "cpu/reduce.h"
 
 // The 64-byte vector-extension values below never cross a function boundary
@@ -430,7 +430,7 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 template <typename T>
 void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  const auto sel = detail::krum_select(D.data(), n, f, 1);
+  const auto sel = selection::krum_select(D.data(), n, f, 1);
   std::memcpy(out, rows[sel[0]], d * sizeof(T));
 }
 
@@ -438,7 +438,7 @@ void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* 
 template <typename T>
 void multi_krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, std::size_t m, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  auto sel = detail::krum_select(D.data(), n, f, m);
+  auto sel = selection::krum_select(D.data(), n, f, m);
   std::sort(sel.begin(), sel.end());
   mean_rows(rows, sel.data(), sel.size(), d, out);
 }
@@ -447,7 +447,7 @@ void multi_krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
 template <typename T>
 void bulyan(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  auto sel = detail::bulyan_select(D.data(), n, f);
+  auto sel = selection::bulyan_select(D.data(), n, f);
   std::sort(sel.begin(), sel.end());  // the coordinate phase sees the rows in index order
   const std::size_t theta = sel.size();
   std::vector<const T*> srows(theta);
@@ -459,7 +459,7 @@ void bulyan(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T
 template <typename T>
 void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, std::size_t m, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  const auto sets = detail::bulyan_multikrum_select(D.data(), n, f, m);
+  const auto sets = selection::bulyan_multikrum_select(D.data(), n, f, m);
   const std::size_t theta = sets.size();
   // The theta contribution rows, materialised in a theta x span buffer of T,
   // span = min(d, kBmkSpan): one span (one parallel region for the means, one
@@ -489,7 +489,7 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
 template <typename T>
 void mda(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  const auto sel = detail::mda_select(D.data(), n, f);
+  const auto sel = selection::mda_select(D.data(), n, f);
   mean_rows(rows, sel.data(), sel.size(), d, out);
 }
 
@@ -504,7 +504,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
   // gives the same bits as computing it again.
   std::vector<std::size_t> same(n);
   for (std::size_t i = 0; i < n; ++i) {
-    const auto si = detail::nnm_select(D.data(), n, f, i);
+    const auto si = selection::nnm_select(D.data(), n, f, i);
     std::copy(si.begin(), si.end(), sel.begin() + std::ptrdiff_t(i * s));
     same[i] = i;
     for (std::size_t q = 0; q < i; ++q)

@@ -62,11 +62,6 @@ namespace {
 
 constexpr std::size_t kBucketTile = 512;  // coordinates per accumulator tile (4 KiB of doubles)
 
-struct SplitMix64 {
-  std::uint64_t state;
-  std::uint64_t next() { return splitmix64(&state); }
-};
-
 // o = (T)((double)x * s), element-wise (o may equal x: in-place rescaling).
 template <typename T>
 inline void scale_block(const T* x, T* o, std::size_t len, double s) {
@@ -78,13 +73,7 @@ inline void scale_block(const T* x, T* o, std::size_t len, double s) {
 // ---------------------------------------------------------------- bucketing ---
 template <typename T>
 void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s, std::uint64_t seed, T* out) {
-  std::vector<std::size_t> perm(n);
-  std::iota(perm.begin(), perm.end(), std::size_t(0));
-  SplitMix64 rng{seed};
-  for (std::size_t i = n; i-- > 1;) {
-    const std::size_t j = static_cast<std::size_t>(rng.next() % std::uint64_t(i + 1));
-    std::swap(perm[i], perm[j]);
-  }
+  const std::vector<std::size_t> perm = shuffled_indices(n, seed);
   const std::size_t nbk = (n + s - 1) / s;
   std::vector<const T*> prow(n);
   for (std::size_t i = 0; i < n; ++i) prow[i] = rows[perm[i]];

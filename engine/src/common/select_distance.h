@@ -1,6 +1,8 @@
-// pyagg engine — CPU backend: selection phases of the distance-based rules.
+// pyagg engine — selection phases of the distance-based rules, shared by the
+// CPU and CUDA backends (engine/src/common: the one place both include).
 //
-// Internal header (engine/src/cpu/distance.cpp and tests/cpp/test_distance.cpp).
+// Internal header (engine/src/cpu/distance.cpp, engine/cuda/backend.cu and
+// tests/cpp/test_distance.cpp).
 // Everything here works on the n*n distance matrix D produced by
 // cpu::pairwise_sqdist and nothing else: no gradient data, no element type, no
 // OpenMP. That is what makes each rule's selection testable on hand-written
@@ -30,8 +32,7 @@
 #include <vector>
 
 namespace pyagg {
-namespace cpu {
-namespace detail {
+namespace selection {
 
 inline bool row_is_finite(const double* D, std::size_t n, std::size_t i) { return D[i * n + i] == 0.0; }
 
@@ -275,6 +276,5 @@ inline std::vector<std::size_t> mda_select(const double* D, std::size_t n, std::
   return best;
 }
 
-}  // namespace detail
-}  // namespace cpu
+}  // namespace selection
 }  // namespace pyagg
