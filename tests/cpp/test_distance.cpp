@@ -531,6 +531,108 @@ TEST_CASE("Gram cancellation: rows 1e3 + 1e-2 noise (float32), Krum picks the ro
   }
 }
 
+// The Gram kernel (n > 32 rows) and its cancellation guard: which (pair,
+// block) sums take the exact difference form is decided from the block's norms
+// (distance < 2^-16 of the summed squared norms); pairwise_sqdist_counted
+// reports how many did.
+std::size_t counted_D(const Rows<float>& r, std::vector<double>* D) {
+  D->assign(r.n() * r.n(), 0.0);
+  std::size_t exact = 12345;
+  cpu::pairwise_sqdist_counted<float>(r.p(), r.n(), r.d(), D->data(), &exact);
+  return exact;
+}
+
+TEST_CASE("Gram distances (n > 32): fallback decision per pair and block, accuracy, Krum on the spec's case") {
+  const std::size_t n = 40, f = 8, d = 2 * 4096 + 100;  // 3 reduction blocks
+  const std::size_t nblocks = 3, npairs = n * (n - 1) / 2;
+  std::vector<double> D;
+  // (a) independent Gaussian rows: distance ~ sum of the norms, no fallback;
+  //     the Gram form is accurate to ~1e-12 here.
+  {
+    auto r = gaussian_rows<float>(n, d, 4242);
+    CHECK(counted_D(r, &D) == 0);
+    const Ref R = ref_distances(r);
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) worst = std::max(worst, std::fabs(D[i * n + j] - R.at(i, j)) / R.at(i, j));
+    CHECK_MSG(worst < 1e-10, "gaussian rel. error " + std::to_string(worst));
+  }
+  // (b) the spec's case, rows 1e3 + 1e-2 noise: every pair of every block is
+  //     recomputed exactly, and Krum picks the row exact distances pick.
+  for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+    Rng rng(seed);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double scale = 1e-2 * (1.0 + 0.05 * double(i));
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(1e3 + scale * rng.normal());
+    }
+    CHECK(counted_D(r, &D) == npairs * nblocks);
+    const Ref R = ref_distances(r);
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) worst = std::max(worst, std::fabs(D[i * n + j] - R.at(i, j)) / R.at(i, j));
+    CHECK_MSG(worst < 1e-12, "cancelling rows rel. error " + std::to_string(worst));
+    const std::size_t want = ref_krum_rank(R, f)[0];
+    CHECK_MSG(same_bits(lib_krum(r, f).data(), r.ptr[want], d), "krum seed " + std::to_string(seed));
+  }
+  // (c) per pair: rows 0..9 a cancelling cluster (1e3 + noise), rows 10..39
+  //     Gaussian: only the 45 pairs inside the cluster fall back, on every block.
+  {
+    Rng rng(7);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = i < 10 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+    CHECK(counted_D(r, &D) == 45 * nblocks);
+    const Ref R = ref_distances(r);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) CHECK(std::fabs(D[i * n + j] - R.at(i, j)) <= 1e-10 * R.at(i, j));
+  }
+  // (d) per block: the cluster rows are nearly equal on block 1 only (Gaussian
+  //     elsewhere): 45 fallbacks, all on that block.
+  {
+    Rng rng(8);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) {
+        const bool blk1 = k >= 4096 && k < 8192;
+        r.data[i][k] = (i < 10 && blk1) ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+      }
+    CHECK(counted_D(r, &D) == 45);
+    const Ref R = ref_distances(r);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) CHECK(std::fabs(D[i * n + j] - R.at(i, j)) <= 1e-10 * R.at(i, j));
+  }
+  // (e) non-finite rows on the Gram path: +inf to everything, no fallback
+  //     counted for them; finite pairs unchanged.
+  {
+    auto r = gaussian_rows<float>(n, d, 99);
+    r.data[3][5000] = std::numeric_limits<float>::quiet_NaN();
+    r.data[17][10] = std::numeric_limits<float>::infinity();
+    CHECK(counted_D(r, &D) == 0);
+    for (std::size_t j = 0; j < n; ++j) {
+      CHECK(D[3 * n + j] == Inf && D[j * n + 3] == Inf);
+      CHECK(D[17 * n + j] == Inf && D[j * n + 17] == Inf);
+    }
+    CHECK(std::isfinite(D[0 * n + 1]) && D[0] == 0.0);
+  }
+  // (f) bitwise the same with 1, 2, 3 threads on the Gram path.
+  {
+    auto r = gaussian_rows<float>(n, d, 5);
+    for (std::size_t k = 0; k < d; ++k) r.data[1][k] = r.data[0][k] + 1e-4f * float(k % 7);  // a fallback pair
+    std::vector<double> D1, D2, D3;
+    set_threads(1);
+    const auto e1 = counted_D(r, &D1);
+    set_threads(2);
+    const auto e2 = counted_D(r, &D2);
+    set_threads(3);
+    const auto e3 = counted_D(r, &D3);
+    set_threads(2);
+    CHECK(e1 >= 1 && e1 == e2 && e2 == e3);
+    CHECK(std::memcmp(D1.data(), D2.data(), D1.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(D1.data(), D3.data(), D1.size() * sizeof(double)) == 0);
+  }
+}
+
 // =============================================================================
 // krum / multi-krum
 // =============================================================================
@@ -859,8 +961,14 @@ void rules_vs_reference(std::size_t n, std::size_t f, std::size_t d, std::size_t
       for (std::size_t i : sel) CHECK_MSG(R.fin[i], "bulyan selected a non-finite row " + what);
     }
     const std::size_t theta = n - 2 * f - 2;
+    // The rule subtracts distances from scores: rows whose scores are equal in
+    // exact arithmetic (e.g. the last two rows, each scored by their mutual
+    // distance) are ranked by the rounding of those subtractions, so the
+    // reference selection runs on the library's own distance matrix (itself
+    // checked against the exact one above and in the pairwise_sqdist tests).
+    const Ref RL = ref_from_matrix(lib_D(r), n);
     for (std::size_t m : {theta, n - f - 2}) {
-      const auto sets = ref_bmk_sets(R, f, m);
+      const auto sets = ref_bmk_sets(RL, f, m);
       std::vector<std::vector<T>> contrib;
       for (const auto& s : sets) contrib.push_back(ref_mean(r.ptr, s, d));
       std::vector<const T*> crows;

@@ -52,11 +52,17 @@ void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, doubl
 
 // ---- distance-based rules (distance.cpp) -----------------------------------
 // D: n*n row-major, D[i*n+j] = squared L2 distance of rows i and j, computed
-// in one blocked pass over the data, exact difference form (no Gram
-// cancellation); +inf when row i or row j holds a non-finite value; D[i*n+i]=0
-// for a finite row i.
+// in one blocked pass over the data: Gram form in double, with the exact
+// difference form for each (pair, block) where the Gram form would cancel
+// (distance < 2^-16 of the summed squared norms on that block); +inf when row
+// i or row j holds a non-finite value; D[i*n+i]=0 for a finite row i.
 template <typename T>
 void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double* D);
+// The same, and *exact (if not null) = the number of (pair, block) sums that
+// took the exact difference form instead of the Gram form (the cancellation
+// guard; for tests and benchmarks).
+template <typename T>
+void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact);
 
 template <typename T> void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
 template <typename T>
