@@ -144,8 +144,8 @@ def mda(G, f=0):
 
 
 # -------------------------------------------------------------- iterative ---
-def geometric_median(G, f=0, nu=1e-6, max_iter=100, tol=1e-7):
-    z = np.median(G, axis=0).astype(np.float64)
+def geometric_median(G, f=0, nu=1e-6, max_iter=100, tol=1e-7, init="mean"):
+    z = (np.median(G, axis=0) if init == "median" else G.mean(axis=0, dtype=np.float64)).astype(np.float64)
     for _ in range(max_iter):
         dist = np.linalg.norm(G - z, axis=1)
         w = 1.0 / np.maximum(nu, dist)

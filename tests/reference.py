@@ -271,11 +271,17 @@ def mda(G: np.ndarray, f: int = 0, max_subsets: float = 1e7) -> np.ndarray:
 
 
 # ------------------------------------------------------- iterative rules ---
-def geometric_median(G: np.ndarray, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7) -> np.ndarray:
-    """Smoothed Weiszfeld from the coordinate-wise median (RFA)."""
+def geometric_median(
+    G: np.ndarray, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7, init: str = "mean"
+) -> np.ndarray:
+    """Smoothed Weiszfeld (RFA) from the mean of the finite rows (init="mean",
+    the spec's default; none -> 0) or from the coordinate-wise median."""
     fin = finite_rows(G)
     X = G[fin].astype(F64)
-    z = median64(G)
+    if init == "median":
+        z = median64(G)
+    else:
+        z = X.mean(axis=0) if len(X) else np.zeros(G.shape[1], dtype=F64)
     for _ in range(int(max_iter)):
         w = np.array([1.0 / max(nu, float(np.linalg.norm(x - z))) for x in X])
         sw = float(w.sum()) if len(w) else 0.0

@@ -114,3 +114,53 @@ def test_gram_path_nnm_vs_reference():
     G = rng.standard_normal((36, 200)).astype(np.float32)
     G[5] = np.inf
     np.testing.assert_array_equal(pyagg.preaggregate(G, "nnm", 7), ref.nnm(G, 7))
+
+
+# ------------------------------ geometric median in coefficient space ---
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "n, d, params",
+    [
+        (7, 50, {}),
+        (20, 3000, {}),
+        (40, 500, {}),  # Gram distances
+        (9, 200, {"max_iter": 1}),
+        (9, 200, {"max_iter": 3, "tol": 0.0, "nu": 1e-3}),
+        (12, 100, {"tol": 1e-12, "max_iter": 1000}),
+        (1, 30, {}),
+    ],
+)
+def test_geometric_median_coefficient_space_vs_direct(n, d, params, dtype):
+    """Default start (mean of the finite rows): the engine iterates on the
+    distance matrix; the reference iterates directly on the vectors."""
+    rng = np.random.default_rng(n * d)
+    G = rng.standard_normal((n, d)).astype(dtype)
+    G[: n // 4] = G[: n // 4] * 10 + 3  # outliers pull the mean away from the median
+    got = pyagg.aggregate(G, "geometric-median", n // 4, **params)
+    want = ref.geometric_median(G, **params)
+    scale = float(np.abs(want).max()) + 1e-30
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale if dtype == np.float32 else 1e-9 * scale)
+
+
+def test_geometric_median_coefficient_space_nonfinite_rows():
+    rng = np.random.default_rng(5)
+    G = rng.standard_normal((11, 64)).astype(np.float32)
+    G[3, 1] = np.nan
+    G[8, 60] = -np.inf
+    got = pyagg.aggregate(G, "geometric-median", 2)
+    np.testing.assert_allclose(got, ref.geometric_median(G), atol=1e-5)
+    G[:] = np.nan  # no finite row: the start (mean of none) is 0 and stays
+    np.testing.assert_array_equal(pyagg.aggregate(G, "geometric-median", 0), np.zeros(64, np.float32))
+
+
+def test_geometric_median_init_option():
+    rng = np.random.default_rng(6)
+    G = rng.standard_normal((9, 40)).astype(np.float64)
+    G[:2] += 50
+    one_mean = pyagg.aggregate(G, "geometric-median", 2, max_iter=1)
+    one_median = pyagg.aggregate(G, "geometric-median", 2, max_iter=1, init="median")
+    np.testing.assert_allclose(one_mean, ref.geometric_median(G, max_iter=1), rtol=1e-9)
+    np.testing.assert_allclose(one_median, ref.geometric_median(G, max_iter=1, init="median"), rtol=1e-12)
+    assert not np.allclose(one_mean, one_median)  # the two starts differ after one step
+    with pytest.raises(pyagg.InvalidArgumentError, match="init must be one of mean, median"):
+        pyagg.aggregate(G, "geometric-median", 2, init="zero")

@@ -31,6 +31,7 @@
 #include "common/splitmix.h"
 #include "common/blocks.h"
 #include "common/select_distance.h"
+#include "common/select_iterative.h"
 #include "common/select_next.h"
 #include "cuda_backend.h"
 
@@ -273,7 +274,21 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
     case RuleId::kTrimmedMean: return coordinate(CoordOp::kTrimmedMean, n, WireSource{}, f, nullptr);
     case RuleId::kAveragedMedian:
       return coordinate(CoordOp::kAveragedMedian, n, WireSource{}, std::size_t(r.beta), nullptr);
-    case RuleId::kGeometricMedian: return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream);
+    case RuleId::kGeometricMedian: {
+      if (r.gm_init == 1) return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream);  // init=median
+      // Default start (mean of the finite rows): the CPU's coefficient-space
+      // iteration (common/select_iterative.h) on the GPU's distance matrix and
+      // row norms, then one combination pass; no per-iteration host sync.
+      std::vector<double> D;
+      PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
+      std::vector<selection::RowStat> st;
+      PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, false, ws, &st));
+      std::vector<double> sq(n);
+      for (std::size_t i = 0; i < n; ++i) sq[i] = st[i].sumsq;
+      const selection::Combo c =
+          selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol);
+      return combine_rows<T>(x, d, c, out, ws);
+    }
     case RuleId::kCenteredClipping: return run_centered_clipping<T>(r, x, n, d, state, out, ws, kStream);
     case RuleId::kDnc:
     case RuleId::kClippedClustering:

@@ -42,9 +42,17 @@ template <typename T>
 void averaged_upper_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out);
 
 // ---- iterative rules (iterative.cpp) ---------------------------------------
+// Start at the coordinate-wise median (init="median"): direct iteration, one
+// pass over the data per iteration.
 template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu,
                       std::int64_t max_iter, double tol, T* out);
+// Start at the mean of the finite rows (the default): iterated in coefficient
+// space (common/select_iterative.h): one distance pass, one norm pass, one
+// combination pass, whatever the iteration count.
+template <typename T>
+void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_t d, double nu,
+                                 std::int64_t max_iter, double tol, T* out);
 // state: previous output v (d elements) or nullptr for zeros.
 template <typename T>
 void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau,
