@@ -48,9 +48,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (HERE, ROOT):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# The repository root goes LAST: a PYTHONPATH naming another build (e.g. a
+# copy of main's package for a "before" run) must win.
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
 
 import pyagg
 
