@@ -105,18 +105,31 @@ def bulyan(G, f=0):
 
 
 def bulyan_multikrum(G, f=0, m=None):
+    """AggregaThor's rule: scores once, pruned distances subtracted, upper median."""
     n = G.shape[0]
     m = n - f - 2 if m is None else m
     theta = n - 2 * f - 2
+    k = n - f - 2
     D = pairwise_sqdist(G)
-    remaining = list(range(n))
+    np.fill_diagonal(D, np.inf)
+    nb = np.argsort(D, axis=1, kind="stable")[:, :k]  # each row's k nearest others
+    P = np.zeros_like(D)
+    np.put_along_axis(P, nb, np.take_along_axis(D, nb, axis=1), axis=1)
+    score = P.sum(axis=1)
+    remaining = np.ones(n, dtype=bool)
     contributions = []
     for t in range(theta):
-        order = np.argsort(krum_scores(D, f, remaining), kind="stable")
-        rows = [remaining[i] for i in order[: m - t]]
-        contributions.append(G[rows].mean(axis=0))
-        remaining.remove(remaining[order[0]])
-    return averaged_median(np.stack(contributions), beta=theta - 2 * f)
+        idx = np.flatnonzero(remaining)
+        order = idx[np.argsort(score[idx], kind="stable")]
+        contributions.append(G[order[: m - t]].mean(axis=0))
+        r = order[0]
+        remaining[r] = False
+        score -= P[:, r]
+    C = np.sort(np.stack(contributions), axis=0)
+    med = C[theta // 2]
+    beta = theta - 2 * f
+    idx = np.argsort(np.abs(C - med), axis=0, kind="stable")[:beta]
+    return np.take_along_axis(C, idx, axis=0).mean(axis=0)
 
 
 def mda(G, f=0):
@@ -131,8 +144,8 @@ def mda(G, f=0):
 
 
 # -------------------------------------------------------------- iterative ---
-def geometric_median(G, f=0, nu=1e-6, max_iter=100, tol=1e-7):
-    z = np.median(G, axis=0).astype(np.float64)
+def geometric_median(G, f=0, nu=1e-6, max_iter=100, tol=1e-7, init="mean"):
+    z = (np.median(G, axis=0) if init == "median" else G.mean(axis=0, dtype=np.float64)).astype(np.float64)
     for _ in range(max_iter):
         dist = np.linalg.norm(G - z, axis=1)
         w = 1.0 / np.maximum(nu, dist)

@@ -195,19 +195,62 @@ def bulyan(G: np.ndarray, f: int = 0) -> np.ndarray:
     return averaged_median(G[sel], beta=theta - 2 * f)
 
 
-def bulyan_multikrum(G: np.ndarray, f: int = 0, m: int | None = None) -> np.ndarray:
-    """AggregaThor's Bulyan over Multi-Krum (see module docstring of the spec)."""
+def krum_neighbours(D: np.ndarray, f: int) -> list[list[int]]:
+    """For each row i, its n-f-2 nearest other rows (by (D[i][j], j)), nearest first."""
+    n = D.shape[0]
+    k = n - f - 2
+    return [sorted((j for j in range(n) if j != i), key=lambda j: (float(D[i, j]), j))[:k] for i in range(n)]
+
+
+def upper_averaged_median_col(col: Sequence[float], beta: int) -> float:
+    """Mean of the beta finite values closest to the UPPER median (element k//2 of
+    the k sorted finite values); ties -> the smaller value; none -> 0."""
+    v = sorted(float(x) for x in col if math.isfinite(x))
+    if not v:
+        return 0.0
+    m = v[len(v) // 2]
+    closest = sorted(v, key=lambda x: (abs(x - m), x))[: min(beta, len(v))]
+    return math.fsum(closest) / len(closest)
+
+
+def bulyan_multikrum_sets(G: np.ndarray, f: int = 0, m: int | None = None) -> list[list[int]]:
+    """AggregaThor's Bulyan over Multi-Krum, selection phase (spec, rules.md).
+
+    Krum scores once on all n rows (n-f-2 nearest others); P[i][j] = D[i][j]
+    when j is one of i's neighbours, else 0 ("pruned"); theta = n-2f-2 rounds:
+    rank the remaining rows by (non-finite, score, index), take the m-t best,
+    remove the best row r and subtract P[i][r] from every remaining score
+    (an infinite score stays infinite). Returns the theta sets, rank order.
+    """
     n = G.shape[0]
     m = n - f - 2 if m is None else m
     theta = n - 2 * f - 2
     D = sqdist(G)
-    R = list(range(n))
-    contrib = []
+    fin = finite_rows(G)
+    nb = krum_neighbours(D, f)
+    score = {i: (sum(float(D[i, j]) for j in nb[i]) if fin[i] else math.inf) for i in range(n)}
+    remaining = list(range(n))
+    sets = []
     for t in range(theta):
-        order = ranked(krum_scores(D, R, f))
-        contrib.append(_rnd(mean64(G[order[: m - t]]), G.dtype))
-        R.remove(order[0])
-    return averaged_median(np.array(contrib, dtype=G.dtype), beta=theta - 2 * f)
+        order = sorted(remaining, key=lambda i: (not fin[i], score[i], i))
+        sets.append(order[: m - t])
+        r = order[0]
+        remaining.remove(r)
+        for i in remaining:
+            if math.isfinite(score[i]) and r in nb[i]:
+                score[i] -= float(D[i, r])
+    return sets
+
+
+def bulyan_multikrum(G: np.ndarray, f: int = 0, m: int | None = None) -> np.ndarray:
+    """AggregaThor's Bulyan over Multi-Krum: the theta round means (each rounded to
+    the input dtype), then per coordinate the mean of the beta = theta-2f values
+    closest to the upper median."""
+    sets = bulyan_multikrum_sets(G, f, m)
+    theta = len(sets)
+    contrib = np.array([_rnd(mean64(G[sorted(s)]), G.dtype) for s in sets], dtype=G.dtype)
+    out = [upper_averaged_median_col(contrib[:, c], theta - 2 * f) for c in range(G.shape[1])]
+    return _rnd(np.array(out, dtype=F64), G.dtype)
 
 
 def mda_subset(G: np.ndarray, f: int) -> tuple[int, ...]:
@@ -228,11 +271,17 @@ def mda(G: np.ndarray, f: int = 0, max_subsets: float = 1e7) -> np.ndarray:
 
 
 # ------------------------------------------------------- iterative rules ---
-def geometric_median(G: np.ndarray, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7) -> np.ndarray:
-    """Smoothed Weiszfeld from the coordinate-wise median (RFA)."""
+def geometric_median(
+    G: np.ndarray, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7, init: str = "mean"
+) -> np.ndarray:
+    """Smoothed Weiszfeld (RFA) from the mean of the finite rows (init="mean",
+    the spec's default; none -> 0) or from the coordinate-wise median."""
     fin = finite_rows(G)
     X = G[fin].astype(F64)
-    z = median64(G)
+    if init == "median":
+        z = median64(G)
+    else:
+        z = X.mean(axis=0) if len(X) else np.zeros(G.shape[1], dtype=F64)
     for _ in range(int(max_iter)):
         w = np.array([1.0 / max(nu, float(np.linalg.norm(x - z))) for x in X])
         sw = float(w.sum()) if len(w) else 0.0

@@ -459,7 +459,7 @@ def test_rule_metadata_matches_spec():
             assert meta["min_n"](f) == ref.MIN_N[name](f), (name, f)
         assert meta["robust"] == (name != "average")
         assert meta["bound"].startswith("n >= ")
-    assert info["geometric-median"]["params"] == {"nu": 1e-6, "max_iter": 100, "tol": 1e-7}
+    assert info["geometric-median"]["params"] == {"nu": 1e-6, "max_iter": 100, "tol": 1e-7, "init": "mean"}
     assert info["centered-clipping"]["params"] == {"tau": 10.0, "L": 1}
     assert info["multi-krum"]["params"] == {"m": None}
     assert info["averaged-median"]["params"] == {"beta": None}

@@ -11,8 +11,8 @@
 //
 // Distance-based rules: the n x n distance matrix is computed on the GPU in one
 // pass over G (distance.cu) and copied to the host (n*n doubles); the
-// selection phases then run on the host with the CPU backend's own code
-// (cpu/distance_impl.h: krum_select, bulyan_select, bulyan_multikrum_select,
+// selection phases then run on the host with the code both backends share
+// (common/select_distance.h: krum_select, bulyan_select, bulyan_multikrum_select,
 // mda_select, nnm_select), so GPU and CPU choose the same rows whenever their
 // distance matrices rank the rows the same way (GPU distances differ from the
 // CPU's in the last bits: summation order). O(n^2 log n) host work on a few
@@ -29,9 +29,10 @@
 
 #include "common.cuh"
 #include "common/splitmix.h"
-#include "cpu/cpu_backend.h"
-#include "cpu/distance_impl.h"
-#include "cpu/next_impl.h"
+#include "common/blocks.h"
+#include "common/select_distance.h"
+#include "common/select_iterative.h"
+#include "common/select_next.h"
 #include "cuda_backend.h"
 
 namespace pyagg {
@@ -120,7 +121,7 @@ Status mean_of_rows(const T* x, std::size_t d, const std::vector<std::size_t>& s
 // in block order; L1 / L-inf partials combined here in block order).
 template <typename T>
 Status row_stats(const T* x, std::size_t n, std::size_t d, bool abs_norms, Workspace& ws,
-                 std::vector<cpu::detail::RowStat>* st) {
+                 std::vector<selection::RowStat>* st) {
   const std::size_t nb = reduce_blocks(d);
   double *part = nullptr, *res = nullptr, *l1 = nullptr, *li = nullptr;
   unsigned char *fin = nullptr, *fin_out = nullptr;
@@ -146,9 +147,9 @@ Status row_stats(const T* x, std::size_t n, std::size_t d, bool abs_norms, Works
   PYAGG_CUDA_CHECK(cudaMemcpyAsync(hres.data(), res, n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
   PYAGG_CUDA_CHECK(cudaMemcpyAsync(hfin.data(), fin_out, n, cudaMemcpyDeviceToHost, kStream));
   PYAGG_CUDA_CHECK(cudaStreamSynchronize(kStream));
-  st->assign(n, cpu::detail::RowStat{});
+  st->assign(n, selection::RowStat{});
   for (std::size_t i = 0; i < n; ++i) {
-    cpu::detail::RowStat& s = (*st)[i];
+    selection::RowStat& s = (*st)[i];
     s.sumsq = hres[i];
     s.finite = hfin[i] != 0;
     if (abs_norms)
@@ -161,7 +162,7 @@ Status row_stats(const T* x, std::size_t n, std::size_t d, bool abs_norms, Works
 }
 
 template <typename T>
-Status combine_rows(const T* x, std::size_t d, const cpu::detail::Combo& c, T* out, Workspace& ws) {
+Status combine_rows(const T* x, std::size_t d, const selection::Combo& c, T* out, Workspace& ws) {
   const std::size_t cnt = c.nan ? 0 : c.idx.size();
   int* idx = nullptr;
   double* a = nullptr;
@@ -193,11 +194,11 @@ struct DeviceBuffer {
 template <typename T>
 Status run_rule_next(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out, const DeviceInfo& dev,
                      Workspace& ws) {
-  std::vector<cpu::detail::RowStat> st;
-  PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, cpu::detail::needs_abs_norms(r), ws, &st));
-  cpu::detail::Combo c;
+  std::vector<selection::RowStat> st;
+  PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, selection::needs_abs_norms(r), ws, &st));
+  selection::Combo c;
   if (r.rule == RuleId::kZeroing) {
-    c = cpu::detail::zeroing(r, st);
+    c = selection::zeroing(r, st);
   } else if (r.rule == RuleId::kDnc) {
     Status err = Status::Ok();
     DeviceBuffer<T> buf;
@@ -206,7 +207,7 @@ Status run_rule_next(const RuleConfig& r, const T* x, std::size_t n, std::size_t
       PYAGG_RETURN_IF_ERROR(buf.alloc(n * std::size_t(r.sub_dim)));
       PYAGG_RETURN_IF_ERROR(cols.alloc(std::size_t(r.sub_dim)));
     }
-    c = cpu::detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
+    c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
       D->assign(n * n, 0.0);
       if (!err.ok()) return;
       if (!coords) {
@@ -223,20 +224,20 @@ Status run_rule_next(const RuleConfig& r, const T* x, std::size_t n, std::size_t
     std::vector<double> D;
     PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
     if (r.rule == RuleId::kClippedClustering)
-      c = cpu::detail::clipped_clustering(r, D.data(), n, st);
+      c = selection::clipped_clustering(r, D.data(), n, st);
     else if (r.rule == RuleId::kSmea)
-      c = cpu::detail::smea(r, D.data(), n, st);
+      c = selection::smea(r, D.data(), n, st);
     else
-      c = cpu::detail::caf(r, D.data(), n, st);
+      c = selection::caf(r, D.data(), n, st);
   }
   return combine_rows<T>(x, d, c, out, ws);
 }
 
 template <typename T>
 Status run_zeroing_pre(const PreConfig& pc, const T* x, std::size_t n, std::size_t d, T* out, Workspace& ws) {
-  std::vector<cpu::detail::RowStat> st;
+  std::vector<selection::RowStat> st;
   PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, pc.norm_order != 2, ws, &st));
-  const auto keep = cpu::detail::zeroing_keep(st, pc.tau, pc.norm_order);
+  const auto keep = selection::zeroing_keep(st, pc.tau, pc.norm_order);
   for (std::size_t i = 0; i < n; ++i) {
     if (keep[i])
       PYAGG_CUDA_CHECK(cudaMemcpyAsync(out + i * d, x + i * d, d * sizeof(T), cudaMemcpyDeviceToDevice, kStream));
@@ -273,7 +274,21 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
     case RuleId::kTrimmedMean: return coordinate(CoordOp::kTrimmedMean, n, WireSource{}, f, nullptr);
     case RuleId::kAveragedMedian:
       return coordinate(CoordOp::kAveragedMedian, n, WireSource{}, std::size_t(r.beta), nullptr);
-    case RuleId::kGeometricMedian: return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream);
+    case RuleId::kGeometricMedian: {
+      if (r.gm_init == 1) return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream);  // init=median
+      // Default start (mean of the finite rows): the CPU's coefficient-space
+      // iteration (common/select_iterative.h) on the GPU's distance matrix and
+      // row norms, then one combination pass; no per-iteration host sync.
+      std::vector<double> D;
+      PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
+      std::vector<selection::RowStat> st;
+      PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, false, ws, &st));
+      std::vector<double> sq(n);
+      for (std::size_t i = 0; i < n; ++i) sq[i] = st[i].sumsq;
+      const selection::Combo c =
+          selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol);
+      return combine_rows<T>(x, d, c, out, ws);
+    }
     case RuleId::kCenteredClipping: return run_centered_clipping<T>(r, x, n, d, state, out, ws, kStream);
     case RuleId::kDnc:
     case RuleId::kClippedClustering:
@@ -288,29 +303,29 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
   PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
   switch (r.rule) {
     case RuleId::kKrum: {
-      const auto sel = cpu::detail::krum_select(D.data(), n, f, 1);
+      const auto sel = selection::krum_select(D.data(), n, f, 1);
       PYAGG_CUDA_CHECK(
           cudaMemcpyAsync(out, x + sel[0] * d, d * sizeof(T), cudaMemcpyDeviceToDevice, kStream));
       return Status::Ok();
     }
     case RuleId::kMultiKrum: {
-      auto sel = cpu::detail::krum_select(D.data(), n, f, std::size_t(r.m));
+      auto sel = selection::krum_select(D.data(), n, f, std::size_t(r.m));
       std::sort(sel.begin(), sel.end());
       return mean_of_rows<T>(x, d, sel, out, ws);
     }
     case RuleId::kMda: {
-      const auto sel = cpu::detail::mda_select(D.data(), n, f);
+      const auto sel = selection::mda_select(D.data(), n, f);
       return mean_of_rows<T>(x, d, sel, out, ws);
     }
     case RuleId::kBulyan: {
-      auto sel = cpu::detail::bulyan_select(D.data(), n, f);
+      auto sel = selection::bulyan_select(D.data(), n, f);
       std::sort(sel.begin(), sel.end());  // the coordinate phase sees the rows in index order
       const std::size_t theta = sel.size();
       std::vector<int> rows(sel.begin(), sel.end());
       return coordinate(CoordOp::kAveragedMedian, theta, WireSource{}, theta - 2 * f, &rows);
     }
     case RuleId::kBulyanMultiKrum: {
-      const auto sets = cpu::detail::bulyan_multikrum_select(D.data(), n, f, std::size_t(r.m));
+      const auto sets = selection::bulyan_multikrum_select(D.data(), n, f, std::size_t(r.m));
       const std::size_t theta = sets.size();
       unsigned char* scratch = nullptr;
       DeviceSets s;
@@ -322,17 +337,13 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
       WireSource src;
       src.set_off = s.off;
       src.set_idx = s.idx;
-      return run_coordinate<T>(CoordOp::kAveragedMedian, x, d, theta, src, theta - 2 * f, out, scratch, dev, kStream);
+      return run_coordinate<T>(CoordOp::kAveragedUpperMedian, x, d, theta, src, theta - 2 * f, out, scratch, dev,
+                              kStream);
     }
     default: break;
   }
   return Status::Internal("CUDA backend: unhandled rule id " + std::to_string(int(r.rule)));
 }
-
-struct SplitMix64 {  // the CPU's bucketing stream (preagg.cpp), on the host
-  std::uint64_t state;
-  std::uint64_t next() { return splitmix64(&state); }
-};
 
 template <typename T>
 Status run_pre(const PreConfig& c, const T* x, std::size_t n, std::size_t d, T* out, const DeviceInfo& dev,
@@ -347,7 +358,7 @@ Status run_pre(const PreConfig& c, const T* x, std::size_t n, std::size_t d, T* 
       std::vector<int> uniq_row;        // output row of each distinct set
       std::vector<std::size_t> same(n);  // row i's distinct set
       for (std::size_t i = 0; i < n; ++i) {
-        auto si = cpu::detail::nnm_select(D.data(), n, c.f, i);
+        auto si = selection::nnm_select(D.data(), n, c.f, i);
         std::size_t u = 0;
         while (u < uniq.size() && uniq[u] != si) ++u;
         if (u == uniq.size()) {
@@ -375,13 +386,7 @@ Status run_pre(const PreConfig& c, const T* x, std::size_t n, std::size_t d, T* 
     }
     case PreId::kBucketing: {
       const std::size_t sz = std::size_t(c.bucket_size);
-      std::vector<std::size_t> perm(n);
-      std::iota(perm.begin(), perm.end(), std::size_t(0));
-      SplitMix64 rng{c.seed};
-      for (std::size_t i = n; i-- > 1;) {
-        const std::size_t j = static_cast<std::size_t>(rng.next() % std::uint64_t(i + 1));
-        std::swap(perm[i], perm[j]);
-      }
+      const std::vector<std::size_t> perm = shuffled_indices(n, c.seed);  // the CPU's shuffle
       const std::size_t nbk = (n + sz - 1) / sz;
       std::vector<std::vector<std::size_t>> sets(nbk);
       for (std::size_t b = 0; b < nbk; ++b)

@@ -228,7 +228,9 @@ Status run_distance(const DistancePlan& plan, const T* x, double* part, int* bad
 // is a row of x (wire w = row rows[w], or row w when rows == nullptr) or, when
 // set_off != nullptr, the mean of rows set_idx[set_off[w] .. set_off[w+1]) in
 // the CPU's mean_rows arithmetic (double, index order, rounded to T).
-enum class CoordOp : int { kMedian = 0, kTrimmedMean = 1, kAveragedMedian = 2 };
+// kAveragedUpperMedian: the averaged median around the UPPER median (element
+// k/2 of the k sorted finite values): bulyan-multikrum's coordinate phase.
+enum class CoordOp : int { kMedian = 0, kTrimmedMean = 1, kAveragedMedian = 2, kAveragedUpperMedian = 3 };
 struct WireSource {
   const int* rows = nullptr;     // device, nw entries, or nullptr
   const int* set_off = nullptr;  // device, nw+1 entries, or nullptr

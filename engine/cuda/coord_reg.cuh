@@ -16,7 +16,7 @@ struct CoordArgs {
   long long d;
   int nw;
   int op;            // CoordOp
-  long long param;   // f (trimmed mean) or beta (averaged median)
+  long long param;   // f (trimmed mean) or beta (averaged (upper) median)
   int use_mask;      // trimmed mean: apply the pruned network
 };
 
@@ -78,8 +78,10 @@ __device__ __forceinline__ T readout(const CoordArgs& a, const Col& col, int k) 
   if (k == 0) return T(0);
   const T lo = col((k - 1) >> 1), hi = col(k >> 1);
   if (a.op == int(CoordOp::kMedian)) return (k & 1) ? lo : T(midpoint(double(lo), double(hi)));
-  // averaged median
-  const double m = (k & 1) ? double(lo) : midpoint(double(lo), double(hi));
+  // averaged median (around the upper median for kAveragedUpperMedian)
+  const double m = a.op == int(CoordOp::kAveragedUpperMedian) ? double(hi)
+                   : (k & 1)                                    ? double(lo)
+                                                                : midpoint(double(lo), double(hi));
   const int beta = int(a.param);
   const int b = k < beta ? k : beta;
   int c = 0;

@@ -18,7 +18,7 @@
 //     averaged-median window [c, c+b) with c counted like the CPU, sums in
 //     double in wire order) produces the output;
 //   - nw > 128 (float) / > 64 (double): the same comparator list as the CPU
-//     (netdefs.cuh's copy of sortnet.h's construction, from global memory)
+//     (common/sortnet_build.h's construction, from global memory)
 //     applied to a per-thread column in a global scratch buffer; nw > 4096:
 //     heap sort (the CPU uses std::sort).
 //   - sums over rows (averages, row means) are double, in row order, divided
@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common.cuh"
-#include "cpu/cpu_backend.h"
+#include "common/blocks.h"
 #include "coord_reg.cuh"
 #include "sortnet.cuh"
 
@@ -178,7 +178,7 @@ Status mask_for(std::size_t nw, std::size_t f, net::Mask* mask) {
   std::vector<unsigned char> want(nw, net::kDead);
   for (std::size_t i = f; i < nw - f; ++i) want[i] = net::kBag;
   if (!net::host_mask(net::host_network<P>(), nw, want, mask))
-    return Status::Internal("CUDA backend: compile-time sorting network differs from netdefs.cuh (P=" +
+    return Status::Internal("CUDA backend: compile-time sorting network differs from common/sortnet_build.h (P=" +
                             std::to_string(P) + ")");
   return Status::Ok();
 }
@@ -215,7 +215,7 @@ std::size_t coord_scratch_bytes(std::size_t nw, std::size_t d, std::size_t elem)
   return (threads * nw * elem + 255) / 256 * 256 + ncomp_max * 2 * sizeof(unsigned short) + 256;
 }
 
-std::size_t reduce_blocks(std::size_t d) { return (d + cpu::kReduceBlock - 1) / cpu::kReduceBlock; }
+std::size_t reduce_blocks(std::size_t d) { return (d + kReduceBlock - 1) / kReduceBlock; }
 
 template <typename T>
 Status run_coordinate(CoordOp op, const T* x, std::size_t d, std::size_t nw, const WireSource& src, std::size_t param,

@@ -3,7 +3,7 @@
 // arithmetic (engine/src/cpu/iterative.cpp, preagg.cpp, reduce.h):
 //
 //   - Every norm follows reduce.h's contract: coordinates cut in blocks of
-//     cpu::kReduceBlock; inside a block 16 interleaved lanes (lane = offset %
+//     kReduceBlock; inside a block 16 interleaved lanes (lane = offset %
 //     16) accumulate ((double)x - center)^2 with one fused multiply-add per
 //     term, in coordinate order; the lanes are folded with the same halving
 //     tree; the block partials are summed in block order. On the GPU a lane is
@@ -24,15 +24,15 @@
 #include <vector>
 
 #include "common.cuh"
-#include "cpu/cpu_backend.h"
+#include "common/blocks.h"
 
 namespace pyagg {
 namespace cuda {
 namespace {
 
 constexpr int kLanes = 16;  // reduce.h kLanes
-constexpr long long kBlock = (long long)cpu::kReduceBlock;
-static_assert(cpu::kReduceBlock % kLanes == 0, "reduce block must be a multiple of the lanes");
+constexpr long long kBlock = (long long)kReduceBlock;
+static_assert(kReduceBlock % kLanes == 0, "reduce block must be a multiple of the lanes");
 
 __device__ __forceinline__ double fold16(double* a) {
   for (int h = kLanes / 2; h >= 1; h /= 2)

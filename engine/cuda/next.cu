@@ -1,8 +1,8 @@
 // pyagg engine — CUDA backend: the kernels of dnc, clipped-clustering, smea,
 // caf and zeroing (the host flow is in backend.cu, the selection and weights
-// in cpu/next_impl.h, shared with the CPU backend).
+// in common/select_next.h, shared with the CPU backend).
 //
-//   row_abs_kernel   per (reduce block of cpu::kReduceBlock coordinates, row):
+//   row_abs_kernel   per (reduce block of kReduceBlock coordinates, row):
 //                    the L1 and L-inf partials of zeroing (norm_order 1 / inf);
 //                    256 threads, fixed strided assignment, fixed tree: the
 //                    same bits on every run. (Sums of squares and finiteness
@@ -15,7 +15,7 @@
 #include <cstdint>
 
 #include "common.cuh"
-#include "cpu/cpu_backend.h"
+#include "common/blocks.h"
 
 namespace pyagg {
 namespace cuda {
@@ -27,8 +27,8 @@ __global__ void row_abs_kernel(const T* __restrict__ x, int n, long long d, long
   __shared__ double s1[256], sm[256];
   const long long b = blockIdx.x;
   const int i = blockIdx.y;
-  const long long c0 = b * (long long)cpu::kReduceBlock;
-  const long long c1 = c0 + (long long)cpu::kReduceBlock < d ? c0 + (long long)cpu::kReduceBlock : d;
+  const long long c0 = b * (long long)kReduceBlock;
+  const long long c1 = c0 + (long long)kReduceBlock < d ? c0 + (long long)kReduceBlock : d;
   const T* row = x + (long long)i * d;
   double a = 0.0, m = 0.0;
   for (long long k = c0 + threadIdx.x; k < c1; k += 256) {

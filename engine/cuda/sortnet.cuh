@@ -11,7 +11,8 @@
 // (one bit per comparator of the P network) reproduces a pruned network
 // exactly, so sums over wires come out in the CPU's order (trimmed mean).
 // host_mask() verifies at run time that this enumeration and the pruning
-// equal netdefs.cuh's (the CPU's construction), comparator for comparator.
+// equal common/sortnet_build.h's (the construction both backends share),
+// comparator for comparator.
 #pragma once
 
 #include <cstddef>
@@ -19,11 +20,22 @@
 #include <utility>
 #include <vector>
 
-#include "netdefs.cuh"
+#include "common/sortnet_build.h"
 
 namespace pyagg {
 namespace cuda {
 namespace net {
+
+// The shared construction (common/sortnet_build.h), under this backend's names.
+using netbuild::batcher_network;
+using netbuild::Comparator;
+using netbuild::kBag;
+using netbuild::kDead;
+using netbuild::kExact;
+using netbuild::prune_network;
+using netbuild::Want;
+constexpr std::size_t kCpuStaticN = netbuild::kStaticSortN;
+constexpr std::size_t kCpuMaxNetworkN = netbuild::kMaxNetworkN;
 
 template <int P>
 struct Batcher {

@@ -198,10 +198,11 @@ const std::vector<RuleInfo>& rule_table() {
        {{"m", kUnset, true, "rows averaged in the first round, n-2f-2 <= m <= n-f-2 (default n-f-2)"}}},
       {RuleId::kGeometricMedian, "geometric-median", "n >= 1", bound_1, true,
        "Pillutla et al., Robust Aggregation for Federated Learning (RFA), IEEE TSP 2022",
-       "smoothed Weiszfeld iterations from the coordinate-wise median",
+       "smoothed Weiszfeld iterations from the mean of the finite rows (init=median: the coordinate-wise median)",
        {{"nu", 1e-6, false, "smoothing: weights are 1/max(nu, distance), nu > 0"},
         {"max_iter", 100, true, "maximum number of iterations, >= 1"},
-        {"tol", 1e-7, false, "stop when the relative change is below tol, tol >= 0"}}},
+        {"tol", 1e-7, false, "stop when the relative change is below tol, tol >= 0"},
+        {"init", 0, true, "start: mean of the finite rows (RFA) or the coordinate-wise median", "mean|median"}}},
       {RuleId::kCenteredClipping, "centered-clipping", "n >= 1", bound_1, true,
        "Karimireddy et al., Learning from History for Byzantine Robust Optimization, ICML 2021",
        "v <- v + mean_i clip(x_i - v, tau), L times, v starting at the previous output",
@@ -335,6 +336,8 @@ Status make_rule(const std::string& name, std::int64_t f, const std::vector<Name
     } else if (p == "max_tau") {
       if (!(v > 0)) return Status::Invalid(name + ": max_tau must be > 0, got max_tau=" + fmt(v));
       cfg.max_tau = v;
+    } else if (p == "init") {
+      cfg.gm_init = v == 0 ? 0 : 1;
     } else if (p == "linkage") {
       cfg.linkage = v == 0 ? Linkage::kAverage : Linkage::kSingle;
     } else if (p == "norm_history") {
@@ -515,7 +518,12 @@ void run_cpu_rule(const RuleConfig& r, const T* const* rows, std::size_t n, std:
     case RuleId::kMultiKrum: cpu::multi_krum(rows, n, d, f, std::size_t(r.m), out); break;
     case RuleId::kBulyan: cpu::bulyan(rows, n, d, f, out); break;
     case RuleId::kBulyanMultiKrum: cpu::bulyan_multikrum(rows, n, d, f, std::size_t(r.m), out); break;
-    case RuleId::kGeometricMedian: cpu::geometric_median(rows, n, d, r.nu, r.max_iter, r.tol, out); break;
+    case RuleId::kGeometricMedian:
+      if (r.gm_init == 1)
+        cpu::geometric_median(rows, n, d, r.nu, r.max_iter, r.tol, out);
+      else
+        cpu::geometric_median_mean_start(rows, n, d, r.nu, r.max_iter, r.tol, out);
+      break;
     case RuleId::kCenteredClipping: cpu::centered_clipping(rows, n, d, r.tau, r.iters, state, out); break;
     case RuleId::kMda: cpu::mda(rows, n, d, f, out); break;
     case RuleId::kDnc:

@@ -34,11 +34,11 @@
 #include "check.h"
 #include "testdata.h"
 #include "cpu/cpu_backend.h"
-#include "cpu/distance_impl.h"
+#include "common/select_distance.h"
 #include "pyagg/rules.h"
 
 using namespace pyagg;
-namespace dt = pyagg::cpu::detail;
+namespace dt = pyagg::selection;
 
 namespace {
 
@@ -238,15 +238,39 @@ std::vector<std::size_t> ref_bulyan_sel(const Ref& R, std::size_t f) {
   return sel;
 }
 
+// AggregaThor's Bulyan over Multi-Krum (shared/spec/rules.md), naively:
+// neighbour sets and scores once on all n rows (k = n-f-2), then per round the
+// m-t best remaining rows; the best r is removed and D[i][r] subtracted from
+// the score of every remaining i that has r among its neighbours (infinite
+// scores stay infinite).
 std::vector<std::vector<std::size_t>> ref_bmk_sets(const Ref& R, std::size_t f, std::size_t m) {
-  std::vector<std::size_t> rem = iota_n(R.n);
+  const std::size_t n = R.n, k = n - f - 2;
+  std::vector<std::vector<std::size_t>> nbr(n);
+  std::vector<double> sc(n, Inf);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::vector<std::size_t> o;
+    for (std::size_t j = 0; j < n; ++j)
+      if (j != i) o.push_back(j);
+    std::stable_sort(o.begin(), o.end(), [&](std::size_t a, std::size_t b) {
+      return R.at(i, a) != R.at(i, b) ? R.at(i, a) < R.at(i, b) : a < b;
+    });
+    o.resize(k);
+    nbr[i] = o;
+    double s = 0.0;
+    for (std::size_t j : o) s += R.at(i, j);
+    sc[i] = R.fin[i] ? s : Inf;
+  }
+  std::vector<std::size_t> rem = iota_n(n);
   std::vector<std::vector<std::size_t>> sets;
-  for (std::size_t t = 0; t < R.n - 2 * f - 2; ++t) {
-    const auto order = ref_rank(R, rem, ref_scores(R, rem, f));
+  for (std::size_t t = 0; t < n - 2 * f - 2; ++t) {
+    const auto order = ref_rank(R, rem, sc);
     std::vector<std::size_t> s(order.begin(), order.begin() + long(m - t));
     std::sort(s.begin(), s.end());
     sets.push_back(s);
-    rem.erase(std::find(rem.begin(), rem.end(), order[0]));
+    const std::size_t r = order[0];
+    rem.erase(std::find(rem.begin(), rem.end(), r));
+    for (std::size_t i : rem)
+      if (std::isfinite(sc[i]) && std::find(nbr[i].begin(), nbr[i].end(), r) != nbr[i].end()) sc[i] -= R.at(i, r);
   }
   return sets;
 }
@@ -299,6 +323,35 @@ template <typename T>
 std::vector<T> ref_coordinate_phase(const std::vector<const T*>& rows, std::size_t d, std::size_t beta) {
   std::vector<T> o(d);
   cpu::averaged_median<T>(rows.data(), rows.size(), d, beta, o.data());
+  return o;
+}
+
+// bulyan-multikrum's coordinate phase (upper median), naively: per
+// coordinate, the k finite values sorted, m = s[k/2], the b = min(beta, k)
+// values first in the order (|v - m|, v), summed in ascending order in double.
+template <typename T>
+std::vector<T> ref_upper_phase(const std::vector<const T*>& rows, std::size_t d, std::size_t beta) {
+  std::vector<T> o(d);
+  for (std::size_t c = 0; c < d; ++c) {
+    std::vector<double> v;
+    for (const T* r : rows)
+      if (std::isfinite(double(r[c]))) v.push_back(double(r[c]));
+    if (v.empty()) {
+      o[c] = T(0);
+      continue;
+    }
+    std::sort(v.begin(), v.end());
+    const double m = v[v.size() / 2];
+    std::vector<double> w = v;
+    std::stable_sort(w.begin(), w.end(), [m](double a, double b) {
+      return std::fabs(a - m) != std::fabs(b - m) ? std::fabs(a - m) < std::fabs(b - m) : a < b;
+    });
+    w.resize(std::min(beta, w.size()));
+    std::sort(w.begin(), w.end());
+    double s = 0.0;
+    for (double x : w) s += x;
+    o[c] = T(s / double(w.size()));
+  }
   return o;
 }
 
@@ -478,6 +531,108 @@ TEST_CASE("Gram cancellation: rows 1e3 + 1e-2 noise (float32), Krum picks the ro
   }
 }
 
+// The Gram kernel (n > 32 rows) and its cancellation guard: which (pair,
+// block) sums take the exact difference form is decided from the block's norms
+// (distance < 2^-16 of the summed squared norms); pairwise_sqdist_counted
+// reports how many did.
+std::size_t counted_D(const Rows<float>& r, std::vector<double>* D) {
+  D->assign(r.n() * r.n(), 0.0);
+  std::size_t exact = 12345;
+  cpu::pairwise_sqdist_counted<float>(r.p(), r.n(), r.d(), D->data(), &exact);
+  return exact;
+}
+
+TEST_CASE("Gram distances (n > 32): fallback decision per pair and block, accuracy, Krum on the spec's case") {
+  const std::size_t n = 40, f = 8, d = 2 * 4096 + 100;  // 3 reduction blocks
+  const std::size_t nblocks = 3, npairs = n * (n - 1) / 2;
+  std::vector<double> D;
+  // (a) independent Gaussian rows: distance ~ sum of the norms, no fallback;
+  //     the Gram form is accurate to ~1e-12 here.
+  {
+    auto r = gaussian_rows<float>(n, d, 4242);
+    CHECK(counted_D(r, &D) == 0);
+    const Ref R = ref_distances(r);
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) worst = std::max(worst, std::fabs(D[i * n + j] - R.at(i, j)) / R.at(i, j));
+    CHECK_MSG(worst < 1e-10, "gaussian rel. error " + std::to_string(worst));
+  }
+  // (b) the spec's case, rows 1e3 + 1e-2 noise: every pair of every block is
+  //     recomputed exactly, and Krum picks the row exact distances pick.
+  for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+    Rng rng(seed);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double scale = 1e-2 * (1.0 + 0.05 * double(i));
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(1e3 + scale * rng.normal());
+    }
+    CHECK(counted_D(r, &D) == npairs * nblocks);
+    const Ref R = ref_distances(r);
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) worst = std::max(worst, std::fabs(D[i * n + j] - R.at(i, j)) / R.at(i, j));
+    CHECK_MSG(worst < 1e-12, "cancelling rows rel. error " + std::to_string(worst));
+    const std::size_t want = ref_krum_rank(R, f)[0];
+    CHECK_MSG(same_bits(lib_krum(r, f).data(), r.ptr[want], d), "krum seed " + std::to_string(seed));
+  }
+  // (c) per pair: rows 0..9 a cancelling cluster (1e3 + noise), rows 10..39
+  //     Gaussian: only the 45 pairs inside the cluster fall back, on every block.
+  {
+    Rng rng(7);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = i < 10 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+    CHECK(counted_D(r, &D) == 45 * nblocks);
+    const Ref R = ref_distances(r);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) CHECK(std::fabs(D[i * n + j] - R.at(i, j)) <= 1e-10 * R.at(i, j));
+  }
+  // (d) per block: the cluster rows are nearly equal on block 1 only (Gaussian
+  //     elsewhere): 45 fallbacks, all on that block.
+  {
+    Rng rng(8);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) {
+        const bool blk1 = k >= 4096 && k < 8192;
+        r.data[i][k] = (i < 10 && blk1) ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+      }
+    CHECK(counted_D(r, &D) == 45);
+    const Ref R = ref_distances(r);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) CHECK(std::fabs(D[i * n + j] - R.at(i, j)) <= 1e-10 * R.at(i, j));
+  }
+  // (e) non-finite rows on the Gram path: +inf to everything, no fallback
+  //     counted for them; finite pairs unchanged.
+  {
+    auto r = gaussian_rows<float>(n, d, 99);
+    r.data[3][5000] = std::numeric_limits<float>::quiet_NaN();
+    r.data[17][10] = std::numeric_limits<float>::infinity();
+    CHECK(counted_D(r, &D) == 0);
+    for (std::size_t j = 0; j < n; ++j) {
+      CHECK(D[3 * n + j] == Inf && D[j * n + 3] == Inf);
+      CHECK(D[17 * n + j] == Inf && D[j * n + 17] == Inf);
+    }
+    CHECK(std::isfinite(D[0 * n + 1]) && D[0] == 0.0);
+  }
+  // (f) bitwise the same with 1, 2, 3 threads on the Gram path.
+  {
+    auto r = gaussian_rows<float>(n, d, 5);
+    for (std::size_t k = 0; k < d; ++k) r.data[1][k] = r.data[0][k] + 1e-4f * float(k % 7);  // a fallback pair
+    std::vector<double> D1, D2, D3;
+    set_threads(1);
+    const auto e1 = counted_D(r, &D1);
+    set_threads(2);
+    const auto e2 = counted_D(r, &D2);
+    set_threads(3);
+    const auto e3 = counted_D(r, &D3);
+    set_threads(2);
+    CHECK(e1 >= 1 && e1 == e2 && e2 == e3);
+    CHECK(std::memcmp(D1.data(), D2.data(), D1.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(D1.data(), D3.data(), D1.size() * sizeof(double)) == 0);
+  }
+}
+
 // =============================================================================
 // krum / multi-krum
 // =============================================================================
@@ -566,6 +721,50 @@ void hand_bulyan() {
   // m = 4: contributions (3/4, 3/4), (1, 1), (1, 3/2) -> medians (1, 1).
   check_vec(lib_bmk(h, 1, 4), {1.0, 1.0}, "bulyan-multikrum hand7 m=4");
 }
+// Cases where AggregaThor's rule (scores once, pruned distances subtracted,
+// upper median) differs from re-scoring each round (the old definition).
+template <typename T>
+void hand_bmk_aggregathor() {
+  // d = 1, n = 7, f = 1 (k = 4, theta = 3), rows -3 -1 2 1 -5 -6 5.
+  // Scores 33 33 44 37 57 84 125 (N4 = {5,0,1,3}). m = 4:
+  //   round 0: {0,1,3,2} -> -1/4; remove 0: 1:29 2:19 3:21 4:53 5:75 6:61
+  //   round 1: {2,3,1} -> 2/3; remove 2 (not a neighbour of 4 or 5):
+  //            1:20 3:20 4:53 5:75 6:52
+  //   round 2: {1,3} -> 0 (re-scoring with k = 2 would give row 4 17: {1,4}).
+  //   upper median of (-1/4, 2/3, 0), beta = 1 -> 0.
+  const std::vector<double> x7 = {-3, -1, 2, 1, -5, -6, 5};
+  Rows<T> a(7, 1, x7);
+  check_vec(lib_bmk(a, 1, 4), {0.0}, "bulyan-multikrum aggregathor m=4");
+  //   m = 3: {0,1,3} -> -1, {2,3} -> 3/2, {1} -> -1 -> -1.
+  check_vec(lib_bmk(a, 1, 3), {-1.0}, "bulyan-multikrum aggregathor m=3");
+  std::vector<double> D(49);
+  for (int i = 0; i < 7; ++i)
+    for (int j = 0; j < 7; ++j) D[std::size_t(i * 7 + j)] = (x7[std::size_t(i)] - x7[std::size_t(j)]) * (x7[std::size_t(i)] - x7[std::size_t(j)]);
+  const auto s4 = dt::bulyan_multikrum_select(D.data(), 7, 1, 4);
+  CHECK(s4.size() == 3);
+  if (s4.size() == 3) {
+    CHECK_MSG((s4[0] == std::vector<std::size_t>{0, 1, 2, 3}), idx_str(s4[0]));
+    CHECK_MSG((s4[1] == std::vector<std::size_t>{1, 2, 3}), idx_str(s4[1]));
+    CHECK_MSG((s4[2] == std::vector<std::size_t>{1, 3}), idx_str(s4[2]));
+  }
+  // Even theta (upper median): n = 8, f = 1 (k = 5, theta = 4, beta = 2),
+  // rows 0 1 2 10 11 12 13 14, m = 5: rounds {3..7} -> 12, {4..7} -> 12.5,
+  // {1,2,5} -> 5 (ties 2/5 and 1/6 by index), {5,6} -> 12.5; sorted
+  // 5 12 12.5 12.5, upper median 12.5 -> (12.5 + 12.5)/2 (the lower-mean
+  // median 12.25 would give 12.25).
+  Rows<T> b(8, 1, {0, 1, 2, 10, 11, 12, 13, 14});
+  check_vec(lib_bmk(b, 1, 5), {12.5}, "bulyan-multikrum aggregathor even theta");
+  // n = 8: rows 0 1 3 4 5 8 20 100, m = 5: 13/5, 10/4, 6/3, 1/2 -> upper
+  // median 2.5, closest two 2.5 and 2.6 -> 2.55.
+  Rows<T> c(8, 1, {0, 1, 3, 4, 5, 8, 20, 100});
+  check_vec(lib_bmk(c, 1, 5), {2.55}, "bulyan-multikrum aggregathor 2.55");
+}
+
+TEST_CASE("bulyan-multikrum: AggregaThor's rule on hand cases (scores once, pruned subtraction, upper median)") {
+  hand_bmk_aggregathor<float>();
+  hand_bmk_aggregathor<double>();
+}
+
 TEST_CASE("bulyan, bulyan-multikrum: hand cases") {
   hand_bulyan<float>();
   hand_bulyan<double>();
@@ -762,14 +961,20 @@ void rules_vs_reference(std::size_t n, std::size_t f, std::size_t d, std::size_t
       for (std::size_t i : sel) CHECK_MSG(R.fin[i], "bulyan selected a non-finite row " + what);
     }
     const std::size_t theta = n - 2 * f - 2;
+    // The rule subtracts distances from scores: rows whose scores are equal in
+    // exact arithmetic (e.g. the last two rows, each scored by their mutual
+    // distance) are ranked by the rounding of those subtractions, so the
+    // reference selection runs on the library's own distance matrix (itself
+    // checked against the exact one above and in the pairwise_sqdist tests).
+    const Ref RL = ref_from_matrix(lib_D(r), n);
     for (std::size_t m : {theta, n - f - 2}) {
-      const auto sets = ref_bmk_sets(R, f, m);
+      const auto sets = ref_bmk_sets(RL, f, m);
       std::vector<std::vector<T>> contrib;
       for (const auto& s : sets) contrib.push_back(ref_mean(r.ptr, s, d));
       std::vector<const T*> crows;
       for (const auto& c : contrib) crows.push_back(c.data());
       const auto bout = lib_bmk(r, f, m);
-      CHECK_MSG(same_bits(bout, ref_coordinate_phase(crows, d, theta - 2 * f)),
+      CHECK_MSG(same_bits(bout, ref_upper_phase(crows, d, theta - 2 * f)),
                 "bulyan-multikrum m=" + std::to_string(m) + " " + what);
       if (robust) CHECK_MSG(all_finite(bout), "bulyan-multikrum finite " + what);
     }

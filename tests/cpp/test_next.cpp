@@ -1,5 +1,5 @@
 // The host logic of dnc, clipped-clustering, smea, caf and zeroing
-// (engine/src/cpu/next_impl.h) on hand-made inputs: the PRNG streams of
+// (engine/src/common/select_next.h) on hand-made inputs: the PRNG streams of
 // rules_next.md, POWER (zero matrix, orthogonal start, clear gap), the Gram
 // matrix from distances against the Gram matrix of the centered data, the
 // Jacobi eigenvalue, SMEA's subset ranking (unrank / next), clustering and
@@ -18,11 +18,11 @@
 
 #include "check.h"
 #include "cpu/cpu_backend.h"
-#include "cpu/next_impl.h"
+#include "common/select_next.h"
 #include "pyagg/rules.h"
 
 using namespace pyagg;
-using namespace pyagg::cpu::detail;
+using namespace pyagg::selection;
 
 namespace {
 

@@ -116,6 +116,7 @@ struct RuleConfig {
   double nu = 1e-6;
   std::int64_t max_iter = 100;
   double tol = 1e-7;
+  int gm_init = 0;  // 0: mean of the finite rows (default, coefficient space), 1: coordinate-wise median
   // centered-clipping
   double tau = 10.0;
   std::int64_t iters = 1;  // "L" in the spec

@@ -42,6 +42,8 @@
 //                    (s[l+beta] - m) < (m - s[l]) } (the predicate is monotone
 //                    in l; non-finite values sort as +inf so they never
 //                    enter). Also Bulyan's coordinate phase (distance.cpp).
+//   averaged_upper_median(beta): the same with m = s[k/2], the UPPER median
+//                    (AggregaThor's Bulyan-over-Multi-Krum coordinate phase).
 //
 // DESIGN (the spec's "selection networks on tiles"):
 //   Coordinates are processed in tiles of W = kTileBytes/sizeof(T) lanes (32
@@ -99,7 +101,7 @@ using sortnet::kVecBytes;
 constexpr std::size_t kTileBytes = 128;      // per row of a sorting tile (W = 32 floats, 16 doubles)
 constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per row
 constexpr std::size_t kSumTileBytes = 2048;  // per row of an average(_nan) tile
-constexpr std::size_t kMaxNetworkN = 4096;   // above: per-lane std::sort
+constexpr std::size_t kMaxNetworkN = netbuild::kMaxNetworkN;   // above: per-lane std::sort
 
 // ---- explicit SIMD (vector extensions) ------------------------------------------
 // Lanes per double vector; every read-out works on groups of G lanes in double.
@@ -226,7 +228,7 @@ template <std::size_t W, typename Fn>
 void parallel_tiles(std::size_t n, std::size_t d, std::size_t scratch_bytes, Fn&& fn) {
   const std::size_t ntiles = (d + W - 1) / W;
   const std::size_t useful = (ntiles * W * n) / kMinElementsPerThread + 1;
-  int threads = reduce::max_threads();
+  int threads = reduce::threads_for(n * d);
   if (std::size_t(threads) > useful) threads = int(useful);
   if (std::size_t(threads) > ntiles) threads = int(ntiles);
   if (threads < 1) threads = 1;
@@ -335,9 +337,9 @@ std::vector<unsigned char> want_range(std::size_t n, std::size_t lo, std::size_t
 // Medians of the finite values of every lane of a tile sorted at least on
 // wires 0..n/2 (the k = cnt finite values of a lane first), in double, as
 // NG = W/G groups of G lanes: k odd: s[(k-1)/2]; k even: mid of s[k/2-1] and
-// s[k/2]; k = 0: 0. Groups are interleaved in the inner loop (independent
+// s[k/2]; k = 0: 0. Upper: the upper median s[k/2] whatever the parity. Groups are interleaved in the inner loop (independent
 // dependency chains).
-template <typename T, std::size_t W>
+template <typename T, std::size_t W, bool Upper = false>
 inline __attribute__((always_inline)) void median_tile(const T* buf, std::size_t n, const VI* k, VD* m) {
   constexpr std::size_t NG = W / G;
   VI plo[NG], phi[NG];
@@ -356,7 +358,7 @@ inline __attribute__((always_inline)) void median_tile(const T* buf, std::size_t
     }
   }
   for (std::size_t g = 0; g < NG; ++g) {
-    const VD md = plo[g] == phi[g] ? a[g] : mid_d(a[g], b[g]);
+    const VD md = Upper ? b[g] : (plo[g] == phi[g] ? a[g] : mid_d(a[g], b[g]));
     m[g] = k[g] == 0 ? VD{} : md;
   }
 }
@@ -485,8 +487,9 @@ void trimmed_mean(const T* const* rows, std::size_t n, std::size_t d, std::size_
 }
 
 // -------------------------------------------------------- averaged-median ---
-template <typename T>
-void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out) {
+namespace {
+template <typename T, bool Upper>
+void averaged_median_impl(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out) {
   constexpr std::size_t W = tile_w<T>();
   // The window and the comparisons may read any wire: full sort.
   const TileSorter<T, W> sorter(n, want_range(n, 0, n, sortnet::kExact), sortnet::kSortAll);
@@ -502,7 +505,7 @@ void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::si
     VI k[NG], b[NG], c[NG], e[NG];
     VD m[NG], acc[NG];
     for (std::size_t g = 0; g < NG; ++g) k[g] = load_i<T>(cnt + g * G);
-    median_tile<T, W>(buf, n, k, m);
+    median_tile<T, W, Upper>(buf, n, k, m);
     for (std::size_t g = 0; g < NG; ++g) {
       b[g] = k[g] < vbeta ? k[g] : vbeta;  // window size min(beta, k)
       c[g] = VI{};
@@ -542,6 +545,17 @@ void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::si
     write_out<W>(out + j0, res, wl);
   });
 }
+}  // namespace
+
+template <typename T>
+void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out) {
+  averaged_median_impl<T, false>(rows, n, d, beta, out);
+}
+
+template <typename T>
+void averaged_upper_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out) {
+  averaged_median_impl<T, true>(rows, n, d, beta, out);
+}
 
 template void average<float>(const float* const* rows, std::size_t n, std::size_t d, float* out);
 template void average<double>(const double* const* rows, std::size_t n, std::size_t d, double* out);
@@ -556,6 +570,10 @@ template void averaged_median<float>(const float* const* rows, std::size_t n, st
                                      float* out);
 template void averaged_median<double>(const double* const* rows, std::size_t n, std::size_t d, std::size_t beta,
                                       double* out);
+template void averaged_upper_median<float>(const float* const* rows, std::size_t n, std::size_t d, std::size_t beta,
+                                           float* out);
+template void averaged_upper_median<double>(const double* const* rows, std::size_t n, std::size_t d,
+                                            std::size_t beta, double* out);
 
 }  // namespace cpu
 }  // namespace pyagg

@@ -16,13 +16,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/blocks.h"
 #include "pyagg/rules.h"
 
 namespace pyagg {
 namespace cpu {
 
-// Coordinates per deterministic reduction block (fixed; not the thread count).
-constexpr std::size_t kReduceBlock = 4096;
+// Coordinates per deterministic reduction block (fixed; not the thread count;
+// common/blocks.h, shared with the CUDA backend).
+using ::pyagg::kReduceBlock;
 
 // ---- coordinate-wise rules (coordinate.cpp) --------------------------------
 template <typename T> void average(const T* const* rows, std::size_t n, std::size_t d, T* out);
@@ -34,11 +36,23 @@ void trimmed_mean(const T* const* rows, std::size_t n, std::size_t d, std::size_
 // finite values (ties -> smaller value). Also Bulyan's coordinate phase.
 template <typename T>
 void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out);
+// The same around the UPPER median (element k/2 of the k sorted finite values,
+// whatever the parity of k): the coordinate phase of bulyan-multikrum.
+template <typename T>
+void averaged_upper_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out);
 
 // ---- iterative rules (iterative.cpp) ---------------------------------------
+// Start at the coordinate-wise median (init="median"): direct iteration, one
+// pass over the data per iteration.
 template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu,
                       std::int64_t max_iter, double tol, T* out);
+// Start at the mean of the finite rows (the default): iterated in coefficient
+// space (common/select_iterative.h): one distance pass, one norm pass, one
+// combination pass, whatever the iteration count.
+template <typename T>
+void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_t d, double nu,
+                                 std::int64_t max_iter, double tol, T* out);
 // state: previous output v (d elements) or nullptr for zeros.
 template <typename T>
 void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau,
@@ -46,11 +60,17 @@ void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, doubl
 
 // ---- distance-based rules (distance.cpp) -----------------------------------
 // D: n*n row-major, D[i*n+j] = squared L2 distance of rows i and j, computed
-// in one blocked pass over the data, exact difference form (no Gram
-// cancellation); +inf when row i or row j holds a non-finite value; D[i*n+i]=0
-// for a finite row i.
+// in one blocked pass over the data: Gram form in double, with the exact
+// difference form for each (pair, block) where the Gram form would cancel
+// (distance < 2^-16 of the summed squared norms on that block); +inf when row
+// i or row j holds a non-finite value; D[i*n+i]=0 for a finite row i.
 template <typename T>
 void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double* D);
+// The same, and *exact (if not null) = the number of (pair, block) sums that
+// took the exact difference form instead of the Gram form (the cancellation
+// guard; for tests and benchmarks).
+template <typename T>
+void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact);
 
 template <typename T> void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
 template <typename T>
@@ -71,7 +91,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 template <typename T>
 void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out);
 
-// ---- dnc, clipped-clustering, smea, caf, zeroing (next.cpp, next_impl.h) ---
+// ---- dnc, clipped-clustering, smea, caf, zeroing (next.cpp, common/select_next.h) ---
 // r: a resolved RuleConfig of one of those five rules.
 template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out);

@@ -1,7 +1,7 @@
 // pyagg engine — CPU (OpenMP) backend: distance-based rules.
 //
 // Exact definitions: shared/spec/rules.md. Selection phases (pure functions of
-// the distance matrix): distance_impl.h. Inputs are validated by the dispatch
+// the distance matrix): common/select_distance.h. Inputs are validated by the dispatch
 // point (engine/src/rules.cpp): n >= the rule's bound, d >= 1, m resolved.
 //
 // Rules, papers and resilience bounds
@@ -27,11 +27,15 @@
 //      theta, d, beta = theta-2f) (coordinate.cpp).
 //  bulyan-multikrum (f, m)  AggregaThor (SysML 2019), Bulyan over Multi-Krum.
 //                                                           n >= 4f+3, n-2f-2 <= m <= n-f-2.
-//      theta = n-2f-2 rounds; round t (r = n-t remaining rows, k = r-f-2)
-//      contributes the mean of the (m-t) best-scored remaining rows, then the
-//      single best is removed; the theta contribution rows are materialised
-//      in a buffer of T (theta x min(d, 2^20) at a time) and out =
-//      averaged_median(contributions, theta, d, beta = theta-2f).
+//      Exactly as AggregaThor's native op: Krum scores computed ONCE on all n
+//      rows (k = n-f-2), distances outside each neighbour set pruned to 0;
+//      theta = n-2f-2 rounds; round t contributes the mean of the (m-t)
+//      best-scored remaining rows, then the single best r is removed and its
+//      pruned distance subtracted from every remaining score (no re-scoring;
+//      common/select_distance.h). The theta contribution rows are materialised in a
+//      buffer of T (theta x min(d, 2^20) at a time) and out =
+//      averaged_upper_median(contributions, theta, d, beta = theta-2f): around
+//      the UPPER median (element theta//2).
 //  mda (f)              El Mhamdi, Guerraoui, Guirguis, Hoang, Rouault, "Fast
 //                       and Robust Distributed Learning in High Dimension",
 //                       SRDS 2020 (minimum-diameter averaging). n >= 2f+1.
@@ -49,9 +53,9 @@
 //
 // Common semantics
 // ----------------
-//  - D = pairwise_sqdist: D[i*n+j] = sum_k (x_ik - x_jk)^2 in the exact
-//    difference form (no Gram-form cancellation), from ONE blocked pass over
-//    the data. A non-finite row (any NaN/inf, detected in the same pass) is
+//  - D = pairwise_sqdist: D[i*n+j] = sum_k (x_ik - x_jk)^2, from ONE blocked
+//    pass over the data (Gram form, exact difference form wherever the Gram
+//    form would cancel; see below). A non-finite row (any NaN/inf, detected in the same pass) is
 //    infinitely far from everything: D = +inf to every row, D[i][i] = +inf;
 //    D[i][i] = 0 for a finite row. Symmetric.
 //  - Non-finite rows are never selected and never mixed in: every ranking key
@@ -65,38 +69,35 @@
 //  - Every rule computes D once and reuses it (Bulyan's rounds never
 //    recompute distances).
 //
-// Distance pass: tiling and determinism
-// -------------------------------------
-//  One pass over G, in the exact difference form sum_k (x_ik - x_jk)^2.
-//  - Blocks: the d coordinates are cut into the fixed blocks of
-//    cpu::kReduceBlock coordinates (independent of the thread count); OpenMP
-//    threads take whole blocks (dynamic schedule: a descheduled thread does not
-//    stall the others; which thread runs a block changes no bit).
-//  - Tiles: inside a block, coordinates go in tiles of `tile` coordinates (a
-//    power of two in 64..1024 chosen from n and sizeof(T) only: the n rows'
-//    slices of a tile, n*tile*sizeof(T) <= 24 KiB, sit in L1; 256 for n=20
-//    float32). The rows' next tile is prefetched while this one is computed.
-//  - Pairs: for every pair (i < j) of the tile, kLanes = 32 float / 16 double
-//    independent accumulator lanes in T (coordinate c of the tile -> lane
-//    c % kLanes; two 64-byte vector-extension values) sum (x_ic - x_jc)^2;
-//    four rows j..j+3 are processed against x_i together (x_i loaded once,
-//    8 independent accumulator chains; two rows without AVX-512). Every lane
-//    is a sequential sum in a fixed order: the compiler vectorises it without
-//    -ffast-math, and the bits do not depend on the vector width.
-//  - Folds: at the end of each tile the pair's lanes are folded into double
-//    (fixed tree, fold_to8: 32 float lanes -> 8 double lanes) and added to the
-//    pair's 8 double lanes for the block; at the end of the block those are
-//    folded to one double (fold_8). Block partials [nblocks][npairs] are then
-//    combined in block order by one thread. Same input -> same bits, whatever
-//    the thread count or timing.
-//  - Non-finite rows, from the same pass: a finite block sum of a pair proves
-//    both rows finite on that block (a NaN/inf coordinate makes every sum it
-//    enters NaN/inf); only a row none of whose sums is finite is scanned again.
-//  - float input whose pair sum overflows float although both rows are finite
-//    (values near the float max) is recomputed in double for that block, so D
-//    is +inf only for non-finite rows (or a distance beyond the double range).
-//  Scratch: nblocks*npairs partial doubles (0.5% of G for n=20 float32) and
-//  npairs*8 doubles per thread.
+// Distance pass: Gram form with an exact fallback, tiling, determinism
+// ----------------------------------------------------------------------
+//  n <= 32 rows (kGramMinN): the exact difference form only, sum_k (x_ik -
+//  x_jk)^2 in float/double lanes per tile of 64..1024 coordinates (each lane a
+//  fixed-order sum; four rows j against one row i; tiles folded into double;
+//  see distance_block_exact): at small n its ~n^2/2 differences per
+//  coordinate cost less than the Gram kernel's padded multiply-adds.
+//  n > 32: the Gram form below.
+//  One pass over G. For each block of cpu::kReduceBlock coordinates (fixed,
+//  independent of the thread count; OpenMP threads take whole blocks, dynamic
+//  schedule) the block's Gram matrix is computed in double (SYRK-like, see
+//  gram_block: tiles of 128 coordinates packed transposed, an 8 x 8 or 8 x 16
+//  register-blocked multiply-add kernel over the upper triangle: ~n^2/2
+//  multiply-adds per coordinate, at the machine's FMA rate), and each pair's
+//  block distance is g = G_ii + G_jj - 2 G_ij.
+//  - Cancellation guard, per pair and block, from the norms: when g <
+//    2^-16 (G_ii + G_jj) (rows nearly equal relative to their size, e.g. 1e3
+//    + 1e-2 noise) or g is not finite, that pair's block is recomputed exactly
+//    in the difference form sum (x_ic - x_jc)^2 in double, from the block
+//    still in cache. Gram rounding is ~1e-13 of the norms for float input
+//    (products of floats are exact in double), so a Gram-form g keeps ~1e-8
+//    relative accuracy or better; the exact form covers the rest.
+//  - Non-finite rows, from the same pass: a finite G_ii proves row i finite
+//    on the block; only a row with a non-finite G_ii is scanned again.
+//  - Block sums are combined in block order by one thread: same input, same
+//    bits, whatever the thread count or timing.
+//  Scratch: nblocks*npairs partial doubles and, per thread, one packed tile
+//  (128 x np doubles) and one block Gram (np x np doubles), np = n rounded up
+//  to 8 (n <= 32) or 16.
 //
 // Means of selected rows: per chunk of 32 coordinates the running sums sit in
 // registers (double), rows added in increasing index order; parallel over
@@ -111,12 +112,9 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu/cpu_backend.h"
-#include "cpu/distance_impl.h"
+#include "common/select_distance.h"
+#include "cpu/reduce.h"
 
 // The 64-byte vector-extension values below never cross a function boundary
 // outside this file (internal linkage, inlined): GCC's note that their ABI
@@ -129,21 +127,8 @@ namespace pyagg {
 namespace cpu {
 namespace {
 
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-inline int thread_num() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
+// ---- Exact (difference form) distance kernel: n <= kGramMinN ------------------
+//
 // Accumulator lanes of the distance kernel: 128 bytes (32 floats, 16
 // doubles), held as two 64-byte GCC/Clang vector-extension values `lo`
 // (lanes 0..W-1) and `hi` (lanes W..2W-1). The vector extension only states
@@ -302,7 +287,7 @@ bool all_finite(const T* x, std::size_t len) {
 // inf); only a row none of whose pair sums is finite (a non-finite row, or a
 // finite row whose sums all overflowed, or n == 1) is scanned again.
 template <typename T>
-void distance_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
+void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
                     std::size_t tile, double* dl, double* part, unsigned char* bad) {
   const std::size_t npairs = n * (n - 1) / 2;
   std::fill(dl, dl + npairs * kDoubleLanes, 0.0);
@@ -346,6 +331,129 @@ void distance_block(const T* const* rows, std::size_t n, std::size_t d, std::siz
           part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
 }
 
+// ---- Gram distance kernel ---------------------------------------------------
+//
+// Per block of kReduceBlock coordinates, the block's Gram matrix in double,
+// SYRK-like: the block is walked in tiles of kGramTile coordinates; a tile is
+// packed transposed and converted to double, pk[c*np + i] = x_i[c] (np = n
+// padded to a multiple of the column group; padding columns hold 0), then a
+// register-blocked micro-kernel adds, for a group of kGramRows rows i
+// (broadcast) and NV*kGramLanes rows j (vector lanes),
+//   acc[r][v] += pk[c][i+r] * pk[c][j + v*kGramLanes .. ]   over the tile,
+// for the column groups with i <= j only (upper triangle + diagonal): about
+// n^2/2 multiply-adds per coordinate, no difference, no horizontal sum.
+// The accumulators are added to the block Gram Gb (np x np doubles) after
+// each tile. Products of float values are exact in double, so for float input
+// the only rounding is the double summation.
+typedef double VG __attribute__((vector_size(64)));  // 8 double lanes
+constexpr std::size_t kGramLanes = 8;
+constexpr std::size_t kGramRows = 8;    // rows i per micro-kernel call (broadcast)
+constexpr std::size_t kGramTile = 128;  // coordinates per packed tile
+
+inline VG load_vg(const double* p) {
+  VG v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_vg(double* p, const VG& v) { std::memcpy(p, &v, sizeof v); }
+
+// Gb[(i0+r)*np + j0 + l] += sum_c pk[c*np + i0 + r] * pk[c*np + j0 + l],
+// r < kGramRows, l < NV*kGramLanes, c < len (coordinates in order).
+template <std::size_t NV>
+inline void gram_micro(const double* __restrict pk, std::size_t np, std::size_t len, std::size_t i0, std::size_t j0,
+                       double* __restrict Gb) {
+  VG acc[kGramRows][NV];
+  for (std::size_t r = 0; r < kGramRows; ++r)
+    for (std::size_t v = 0; v < NV; ++v) acc[r][v] = VG{};
+  for (std::size_t c = 0; c < len; ++c) {
+    const double* p = pk + c * np;
+    VG b[NV];
+    for (std::size_t v = 0; v < NV; ++v) b[v] = load_vg(p + j0 + v * kGramLanes);
+    for (std::size_t r = 0; r < kGramRows; ++r) {
+      const double a = p[i0 + r];
+      for (std::size_t v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (std::size_t r = 0; r < kGramRows; ++r)
+    for (std::size_t v = 0; v < NV; ++v) {
+      double* g = Gb + (i0 + r) * np + j0 + v * kGramLanes;
+      store_vg(g, load_vg(g) + acc[r][v]);
+    }
+}
+
+// Column-group width in lanes: 2 vectors (16 rows j) when n > 32, else 1.
+inline std::size_t gram_nv(std::size_t n) { return n > 32 ? 2 : 1; }
+inline std::size_t gram_np(std::size_t n) {
+  const std::size_t w = gram_nv(n) * kGramLanes;
+  return (n + w - 1) / w * w;
+}
+
+// The Gram matrix of rows [c0, c1) into Gb (np x np, upper triangle and
+// diagonal valid). pk: kGramTile*np doubles of scratch.
+template <typename T>
+void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1, double* pk,
+                double* Gb) {
+  const std::size_t np = gram_np(n), nv = gram_nv(n), w = nv * kGramLanes;
+  std::fill(Gb, Gb + np * np, 0.0);
+  std::fill(pk, pk + kGramTile * np, 0.0);  // padding columns i >= n stay 0
+  for (std::size_t t0 = c0; t0 < c1; t0 += kGramTile) {
+    const std::size_t len = std::min(kGramTile, c1 - t0);
+    for (std::size_t i = 0; i < n; ++i) {
+      const T* x = rows[i] + t0;
+      if (t0 + 2 * kGramTile <= d) reduce::prefetch_span(x + kGramTile, kGramTile * sizeof(T));
+      for (std::size_t c = 0; c < len; ++c) pk[c * np + i] = double(x[c]);
+    }
+    for (std::size_t j0 = 0; j0 < np; j0 += w)
+      for (std::size_t i0 = 0; i0 < j0 + w; i0 += kGramRows) {
+        if (nv == 2)
+          gram_micro<2>(pk, np, len, i0, j0, Gb);
+        else
+          gram_micro<1>(pk, np, len, i0, j0, Gb);
+      }
+  }
+}
+
+// One block [c0, c1): the block's squared distance of each pair (i<j,
+// row-major triangle order) into part[npairs], the block's non-finite rows
+// flagged in bad[n].
+//
+// Gram form g = Gb[i][i] + Gb[j][j] - 2 Gb[i][j], unless cancellation makes
+// it unsafe: when g < kGramSafe * (Gb[i][i] + Gb[j][j]) (rows nearly equal
+// relative to their norms: the rounding of the three Gram terms, ~1e-13 of
+// the norms, would be more than ~1e-8 of g), or g is not finite, the pair's
+// block is recomputed exactly in the difference form (sqdist_double), from
+// data still in cache. The decision depends on the block's data only
+// (deterministic, whatever the thread count).
+constexpr double kGramSafe = 1.0 / 65536.0;
+
+template <typename T>
+void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
+                         double* pk, double* Gb, double* part, unsigned char* bad, std::size_t* exact) {
+  const std::size_t np = gram_np(n);
+  gram_block<T>(rows, n, d, c0, c1, pk, Gb);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double gii = Gb[i * np + i];
+    // A finite Gram diagonal proves the row finite on the block; otherwise
+    // (NaN/inf, or a double input whose squares overflow) look at the data.
+    bad[i] = std::isfinite(gii) ? 0 : (all_finite(rows[i] + c0, c1 - c0) ? 0 : 1);
+  }
+  std::size_t fallbacks = 0;
+  for (std::size_t i = 0, p = 0; i < n; ++i)
+    for (std::size_t j = i + 1; j < n; ++j, ++p) {
+      const double gii = Gb[i * np + i], gjj = Gb[j * np + j];
+      const double g = (gii + gjj) - 2.0 * Gb[i * np + j];
+      if (g >= kGramSafe * (gii + gjj) && std::isfinite(g)) {
+        part[p] = g;
+      } else if (bad[i] || bad[j]) {
+        part[p] = std::numeric_limits<double>::infinity();  // replaced by +inf for the row anyway
+      } else {
+        part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
+        ++fallbacks;
+      }
+    }
+  *exact += fallbacks;
+}
+
 // Row means. For 32 coordinates at a time, the sum over the selected rows is
 // held in registers (a[32], vectorised by the compiler): per row and
 // coordinate one load, one conversion, one add. Same order as the definition:
@@ -385,7 +493,7 @@ constexpr std::size_t kMeanChunk = 1024;
 template <typename T>
 void mean_rows(const T* const* rows, const std::size_t* sel, std::size_t cnt, std::size_t d, T* out) {
   const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(cnt * d))
   for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
     const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
     mean_chunk(rows, sel, cnt, c0, len, out + c0);
@@ -404,21 +512,45 @@ std::vector<double> distance_matrix(const T* const* rows, std::size_t n, std::si
 // ---- pairwise_sqdist --------------------------------------------------------
 template <typename T>
 void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double* D) {
+  pairwise_sqdist_counted<T>(rows, n, d, D, nullptr);
+}
+
+// Rows from which the Gram kernel replaces the exact kernel. Measured (2-core
+// AVX-512 VM): at n = 20 the exact kernel's 190 float-lane differences per
+// coordinate beat the Gram kernel's padded double multiply-adds (6.5 vs
+// 16 ms at d = 1e6); at n = 100 the Gram kernel is 4x faster (138 vs 589 ms).
+constexpr std::size_t kGramMinN = 32;
+
+template <typename T>
+void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {
   const std::size_t npairs = n * (n - 1) / 2;
   const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
-  const std::size_t tile = distance_tile<T>(n);
+  const bool gram = n > kGramMinN;
+  const std::size_t np = gram_np(n);
   // Scratch before the parallel region (bad_alloc is caught by the engine).
   std::vector<double> part(nblocks * npairs, 0.0);
   std::vector<unsigned char> bad(nblocks * n, 0);
-  const int nthreads = max_threads();
-  std::vector<double> lanes(std::size_t(nthreads) * npairs * kDoubleLanes);
-#pragma omp parallel for schedule(dynamic, 4)
+  const int nthreads = reduce::threads_for(n * d);
+  const std::size_t per_thread = gram ? kGramTile * np + np * np : npairs * kDoubleLanes;
+  std::vector<double> scratch(std::size_t(nthreads) * per_thread);
+  std::vector<std::size_t> nexact(std::size_t(nthreads), 0);
+  const std::size_t tile = distance_tile<T>(n);
+#pragma omp parallel for schedule(dynamic, 2) num_threads(nthreads)
   for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
     const std::size_t c0 = std::size_t(blk) * kReduceBlock;
     const std::size_t c1 = std::min(d, c0 + kReduceBlock);
-    double* dl = lanes.data() + std::size_t(thread_num()) * npairs * kDoubleLanes;
-    distance_block<T>(rows, n, d, c0, c1, tile, dl, part.data() + std::size_t(blk) * npairs,
-                      bad.data() + std::size_t(blk) * n);
+    const int t = reduce::thread_num();
+    double* sc = scratch.data() + std::size_t(t) * per_thread;
+    double* pb = part.data() + std::size_t(blk) * npairs;
+    unsigned char* bb = bad.data() + std::size_t(blk) * n;
+    if (gram)
+      distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)]);
+    else
+      distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
+  }
+  if (exact) {
+    *exact = 0;
+    for (std::size_t v : nexact) *exact += v;
   }
   // Combine the blocks in block order (deterministic).
   std::vector<double> sum(npairs, 0.0);
@@ -444,7 +576,7 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 template <typename T>
 void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  const auto sel = detail::krum_select(D.data(), n, f, 1);
+  const auto sel = selection::krum_select(D.data(), n, f, 1);
   std::memcpy(out, rows[sel[0]], d * sizeof(T));
 }
 
@@ -452,7 +584,7 @@ void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* 
 template <typename T>
 void multi_krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, std::size_t m, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  auto sel = detail::krum_select(D.data(), n, f, m);
+  auto sel = selection::krum_select(D.data(), n, f, m);
   std::sort(sel.begin(), sel.end());
   mean_rows(rows, sel.data(), sel.size(), d, out);
 }
@@ -461,7 +593,7 @@ void multi_krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
 template <typename T>
 void bulyan(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  auto sel = detail::bulyan_select(D.data(), n, f);
+  auto sel = selection::bulyan_select(D.data(), n, f);
   std::sort(sel.begin(), sel.end());  // the coordinate phase sees the rows in index order
   const std::size_t theta = sel.size();
   std::vector<const T*> srows(theta);
@@ -473,7 +605,7 @@ void bulyan(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T
 template <typename T>
 void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, std::size_t m, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  const auto sets = detail::bulyan_multikrum_select(D.data(), n, f, m);
+  const auto sets = selection::bulyan_multikrum_select(D.data(), n, f, m);
   const std::size_t theta = sets.size();
   // The theta contribution rows, materialised in a theta x span buffer of T,
   // span = min(d, kBmkSpan): one span (one parallel region for the means, one
@@ -489,13 +621,13 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
     const std::size_t nchunks = (len + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(n * len))
     for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
       const std::size_t c0 = std::size_t(ch) * kMeanChunk, clen = std::min(kMeanChunk, len - c0);
       for (std::size_t t = 0; t < theta; ++t)
         mean_chunk(rows, sets[t].data(), sets[t].size(), s0 + c0, clen, buf.get() + t * span + c0);
     }
-    averaged_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
+    averaged_upper_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
   }
 }
 
@@ -503,7 +635,7 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
 template <typename T>
 void mda(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out) {
   const auto D = distance_matrix(rows, n, d);
-  const auto sel = detail::mda_select(D.data(), n, f);
+  const auto sel = selection::mda_select(D.data(), n, f);
   mean_rows(rows, sel.data(), sel.size(), d, out);
 }
 
@@ -518,7 +650,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
   // gives the same bits as computing it again.
   std::vector<std::size_t> same(n);
   for (std::size_t i = 0; i < n; ++i) {
-    const auto si = detail::nnm_select(D.data(), n, f, i);
+    const auto si = selection::nnm_select(D.data(), n, f, i);
     std::copy(si.begin(), si.end(), sel.begin() + std::ptrdiff_t(i * s));
     same[i] = i;
     for (std::size_t q = 0; q < i; ++q)
@@ -529,7 +661,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
   }
   // All n output rows per chunk of coordinates: G is read from memory once.
   const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(reduce::threads_for(n * d))
   for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
     const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
     for (std::size_t i = 0; i < n; ++i) {
@@ -544,6 +676,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
 // ---- explicit instantiations ------------------------------------------------
 #define PYAGG_DISTANCE_INSTANTIATE(T)                                                                   \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);               \
+  template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*, std::size_t*); \
   template void krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                   \
   template void multi_krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, std::size_t, T*); \
   template void bulyan<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                 \

@@ -14,7 +14,11 @@
 // Every norm is a deterministic blocked reduction (reduce.h): per block of
 // kReduceBlock coordinates a double partial, partials combined in block order.
 //
-// geometric_median(nu, max_iter, tol):
+// geometric_median_mean_start(nu, max_iter, tol) (the default, init="mean"):
+//   the same iteration from z = mean of the finite rows, run in coefficient
+//   space on the distance matrix (common/select_iterative.h): distance pass,
+//   row-norm pass, then out = (T) sum_t c_t x_t (double, row order).
+// geometric_median(nu, max_iter, tol) (init="median"):
 //   z = median<T>(rows) (coordinate-wise median of the finite values,
 //   coordinate.cpp), then in double. Rows are classified finite / non-finite
 //   once. Iteration t = 1..max_iter:
@@ -46,6 +50,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/select_iterative.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
 
@@ -92,7 +97,7 @@ template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
                       double tol, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::max_threads();
+  const int threads = reduce::threads_for(n * d);
   std::unique_ptr<double[]> z(new double[d]);  // first touched in pass 0, by the threads
   std::vector<double> dist_part(nb * n), delta_part(nb), znorm_part(nb), dist(n), w(n);
   std::vector<unsigned char> fin_part(nb * n);
@@ -186,12 +191,40 @@ void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double
   for (std::int64_t j = 0; j < as_i64(d); ++j) out[j] = static_cast<T>(zp[j]);
 }
 
+// ------------------------------- geometric-median, mean start (coefficients) ---
+template <typename T>
+void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_t d, double nu,
+                                 std::int64_t max_iter, double tol, T* out) {
+  std::vector<double> D(n * n), sq(n);
+  pairwise_sqdist<T>(rows, n, d, D.data());                // pass 1 (finiteness: D's diagonal)
+  reduce::row_sqnorms<T>(rows, n, d, sq.data(), nullptr);  // pass 2
+  const selection::Combo c = selection::geometric_median_coefficients(D.data(), sq.data(), n, nu, max_iter, tol);
+  // Pass 3: out = sum_t a[t] x_idx[t], in double, rows in index order.
+  const std::size_t cnt = c.idx.size();
+  std::vector<const T*> lr(cnt);
+  for (std::size_t t = 0; t < cnt; ++t) lr[t] = rows[c.idx[t]];
+  const double* a = c.a.data();
+  const std::size_t nch = (d + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
+  for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
+    const std::size_t lo = std::size_t(ch) * kChunk, len = std::min(kChunk, d - lo);
+    double acc[kChunk];
+    for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
+    for (std::size_t t = 0; t < cnt; ++t) {
+      const T* __restrict x = lr[t] + lo;
+      const double at = a[t];
+      for (std::size_t l = 0; l < len; ++l) acc[l] += at * static_cast<double>(x[l]);
+    }
+    for (std::size_t l = 0; l < len; ++l) out[lo + l] = static_cast<T>(acc[l]);
+  }
+}
+
 // -------------------------------------------------------- centered-clipping ---
 template <typename T>
 void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters,
                        const T* state, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::max_threads();
+  const int threads = reduce::threads_for(n * d);
   std::unique_ptr<double[]> v(new double[d]);  // first touched in pass 0, by the threads
   std::vector<double> norm_part(nb * n), c(n);
   std::vector<unsigned char> fin_part(nb * n);
@@ -265,6 +298,10 @@ void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, doubl
   }
 }
 
+template void geometric_median_mean_start<float>(const float* const*, std::size_t, std::size_t, double, std::int64_t,
+                                                 double, float*);
+template void geometric_median_mean_start<double>(const double* const*, std::size_t, std::size_t, double,
+                                                  std::int64_t, double, double*);
 template void geometric_median<float>(const float* const* rows, std::size_t n, std::size_t d, double nu,
                                       std::int64_t max_iter, double tol, float* out);
 template void geometric_median<double>(const double* const* rows, std::size_t n, std::size_t d, double nu,

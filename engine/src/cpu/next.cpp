@@ -1,7 +1,7 @@
 // pyagg engine — CPU (OpenMP) backend: dnc, clipped-clustering, smea, caf,
 // zeroing (rule and pre-aggregator). Exact definitions:
 // shared/spec/rules_next.md; the selection / weighting logic, shared with the
-// CUDA backend, is in next_impl.h.
+// CUDA backend, is in common/select_next.h.
 //
 // Rules, papers and resilience bounds
 // -----------------------------------
@@ -39,7 +39,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
-#include "cpu/next_impl.h"
+#include "common/select_next.h"
 #include "cpu/reduce.h"
 
 namespace pyagg {
@@ -49,7 +49,7 @@ namespace {
 constexpr std::size_t kCombineChunk = 1024;
 
 template <typename T>
-void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norms, std::vector<detail::RowStat>* out) {
+void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norms, std::vector<selection::RowStat>* out) {
   const std::size_t nb = (d + kReduceBlock - 1) / kReduceBlock;
   std::vector<double> sq(n * nb), l1(abs_norms ? n * nb : 0), li(abs_norms ? n * nb : 0);
   std::vector<unsigned char> fin(n * nb);
@@ -99,9 +99,9 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
     }
     fin[k] = ok;
   }
-  out->assign(n, detail::RowStat{});
+  out->assign(n, selection::RowStat{});
   for (std::size_t i = 0; i < n; ++i) {
-    detail::RowStat& s = (*out)[i];
+    selection::RowStat& s = (*out)[i];
     for (std::size_t b = 0; b < nb; ++b) {
       s.sumsq += sq[i * nb + b];
       s.finite = s.finite && fin[i * nb + b];
@@ -114,7 +114,7 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
 }
 
 template <typename T>
-void combine(const T* const* rows, std::size_t d, const detail::Combo& c, T* out) {
+void combine(const T* const* rows, std::size_t d, const selection::Combo& c, T* out) {
   if (c.nan || c.idx.empty()) {
     const T v = c.nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
     std::fill(out, out + d, v);
@@ -174,8 +174,8 @@ void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const 
 
 template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out) {
-  std::vector<detail::RowStat> st;
-  detail::Combo c;
+  std::vector<selection::RowStat> st;
+  selection::Combo c;
   // float32 input: a row's float64 sum of squares cannot overflow (|x| <=
   // 3.4e38, d < 2^62), so "usable" is "every entry finite", which the distance
   // pass already reports (D[i][i] = 0 exactly for those rows). smea, caf and
@@ -185,42 +185,42 @@ void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::si
   if (std::is_same<T, float>::value && (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf || full_dnc)) {
     std::vector<double> D(n * n);
     pairwise_sqdist<T>(rows, n, d, D.data());
-    st.assign(n, detail::RowStat{});
+    st.assign(n, selection::RowStat{});
     for (std::size_t i = 0; i < n; ++i) st[i].finite = D[i * n + i] == 0.0;
     if (r.rule == RuleId::kSmea)
-      c = detail::smea(r, D.data(), n, st);
+      c = selection::smea(r, D.data(), n, st);
     else if (r.rule == RuleId::kCaf)
-      c = detail::caf(r, D.data(), n, st);
+      c = selection::caf(r, D.data(), n, st);
     else
-      c = detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>*, std::vector<double>* Dk) { *Dk = D; });
+      c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>*, std::vector<double>* Dk) { *Dk = D; });
     combine(rows, d, c, out);
     return;
   }
-  row_stats(rows, n, d, detail::needs_abs_norms(r), &st);
+  row_stats(rows, n, d, selection::needs_abs_norms(r), &st);
   if (r.rule == RuleId::kZeroing) {
-    c = detail::zeroing(r, st);
+    c = selection::zeroing(r, st);
   } else if (r.rule == RuleId::kDnc) {
-    c = detail::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
+    c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
       subset_distances(rows, n, d, coords, D);
     });
   } else {
     std::vector<double> D(n * n);
     pairwise_sqdist<T>(rows, n, d, D.data());
     if (r.rule == RuleId::kClippedClustering)
-      c = detail::clipped_clustering(r, D.data(), n, st);
+      c = selection::clipped_clustering(r, D.data(), n, st);
     else if (r.rule == RuleId::kSmea)
-      c = detail::smea(r, D.data(), n, st);
+      c = selection::smea(r, D.data(), n, st);
     else
-      c = detail::caf(r, D.data(), n, st);
+      c = selection::caf(r, D.data(), n, st);
   }
   combine(rows, d, c, out);
 }
 
 template <typename T>
 void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau, int norm_order, T* out) {
-  std::vector<detail::RowStat> st;
+  std::vector<selection::RowStat> st;
   row_stats(rows, n, d, norm_order != 2, &st);
-  const auto keep = detail::zeroing_keep(st, tau, norm_order);
+  const auto keep = selection::zeroing_keep(st, tau, norm_order);
   const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
 #pragma omp parallel for schedule(dynamic, 8)
   for (std::ptrdiff_t k = 0; k < std::ptrdiff_t(n * nchunks); ++k) {

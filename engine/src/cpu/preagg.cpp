@@ -62,11 +62,6 @@ namespace {
 
 constexpr std::size_t kBucketTile = 512;  // coordinates per accumulator tile (4 KiB of doubles)
 
-struct SplitMix64 {
-  std::uint64_t state;
-  std::uint64_t next() { return splitmix64(&state); }
-};
-
 // o = (T)((double)x * s), element-wise (o may equal x: in-place rescaling).
 template <typename T>
 inline void scale_block(const T* x, T* o, std::size_t len, double s) {
@@ -78,13 +73,7 @@ inline void scale_block(const T* x, T* o, std::size_t len, double s) {
 // ---------------------------------------------------------------- bucketing ---
 template <typename T>
 void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s, std::uint64_t seed, T* out) {
-  std::vector<std::size_t> perm(n);
-  std::iota(perm.begin(), perm.end(), std::size_t(0));
-  SplitMix64 rng{seed};
-  for (std::size_t i = n; i-- > 1;) {
-    const std::size_t j = static_cast<std::size_t>(rng.next() % std::uint64_t(i + 1));
-    std::swap(perm[i], perm[j]);
-  }
+  const std::vector<std::size_t> perm = shuffled_indices(n, seed);
   const std::size_t nbk = (n + s - 1) / s;
   std::vector<const T*> prow(n);
   for (std::size_t i = 0; i < n; ++i) prow[i] = rows[perm[i]];
@@ -92,7 +81,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 
   const std::size_t ntiles = (d + kBucketTile - 1) / kBucketTile;
   const std::int64_t total = static_cast<std::int64_t>(ntiles * nbk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
   for (std::int64_t t = 0; t < total; ++t) {
     const std::size_t tile = std::size_t(t) / nbk, bk = std::size_t(t) % nbk;
     const std::size_t j0 = tile * kBucketTile, wl = std::min(kBucketTile, d - j0);
@@ -133,7 +122,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 template <typename T>
 void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::max_threads();
+  const int threads = reduce::threads_for(n * d);
   std::vector<double> part(n * nb), norm(n), scale(n, 1.0);
   std::vector<unsigned char> fpart(n * nb), finite(n);
   double* pp = part.data();

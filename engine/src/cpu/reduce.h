@@ -72,6 +72,16 @@ inline int thread_num() {
 #endif
 }
 
+// Small inputs run in the calling thread: below kSerialElements input
+// elements (n*d) a kernel opens no team (num_threads(1)), so a call costs no
+// thread wake-up and never waits at a barrier for a thread the OS has
+// descheduled (on a loaded machine that wait is a whole time slice, ms).
+// 2^18 elements (1 MiB of float32, n = 20 x d = 13107) take ~20-100 us in one
+// thread, about what a team start-up and barrier cost on a busy machine.
+// Results never depend on the thread count, so neither do they on this.
+constexpr std::size_t kSerialElements = std::size_t(1) << 18;
+inline int threads_for(std::size_t elements) { return elements > kSerialElements ? max_threads() : 1; }
+
 // Software prefetch of [p, p + bytes) (one hint per 64-byte line). Kernels that
 // stream many rows at once (20 rows = 20 concurrent streams) outrun the
 // hardware prefetchers; hinting each row a few KiB ahead gains 10-20%.
@@ -212,7 +222,7 @@ double sqnorm(const T* x, std::size_t d) {
   const std::size_t nb = num_blocks(d);
   std::vector<double> part(nb);
   double* p = part.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_for(d))
   for (std::int64_t b = 0; b < static_cast<std::int64_t>(nb); ++b)
     p[b] = block_sumsq(x + block_begin(std::size_t(b)), block_len(std::size_t(b), d));
   return combine_blocks(p, nb);
@@ -224,7 +234,7 @@ double sqdist(const T* x, const U* y, std::size_t d) {
   const std::size_t nb = num_blocks(d);
   std::vector<double> part(nb);
   double* p = part.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_for(d))
   for (std::int64_t b = 0; b < static_cast<std::int64_t>(nb); ++b) {
     const std::size_t lo = block_begin(std::size_t(b));
     p[b] = block_sqdist(x + lo, y + lo, block_len(std::size_t(b), d));
@@ -238,7 +248,7 @@ double dot(const T* x, const U* y, std::size_t d) {
   const std::size_t nb = num_blocks(d);
   std::vector<double> part(nb);
   double* p = part.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_for(d))
   for (std::int64_t b = 0; b < static_cast<std::int64_t>(nb); ++b) {
     const std::size_t lo = block_begin(std::size_t(b));
     p[b] = block_dot(x + lo, y + lo, block_len(std::size_t(b), d));
@@ -257,7 +267,7 @@ void row_sqnorms(const T* const* rows, std::size_t n, std::size_t d, double* sq,
   double* p = part.data();
   unsigned char* fp = fpart.data();
   const std::int64_t total = static_cast<std::int64_t>(nb * n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_for(n * d))
   for (std::int64_t t = 0; t < total; ++t) {
     const std::size_t b = std::size_t(t) / n, i = std::size_t(t) % n;
     bool ok = true;

@@ -39,6 +39,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/sortnet_build.h"
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -47,43 +49,15 @@ namespace pyagg {
 namespace cpu {
 namespace sortnet {
 
-struct Comparator {
-  std::uint32_t a, b;  // wires, a < b: after it, wire a holds the min, b the max
-};
-
-enum Want : unsigned char { kDead = 0, kBag = 1, kExact = 2 };
-
-// Batcher's odd-even merge sort network for n wires (n >= 0).
-inline std::vector<Comparator> batcher_network(std::size_t n) {
-  std::vector<Comparator> net;
-  std::size_t P = 1;
-  while (P < n) P <<= 1;
-  for (std::size_t p = 1; p < P; p <<= 1)
-    for (std::size_t k = p; k >= 1; k >>= 1)
-      for (std::size_t j = k % p; j + k < P; j += 2 * k)
-        for (std::size_t i = 0; i < k && i + j + k < P; ++i)
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
-            const std::size_t a = i + j, b = i + j + k;
-            if (b < n) net.push_back({std::uint32_t(a), std::uint32_t(b)});
-          }
-  return net;
-}
-
-// The sub-network needed to deliver `want` (one entry per wire); see above.
-inline std::vector<Comparator> prune_network(const std::vector<Comparator>& net, std::vector<unsigned char> want) {
-  std::vector<char> keep(net.size(), 0);
-  for (std::size_t c = net.size(); c-- > 0;) {
-    const unsigned char wa = want[net[c].a], wb = want[net[c].b];
-    if ((wa == kDead && wb == kDead) || (wa == kBag && wb == kBag)) continue;
-    keep[c] = 1;
-    want[net[c].a] = kExact;
-    want[net[c].b] = kExact;
-  }
-  std::vector<Comparator> out;
-  for (std::size_t c = 0; c < net.size(); ++c)
-    if (keep[c]) out.push_back(net[c]);
-  return out;
-}
+// The network construction is shared with the CUDA backend
+// (common/sortnet_build.h); these names keep the CPU code's spelling.
+using netbuild::batcher_network;
+using netbuild::Comparator;
+using netbuild::kBag;
+using netbuild::kDead;
+using netbuild::kExact;
+using netbuild::prune_network;
+using netbuild::Want;
 
 // Comparators as element offsets into a tile of W lanes (a*W, b*W).
 struct Offsets {
@@ -163,7 +137,7 @@ inline void apply(T* __restrict buf, const Offsets* net, std::size_t nc) {
 // comparator lists) are built at compile time and applied with every wire of
 // one tile column held in a SIMD register: no load/store per comparator
 // (those bound the run-time version: 2 stores per comparator and vector).
-constexpr std::size_t kMaxStaticN = 32;
+constexpr std::size_t kMaxStaticN = netbuild::kStaticSortN;
 constexpr std::size_t kMaxStaticComparators = 256;  // Batcher, n = 32: 191
 enum StaticKind : int {
   kSortAll = 0,    // every wire exact

@@ -1,6 +1,8 @@
-// pyagg engine — CPU backend: selection phases of the distance-based rules.
+// pyagg engine — selection phases of the distance-based rules, shared by the
+// CPU and CUDA backends (engine/src/common: the one place both include).
 //
-// Internal header (engine/src/cpu/distance.cpp and tests/cpp/test_distance.cpp).
+// Internal header (engine/src/cpu/distance.cpp, engine/cuda/backend.cu and
+// tests/cpp/test_distance.cpp).
 // Everything here works on the n*n distance matrix D produced by
 // cpu::pairwise_sqdist and nothing else: no gradient data, no element type, no
 // OpenMP. That is what makes each rule's selection testable on hand-written
@@ -30,8 +32,7 @@
 #include <vector>
 
 namespace pyagg {
-namespace cpu {
-namespace detail {
+namespace selection {
 
 inline bool row_is_finite(const double* D, std::size_t n, std::size_t i) { return D[i * n + i] == 0.0; }
 
@@ -143,26 +144,40 @@ inline std::vector<std::size_t> bulyan_select(const double* D, std::size_t n, st
   return sel;
 }
 
-// AggregaThor's Bulyan over Multi-Krum, selection phase: theta = n-2f-2
-// rounds; round t scores the r = n-t remaining rows (k = r-f-2), contributes
-// the (m-t) best-ranked remaining rows, then removes the single best.
-// Returns theta sets, each sorted by increasing index (summation order).
+// AggregaThor's Bulyan over Multi-Krum, selection phase (shared/spec/rules.md,
+// "exactly as its native op computes it"): Krum scores are computed ONCE on
+// all n rows with k = n-f-2 neighbours (neighbour_order: nearest first, ties
+// by index); P[i][j] = D[i][j] when j is one of i's k neighbours, else 0
+// ("pruned"). theta = n-2f-2 rounds; round t ranks the remaining rows by
+// (non-finite?, score, index), contributes its (m-t) best rows, then removes
+// the single best row r and subtracts P[i][r] from every remaining score
+// (scores are never recomputed; an infinite score stays infinite, so inf - inf
+// never happens). Returns theta sets, each sorted by increasing index
+// (summation order). O(n^2 log n) for the neighbour lists + O(theta n log n).
 inline std::vector<std::vector<std::size_t>> bulyan_multikrum_select(const double* D, std::size_t n, std::size_t f,
                                                                      std::size_t m) {
   const std::size_t theta = n - 2 * f - 2;
-  assert(m >= theta && m <= n - f - 2);
+  const std::size_t k = n - f - 2;
+  assert(m >= theta && m <= k);
   const auto nb = neighbour_order(D, n);
   std::vector<unsigned char> active(n, 1);
   std::vector<double> score(n);
+  krum_scores(D, n, nb, active, std::ptrdiff_t(k), score.data());
+  // neighbour[i*n+j] != 0 <=> j is one of row i's k Krum neighbours.
+  std::vector<unsigned char> neighbour(n * n, 0);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t t = 0; t < k; ++t) neighbour[i * n + nb[i * (n - 1) + t]] = 1;
   std::vector<std::vector<std::size_t>> sets;
   for (std::size_t t = 0; t < theta; ++t) {
-    const std::size_t r = n - t;
-    krum_scores(D, n, nb, active, std::ptrdiff_t(r) - std::ptrdiff_t(f) - 2, score.data());
-    auto order = rank_active(D, n, active, score.data());
+    const auto order = rank_active(D, n, active, score.data());
     std::vector<std::size_t> set(order.begin(), order.begin() + std::ptrdiff_t(m - t));
     std::sort(set.begin(), set.end());
     sets.push_back(std::move(set));
-    active[order[0]] = 0;
+    const std::size_t r = order[0];
+    active[r] = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      if (active[i] && neighbour[i * n + r] && score[i] != std::numeric_limits<double>::infinity())
+        score[i] -= D[i * n + r];
   }
   return sets;
 }
@@ -261,6 +276,5 @@ inline std::vector<std::size_t> mda_select(const double* D, std::size_t n, std::
   return best;
 }
 
-}  // namespace detail
-}  // namespace cpu
+}  // namespace selection
 }  // namespace pyagg

@@ -1,8 +1,9 @@
 // pyagg engine — host-side logic of dnc, clipped-clustering, smea, caf and
 // zeroing (shared/spec/rules_next.md), shared by the CPU and CUDA backends.
 //
-// Internal header (engine/src/cpu/next.cpp, engine/cuda/backend.cu and
-// tests/cpp/test_next.cpp). Like distance_impl.h, nothing here touches the
+// Internal header in engine/src/common (the directory both backends include):
+// engine/src/cpu/next.cpp, engine/cuda/backend.cu and tests/cpp/test_next.cpp.
+// Like select_distance.h, nothing here touches the
 // gradient data: every rule is a function of
 //   - the per-row statistics of one pass over G (RowStat: sum of squares, L1
 //     and L-inf norms, finiteness), and
@@ -37,8 +38,7 @@
 #include "pyagg/rules.h"
 
 namespace pyagg {
-namespace cpu {
-namespace detail {
+namespace selection {
 
 // Statistics of one row, from one pass over it (float64 accumulation).
 struct RowStat {
@@ -74,11 +74,7 @@ inline Combo combo_mean(const std::vector<std::size_t>& idx) {
 }
 
 // ---- PRNG (rules_next.md "PRNG") -------------------------------------------
-struct Stream {
-  std::uint64_t state;
-  std::uint64_t next() { return splitmix64(&state); }
-  double uniform() { return uniform01(&state); }
-};
+using Stream = SplitMix64;  // common/splitmix.h
 // n values 2U - 1, in row order.
 inline std::vector<double> start_vector(Stream& rng, std::size_t n) {
   std::vector<double> s(n);
@@ -630,6 +626,5 @@ inline Combo zeroing(const RuleConfig& r, const std::vector<RowStat>& st) {
 // Whether a rule reads the L1 / L-inf norms (zeroing) and the distance matrix.
 inline bool needs_abs_norms(const RuleConfig& r) { return r.rule == RuleId::kZeroing && r.norm_order != 2; }
 
-}  // namespace detail
-}  // namespace cpu
+}  // namespace selection
 }  // namespace pyagg

@@ -1,0 +1,17 @@
+// pyagg engine — sizes both backends must agree on (engine/src/common: the one
+// directory the CPU and CUDA backends both include; neither includes the
+// other's internals).
+#pragma once
+
+#include <cstddef>
+
+namespace pyagg {
+
+// Coordinates per deterministic reduction block: every norm, dot product and
+// distance is summed per block of kReduceBlock coordinates (the cut depends on
+// d only, never on the thread or CUDA block count) and the block partials are
+// combined in block order. The CUDA kernels use the same cut, so that their
+// per-block partials line up with the CPU's.
+constexpr std::size_t kReduceBlock = 4096;
+
+}  // namespace pyagg

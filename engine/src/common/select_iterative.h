@@ -1,0 +1,86 @@
+// pyagg engine — geometric median in coefficient space, shared by the CPU and
+// CUDA backends (engine/src/common; plain host C++, no element type).
+//
+// With the mean of the finite rows as the start (RFA's start; the spec's
+// default), every Weiszfeld iterate is a convex combination z = sum_j c_j x_j
+// of the finite rows (sum_j c_j = 1), so everything an iteration needs is in
+// the n x n squared-distance matrix D and the squared row norms s_j:
+//   ||x_i - z||^2   = sum_j c_j D_ij - q/2,      q = sum_jk c_j c_k D_jk,
+//   ||z_new - z||^2 = -1/2 sum_jk e_j e_k D_jk,  e = c_new - c (sum e = 0),
+//   ||z||^2         = sum_j c_j s_j - q/2.
+// The iteration (shared/spec/rules.md, the same as the direct one):
+//   w_i = 1 / max(nu, ||x_i - z||) over the finite rows; W = sum w (row
+//   order); W == 0 -> stop; c_new = w / W; stop when ||z_new - z|| <= tol *
+//   ||z|| (z: the point before the update); at most max_iter iterations.
+// Cost: O(m^2) per iteration on m finite rows, no pass over the data; the
+// caller evaluates out = sum_t a[t] x_idx[t] (den = 1) in one pass. The three
+// quadratic forms are clamped at 0 (rounding); results agree with the direct
+// iteration to the rounding of those forms (tests/test_roofline_rules.py).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "common/select_next.h"  // Combo
+
+namespace pyagg {
+namespace selection {
+
+// D: n*n (D[i*n+i] == 0 exactly for a finite row, +inf otherwise);
+// sqnorm[i]: ||x_i||^2 (read for finite rows only). Returns the coefficients
+// of the finite rows (idx ascending, den = 1); no finite row -> an empty
+// combination (the output is 0).
+inline Combo geometric_median_coefficients(const double* D, const double* sqnorm, std::size_t n, double nu,
+                                           std::int64_t max_iter, double tol) {
+  std::vector<std::size_t> live;
+  for (std::size_t i = 0; i < n; ++i)
+    if (D[i * n + i] == 0.0) live.push_back(i);
+  const std::size_t m = live.size();
+  Combo out;
+  out.den = 1.0;
+  out.idx = live;
+  if (m == 0) return out;
+  std::vector<double> Dl(m * m), s(m), c(m, 1.0 / double(m)), cn(m), Dc(m), e(m);
+  for (std::size_t t = 0; t < m; ++t) {
+    s[t] = sqnorm[live[t]];
+    for (std::size_t u = 0; u < m; ++u) Dl[t * m + u] = D[live[t] * n + live[u]];
+  }
+  auto quad = [&](const std::vector<double>& v, std::vector<double>* Dv) {
+    double q = 0.0;
+    for (std::size_t t = 0; t < m; ++t) {
+      double a = 0.0;
+      for (std::size_t u = 0; u < m; ++u) a += Dl[t * m + u] * v[u];
+      if (Dv) (*Dv)[t] = a;
+      q += v[t] * a;
+    }
+    return q;
+  };
+  for (std::int64_t it = 0; it < max_iter; ++it) {
+    const double q = quad(c, &Dc);
+    double wsum = 0.0;
+    for (std::size_t t = 0; t < m; ++t) {
+      const double dist = std::sqrt(std::max(0.0, Dc[t] - 0.5 * q));
+      cn[t] = 1.0 / std::max(nu, dist);
+      wsum += cn[t];
+    }
+    if (!(wsum > 0.0)) break;  // W == 0: z is kept
+    for (std::size_t t = 0; t < m; ++t) {
+      cn[t] /= wsum;
+      e[t] = cn[t] - c[t];
+    }
+    const double delta = std::sqrt(std::max(0.0, -0.5 * quad(e, nullptr)));
+    double zs = 0.0;
+    for (std::size_t t = 0; t < m; ++t) zs += c[t] * s[t];
+    const double znorm = std::sqrt(std::max(0.0, zs - 0.5 * q));
+    c.swap(cn);
+    if (delta <= tol * znorm) break;
+  }
+  out.a = c;
+  return out;
+}
+
+}  // namespace selection
+}  // namespace pyagg
