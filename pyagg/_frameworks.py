@@ -62,6 +62,20 @@ def traced(x: Any, fw: str) -> bool:
     return False
 
 
+def graph_safe(fn: Any) -> Any:
+    """Mark `fn` so that TF's AutoGraph calls it as is instead of rewriting its body.
+
+    pyagg's entry points build TF ops themselves (or run eagerly) and keep
+    module state (the loaded op library); AutoGraph's rewrite of their Python
+    (``if``/``for`` into graph control flow, a copied module namespace) would
+    change that. This sets the marker that
+    ``tf.autograph.experimental.do_not_convert`` sets, without importing
+    TensorFlow.
+    """
+    fn.autograph_info__ = frozenset()
+    return fn
+
+
 def contiguity_hint(fw: str) -> str:
     """What the caller should do about a strided (non C-contiguous) input, in its framework."""
     return {

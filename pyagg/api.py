@@ -202,6 +202,7 @@ def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None, fw: str = _
     return out
 
 
+@_fw.graph_safe
 def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = None, **params: Any) -> Any:
     """Aggregate n gradients into one with a robust rule.
 
@@ -268,6 +269,7 @@ def _traced_aggregate(gradients: Any, rule: str, f: int, device: str | None, fw:
         ) from exc
 
 
+@_fw.graph_safe
 def preaggregate(gradients: Any, name: str, f: int = 0, **params: Any) -> Any:
     """Apply one pre-aggregator (nnm, bucketing, clipping); returns (n', d) rows in the caller's framework."""
     fw = _fw.framework(gradients)
@@ -333,6 +335,7 @@ class Aggregator:
         self.state: np.ndarray | None = None
         self.calls = 0
 
+    @_fw.graph_safe
     def aggregate(self, gradients: Any) -> Any:
         """Aggregate one step's gradients (see :func:`aggregate`); the result is in the caller's framework."""
         fw = _fw.framework(gradients)

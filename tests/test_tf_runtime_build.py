@@ -40,27 +40,52 @@ def wheel_like(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def test_first_use_compiles_into_the_cache_and_equals_the_engine(wheel_like, capsys):
-    assert not tf_bridge.is_built()
-    rng = np.random.default_rng(3)
-    G = rng.standard_normal((9, 1000)).astype(np.float32)
-    out = tf_bridge.aggregate(tf.constant(G), "multi-krum", f=2, m=4)
-    assert "compiling the TF op for TensorFlow" in capsys.readouterr().err
-    lib = Path(tf_bridge.loaded_library())
-    assert lib.is_file() and wheel_like in lib.parents
-    assert lib.parent.parent.name == f"tf-{tf.__version__}"
-    assert lib.parent.name.startswith("cxx11abi1-")
-    np.testing.assert_array_equal(out.numpy(), pyagg.aggregate(G, "multi-krum", f=2, m=4))
+FIRST_USE = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+import pyagg
+from pyagg import tf_bridge
+from pyagg.tf_bridge import _build
+tf_bridge._INFO_FILE = Path(sys.argv[1])       # as after `pip install .`: nothing built next to the package
+res = {"built_before": tf_bridge.is_built()}
+rng = np.random.default_rng(3)
+G = rng.standard_normal((9, 1000)).astype(np.float32)
+out = tf_bridge.aggregate(tf.constant(G), "multi-krum", f=2, m=4)
+res["eager_equal"] = bool(np.array_equal(out.numpy(), pyagg.aggregate(G, "multi-krum", f=2, m=4)))
+G64 = rng.standard_normal((7, 300))
+fn = tf.function(lambda x: tf_bridge.aggregate(x, "bulyan", f=1))
+res["graph_equal"] = bool(np.array_equal(fn(tf.constant(G64)).numpy(), pyagg.aggregate(G64, "bulyan", f=1)))
+lib = Path(tf_bridge.loaded_library())
+res["lib"] = str(lib)
+mtime = lib.stat().st_mtime_ns
+res["cached_again"] = _build.build(tf, quiet=True) == lib and lib.stat().st_mtime_ns == mtime
+res["built_after"] = tf_bridge.is_built()
+res["tf"] = tf.__version__
+print(json.dumps(res))
+"""
+
+
+def test_first_use_compiles_into_the_cache_and_equals_the_engine(tmp_path):
+    # A fresh process: TF registers an op once per process, so the library
+    # compiled here cannot be loaded beside the in-package one of this process.
+    info = tmp_path / "_build_info.json"
+    info.write_text(json.dumps({"built": False, "reason": "PYAGG_BUILD_TF=OFF at build time"}))
+    env = dict(os.environ, PYAGG_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYAGG_TF_AUTOBUILD", None)
+    r = subprocess.run([sys.executable, "-c", FIRST_USE, str(info)], capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "compiling the TF op for TensorFlow" in r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["built_before"] is False and res["built_after"] is True
+    assert res["eager_equal"] and res["graph_equal"] and res["cached_again"]
+    lib = Path(res["lib"])
+    assert (tmp_path / "cache") in lib.parents
+    assert lib.parent.parent.name == f"tf-{res['tf']}" and lib.parent.name.startswith("cxx11abi1-")
     facts = json.loads((lib.parent / "build.json").read_text())
-    assert facts["tensorflow_version"] == tf.__version__ and facts["built"] is True
-    # The cache is found again (same key, no rebuild) and reported as built.
-    mtime = lib.stat().st_mtime_ns
-    assert _build.build(tf, quiet=True) == lib and lib.stat().st_mtime_ns == mtime
-    assert tf_bridge.is_built()
-    # In a graph too (tf.function), the same bits.
-    G64 = rng.standard_normal((7, 300))
-    fn = tf.function(lambda x: tf_bridge.aggregate(x, "bulyan", f=1))
-    np.testing.assert_array_equal(fn(tf.constant(G64)).numpy(), pyagg.aggregate(G64, "bulyan", f=1))
+    assert facts["tensorflow_version"] == res["tf"] and facts["built"] is True
 
 
 def test_autobuild_off_names_the_command(wheel_like, monkeypatch):

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._ext import _numeric_text  # one rule for "a string that is a number" (the Cython layer's)
+from .._frameworks import graph_safe
 from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,6 +148,7 @@ def loaded_library() -> str | None:
     return _loaded_path
 
 
+@graph_safe
 def load() -> Any:
     """Load the op library (once) and return its generated op module.
 
@@ -265,6 +267,7 @@ def _as_float_tensor(x: Any, what: str) -> tf.Tensor:
     return tf.convert_to_tensor(t)
 
 
+@graph_safe
 def aggregate(
     gradients: Any, rule: str, f: int = 0, *, state: Any = None, name: str | None = None, **params: Any
 ) -> tf.Tensor:
