@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 
@@ -38,9 +39,9 @@ def _data(seed: int, w_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def run(rank: int, world: int, store: str, rule: str, f: int, byzantine: int, scale: float, steps: int,
+def run(rank: int, world: int, init: str, rule: str, f: int, byzantine: int, scale: float, steps: int,
         out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.manual_seed(0)  # the same initial model on every rank
     torch.set_num_threads(1)
     w_true = torch.randn(DIM, 1, generator=torch.Generator().manual_seed(1234))
@@ -72,7 +73,9 @@ def run(rank: int, world: int, store: str, rule: str, f: int, byzantine: int, sc
     if rank == 0:
         with open(out, "w") as fh:
             json.dump({"rule": rule, "before": before, "after": after, "in_sync": in_sync}, fh)
-    dist.barrier()  # nobody tears its connections down while a peer still uses them
+    # A last collective as a barrier: nobody tears its connections down while a
+    # peer still uses them (a tensor all_reduce; nothing is pickled).
+    dist.all_reduce(torch.zeros(1))
     dist.destroy_process_group()
 
 
@@ -80,9 +83,15 @@ def train(world: int = 5, rule: str = "krum", f: int = 1, byzantine: int | None 
           steps: int = 60) -> dict:
     """Spawn `world` local processes, train, return rank 0's report."""
     byzantine = world - 1 if byzantine is None else byzantine
+    # A TCP store on the loopback interface (a file store can be removed by the
+    # first rank to leave while others still read it).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        store, out = os.path.join(tmp, "store"), os.path.join(tmp, "result.json")
-        mp.spawn(run, args=(world, store, rule, f, byzantine, scale, steps, out), nprocs=world, join=True)
+        out = os.path.join(tmp, "result.json")
+        init = f"tcp://127.0.0.1:{port}"
+        mp.spawn(run, args=(world, init, rule, f, byzantine, scale, steps, out), nprocs=world, join=True)
         with open(out) as fh:
             return json.load(fh)
 

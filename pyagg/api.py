@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _ext
 from . import _frameworks as _fw
+from . import _meta
 from .errors import DeviceError, InvalidArgumentError
 
 __all__ = [
@@ -28,23 +29,12 @@ __all__ = [
     "build_info",
 ]
 
-_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
-_CPU, _CUDA = 0, 1
+_DTYPES = _meta.DTYPE_CODES
+_CPU, _CUDA = _meta.DEVICE_CPU, _meta.DEVICE_CUDA
 
 
 # ----------------------------------------------------------------- inputs ---
-def _on_gpu(x: Any) -> bool:
-    """True when `x` lives on a CUDA device (CUDA array interface or DLPack)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    dev = getattr(x, "__dlpack_device__", None)
-    if dev is not None and not isinstance(x, np.ndarray):
-        try:
-            kind, _ = dev()
-        except Exception:  # noqa: BLE001 - a broken __dlpack_device__ means "not CUDA"
-            return False
-        return int(kind) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
-    return False
+_on_gpu = _meta.on_gpu
 
 
 def _host_array(x: Any, what: str, fw: str = _fw.NUMPY) -> np.ndarray:
@@ -324,7 +314,7 @@ class Aggregator:
                 self.pre.append(_ext.Pre(p[0], f, _split_params(p[1])))
             else:
                 raise InvalidArgumentError(f"pre-aggregator must be a name or (name, params), got {p!r}")
-        self._stateful = rule == "centered-clipping"
+        self._stateful = _meta.is_stateful(rule)
         self.reset()
 
     def reset(self) -> None:

@@ -207,3 +207,42 @@ def test_cupy_stays_cupy(rng):
     out = pyagg.aggregate(cupy.asarray(G), "median", f=F)
     assert isinstance(out, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(out), pyagg.aggregate(G, "median", f=F), rtol=1e-6)
+
+
+# ------------------------------------------------- one place for the facts ---
+def test_tf_bridge_does_not_import_the_api_layer():
+    """api -> tf_bridge is one-way (no import cycle): tf_bridge and its server import no pyagg.api."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(pyagg.__file__).parent / "tf_bridge").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                assert mod not in ("..api", "pyagg.api"), f"{path.name} imports {mod}"
+                assert not (mod == ".." and any(a.name == "api" for a in node.names)), path.name
+
+
+def test_stateful_rules_and_codes_are_stated_once():
+    from pyagg import _meta
+
+    assert _meta.is_stateful("centered-clipping") and not _meta.is_stateful("krum")
+    assert set(_meta.is_stateful(r) for r in pyagg.rules()) == {True, False}
+    # the state actually matters for exactly those rules: call 2 differs from a fresh call 2
+    G = np.random.default_rng(0).standard_normal((9, 6))
+    for r in pyagg.rules():
+        if pyagg.rules()[r]["min_n"](1) > 9:
+            continue
+        params = {k: 1 for k in pyagg.rules()[r]["required"]}
+        a = pyagg.Aggregator(r, 1, **params)
+        a(G)
+        second = a(G + 1.0)
+        fresh = pyagg.Aggregator(r, 1, **params)(G + 1.0)
+        if _meta.is_stateful(r):
+            assert not np.array_equal(second, fresh), r
+    import pyagg._device as dev
+    import pyagg.api as api
+
+    assert api._DTYPES is _meta.DTYPE_CODES and dev._CODES is _meta.DTYPE_CODES
+    assert api._on_gpu is _meta.on_gpu and dev._is_gpu is _meta.on_gpu
