@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--flower-d", type=int, default=1_000_000)
     a = ap.parse_args()
-    print(f"pyagg {pyagg.__version__}, CPU ISA {pyagg.build_info()['cpu_isa']}, threads {pyagg.build_info()['threads']}")
+    info = pyagg.build_info()
+    print(f"pyagg {pyagg.__version__}, CPU ISA {info['cpu_isa']}, threads {info['threads']}")
     for d in a.d:
         for rule in ("median", "krum"):
             frameworks(a.n, a.f, d, a.reps, rule)

@@ -242,7 +242,9 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
 def _traced_aggregate(gradients: Any, rule: str, f: int, device: str | None, fw: str, params: dict) -> Any:
     """pyagg.aggregate on a jax.jit tracer or a tf.function symbolic tensor."""
     if device is not None:
-        raise InvalidArgumentError(f"device={device!r} cannot be used inside a traced function; place the inputs instead")
+        raise InvalidArgumentError(
+            f"device={device!r} cannot be used inside a traced function; place the inputs instead"
+        )
     if fw == _fw.JAX:
         from .jax import aggregate as jax_aggregate
 

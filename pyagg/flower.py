@@ -94,13 +94,15 @@ class PyaggStrategy(FedAvg):
         self.current: list[np.ndarray] | None = parameters_to_ndarrays(init) if init is not None else None
 
     def __repr__(self) -> str:
-        return f"PyaggStrategy(rule={self.rule!r}, f={self.f}, mode={self.mode!r}, accept_failures={self.accept_failures})"
+        return (f"PyaggStrategy(rule={self.rule!r}, f={self.f}, mode={self.mode!r}, "
+                f"accept_failures={self.accept_failures})")
 
     def aggregate_arrays(self, clients: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
         """Aggregate n clients' lists of arrays (the core of :meth:`aggregate_fit`, usable on its own)."""
         like = [np.asarray(a) for a in clients[0]]
         dtypes = {a.dtype for a in like}
-        dtype = next(iter(dtypes)) if len(dtypes) == 1 and next(iter(dtypes)) in (np.float32, np.float64) else np.float64
+        only = next(iter(dtypes))
+        dtype = only if len(dtypes) == 1 and only in (np.float32, np.float64) else np.float64
         for i, c in enumerate(clients):
             if len(c) != len(like) or any(np.shape(a) != b.shape for a, b in zip(c, like)):
                 raise InvalidArgumentError(f"client {i} sent arrays of other shapes than client 0")

@@ -97,7 +97,8 @@ def _stack(worker_grads: Any, params: list[torch.Tensor]) -> torch.Tensor:
             for j, (g, p) in enumerate(zip(w, params)):
                 if g is not None and tuple(g.shape) != tuple(p.shape):
                     raise InvalidArgumentError(
-                        f"worker {i}, parameter {j}: gradient shape {tuple(g.shape)} != parameter shape {tuple(p.shape)}"
+                        f"worker {i}, parameter {j}: gradient shape {tuple(g.shape)} "
+                        f"!= parameter shape {tuple(p.shape)}"
                     )
             row = torch.cat([
                 (g.detach() if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(w, params)

@@ -111,7 +111,8 @@ def test_level_the_cpu_lacks_is_refused():
     missing = [isa for isa in INFO["cpu_isas"] if not _cpu_runs(isa)]
     if not missing:
         pytest.skip("this CPU runs every compiled-in level (nothing to refuse)")
-    code = "import numpy as np, pyagg\ntry:\n    pyagg.aggregate(np.ones((3, 4)), 'average')\nexcept pyagg.InvalidArgumentError as e:\n    print('ERR', e)\n"
+    code = ("import numpy as np, pyagg\ntry:\n    pyagg.aggregate(np.ones((3, 4)), 'average')\n"
+            "except pyagg.InvalidArgumentError as e:\n    print('ERR', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYAGG_CPU_ISA=missing[-1]), timeout=120)
     assert "does not support" in r.stdout

@@ -36,7 +36,8 @@ def _flat(arrays):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ours,theirs,tol", [
     (dict(rule="krum", f=F), lambda: Krum(num_malicious_clients=F), 0),
-    (dict(rule="multi-krum", f=F, rule_params={"m": 5}), lambda: Krum(num_malicious_clients=F, num_clients_to_keep=5), 1),
+    (dict(rule="multi-krum", f=F, rule_params={"m": 5}),
+     lambda: Krum(num_malicious_clients=F, num_clients_to_keep=5), 1),
     (dict(rule="median", f=F), lambda: FedMedian(), 0),
     (dict(rule="bulyan", f=F), lambda: Bulyan(num_malicious_clients=F, to_keep=0), 1),
 ])
@@ -115,7 +116,8 @@ def _run(strategy, rounds=15, n=7, byzantine=(6,)):
     dict(rule="krum", f=1),
     dict(rule="median", f=1),
     dict(rule="trimmed-mean", f=1, pre=["nnm"]),
-    dict(rule="centered-clipping", f=1, mode="updates", rule_params={"tau": 0.2, "L": 3}, initial_parameters=ndarrays_to_parameters([np.zeros(DIM)])),
+    dict(rule="centered-clipping", f=1, mode="updates", rule_params={"tau": 0.2, "L": 3},
+         initial_parameters=ndarrays_to_parameters([np.zeros(DIM)])),
 ])
 def test_federated_run_with_a_byzantine_client_learns(kwargs):
     start = float(np.linalg.norm(W_TRUE))

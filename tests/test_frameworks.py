@@ -56,7 +56,8 @@ def test_torch_preaggregate_and_aggregator(rng):
     pre = pyagg.preaggregate(T, "nnm", f=F)
     assert isinstance(pre, torch.Tensor) and tuple(pre.shape) == (N, D)
     np.testing.assert_array_equal(pre.numpy(), pyagg.preaggregate(G, "nnm", f=F))
-    a_t, a_np = pyagg.Aggregator("centered-clipping", F, pre=["nnm"]), pyagg.Aggregator("centered-clipping", F, pre=["nnm"])
+    a_t = pyagg.Aggregator("centered-clipping", F, pre=["nnm"])
+    a_np = pyagg.Aggregator("centered-clipping", F, pre=["nnm"])
     for _ in range(3):
         o_t, o_np = a_t(T), a_np(G)
         assert isinstance(o_t, torch.Tensor)

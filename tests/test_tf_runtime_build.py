@@ -116,7 +116,8 @@ def test_compile_error_is_reported_with_the_compiler_output(wheel_like, monkeypa
     fake.write_text("#!/bin/sh\necho 'fatal: pretend compiler failure' >&2\nexit 3\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CXX", str(fake))
-    with pytest.raises(_build.BuildError, match=r"(?s)failed \(exit 3\).*pretend compiler failure.*pyagg.tf_bridge build"):
+    want = r"(?s)failed \(exit 3\).*pretend compiler failure.*pyagg.tf_bridge build"
+    with pytest.raises(_build.BuildError, match=want):
         _build.build(tf, quiet=True)
     assert not list(wheel_like.glob("**/*.so"))  # no half-written library left in the cache
 

@@ -69,8 +69,8 @@ def test_step_writes_the_engine_aggregate_into_grad(form, rule, f, pre):
     off = 0
     for p, b in zip(m.parameters(), before):
         k = p.numel()
-        np.testing.assert_allclose(p.detach().numpy(), (b - 0.5 * torch.from_numpy(expected[off:off + k]).view(b.shape)).numpy(),
-                                   rtol=1e-6, atol=1e-7)
+        want = b - 0.5 * torch.from_numpy(expected[off:off + k]).view(b.shape)
+        np.testing.assert_allclose(p.detach().numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
         off += k
 
 
