@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from . import _ext
+from . import _ext, _frameworks, _meta
 from .errors import DeviceError, InvalidArgumentError
 
 __all__ = ["DeviceArray", "aggregate_cuda", "preaggregate_cuda", "device_count"]
 
-_CUDA = 1  # engine device code
-_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
-_DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 2, 3, 13
+_CUDA = _meta.DEVICE_CUDA  # engine device code
+_CODES = _meta.DTYPE_CODES
+_DL_CUDA, _DL_CUDA_MANAGED = _meta.DLPACK_CUDA, _meta.DLPACK_CUDA_MANAGED
 # __cuda_array_interface__ v3 stream values that are ordered with the legacy
 # default stream the engine uses: 1 (legacy default), 2 (per-thread default).
 _ORDERED_STREAMS = (1, 2)
@@ -160,7 +160,7 @@ class _View:
 
 
 def _framework(x: Any) -> str:
-    return type(x).__module__.split(".", 1)[0]
+    return _frameworks.framework(x)
 
 
 def _device_of(x: Any) -> int | None:
@@ -293,18 +293,7 @@ def _view(x: Any, what: str) -> _View:
     raise InvalidArgumentError(f"{what}: {type(x).__name__} is not a CUDA array")
 
 
-def _is_gpu(x: Any) -> bool:
-    if isinstance(x, np.ndarray):
-        return False
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    dev = getattr(x, "__dlpack_device__", None)
-    if dev is None:
-        return False
-    try:
-        return int(dev()[0]) in (_DL_CUDA, _DL_CUDA_MANAGED)
-    except Exception:  # noqa: BLE001
-        return False
+_is_gpu = _meta.on_gpu
 
 
 def _empty_like_input(x: Any, shape: tuple[int, ...], dtype: np.dtype, device: int) -> Any:

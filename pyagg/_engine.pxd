@@ -79,6 +79,8 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
         const char* compiler
         const char* build_type
         cbool native_arch
+        const char* cpu_isas
+        const char* cpu_isa
 
     const vector[CRuleInfo]& rule_table()
     const vector[CPreInfo]& pre_table()

@@ -274,6 +274,8 @@ def engine_build_info():
         "compiler": b.compiler.decode(),
         "build_type": b.build_type.decode(),
         "native_arch": bool(b.native_arch),
+        "cpu_isas": b.cpu_isas.decode().split(),
+        "cpu_isa": b.cpu_isa.decode(),
     }
 
 

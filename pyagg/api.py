@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import _ext
+from . import _frameworks as _fw
+from . import _meta
 from .errors import DeviceError, InvalidArgumentError
 
 __all__ = [
@@ -27,29 +29,19 @@ __all__ = [
     "build_info",
 ]
 
-_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
-_CPU, _CUDA = 0, 1
+_DTYPES = _meta.DTYPE_CODES
+_CPU, _CUDA = _meta.DEVICE_CPU, _meta.DEVICE_CUDA
 
 
 # ----------------------------------------------------------------- inputs ---
-def _on_gpu(x: Any) -> bool:
-    """True when `x` lives on a CUDA device (CUDA array interface or DLPack)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    dev = getattr(x, "__dlpack_device__", None)
-    if dev is not None and not isinstance(x, np.ndarray):
-        try:
-            kind, _ = dev()
-        except Exception:  # noqa: BLE001 - a broken __dlpack_device__ means "not CUDA"
-            return False
-        return int(kind) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
-    return False
+_on_gpu = _meta.on_gpu
 
 
-def _host_array(x: Any, what: str) -> np.ndarray:
+def _host_array(x: Any, what: str, fw: str = _fw.NUMPY) -> np.ndarray:
     """A numpy view of a CPU array-like, without copying or converting."""
     if isinstance(x, np.ndarray):
         return x
+    x = _fw.host_view(x, fw, what)
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         try:
             return np.from_dlpack(x)
@@ -61,7 +53,7 @@ def _host_array(x: Any, what: str) -> np.ndarray:
         raise InvalidArgumentError(f"{what}: cannot read {type(x).__name__} as an array ({exc})") from exc
 
 
-def _check_array(a: np.ndarray, ndim: int, what: str) -> int:
+def _check_array(a: np.ndarray, ndim: int, what: str, fw: str = _fw.NUMPY) -> int:
     """Validate dtype / byte order / ndim / C-contiguity / alignment; return the engine dtype code."""
     if a.dtype not in _DTYPES:
         raise InvalidArgumentError(f"{what}: dtype must be float32 or float64, got {a.dtype}")
@@ -73,7 +65,7 @@ def _check_array(a: np.ndarray, ndim: int, what: str) -> int:
     if not a.flags.c_contiguous:
         raise InvalidArgumentError(
             f"{what}: array is not C-contiguous (shape {a.shape}, strides {a.strides}); "
-            "pass numpy.ascontiguousarray(...) explicitly"
+            + _fw.contiguity_hint(fw)
         )
     if not a.flags.aligned:
         raise InvalidArgumentError(
@@ -108,12 +100,12 @@ class _Batch:
 
     __slots__ = ("n", "d", "dtype", "code", "data", "rows", "keep")
 
-    def __init__(self, gradients: Any):
+    def __init__(self, gradients: Any, fw: str = _fw.NUMPY):
         if isinstance(gradients, (list, tuple)):
-            self._from_rows(gradients)
+            self._from_rows(gradients, fw)
         else:
-            a = _host_array(gradients, "gradients")
-            self.code = _check_array(a, 2, "gradients")
+            a = _host_array(gradients, "gradients", fw)
+            self.code = _check_array(a, 2, "gradients", fw)
             self.n, self.d = a.shape
             self.dtype = a.dtype
             self.data = a.ctypes.data if a.size else 0
@@ -123,11 +115,11 @@ class _Batch:
                 # Let the engine name the empty dimension (d=0 or n=0).
                 self.data = 1
 
-    def _from_rows(self, seq: Sequence[Any]) -> None:
+    def _from_rows(self, seq: Sequence[Any], fw: str) -> None:
         if len(seq) == 0:
             raise InvalidArgumentError("gradients: need at least one gradient, got n=0")
-        arrays = [_host_array(r, f"gradients[{i}]") for i, r in enumerate(seq)]
-        codes = [_check_array(a, 1, f"gradients[{i}]") for i, a in enumerate(arrays)]
+        arrays = [_host_array(r, f"gradients[{i}]", _fw.framework(r)) for i, r in enumerate(seq)]
+        codes = [_check_array(a, 1, f"gradients[{i}]", _fw.framework(r)) for i, (a, r) in enumerate(zip(arrays, seq))]
         d = arrays[0].shape[0]
         for i, a in enumerate(arrays):
             if a.dtype != arrays[0].dtype:
@@ -174,7 +166,8 @@ def _cuda_module():
 
 
 # ------------------------------------------------------------------ rules ---
-def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device: str | None) -> Any:
+def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device: str | None,
+              fw: str = _fw.NUMPY) -> Any:
     dev, dev_id = _parse_device(device)
     if dev == _CUDA or (dev is None and not isinstance(gradients, (list, tuple)) and _on_gpu(gradients)):
         return _cuda_module().aggregate_cuda(rule, gradients, state, dev_id)
@@ -182,7 +175,7 @@ def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device:
         raise InvalidArgumentError(
             "gradients: a list of GPU tensors is not supported; stack them into one (n, d) GPU array"
         )
-    b = _Batch(gradients)
+    b = _Batch(gradients, fw)
     out = np.empty(b.d, dtype=b.dtype)
     st, keep = _state_address(state, b.d, b.dtype)
     rule.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if b.d else 1, st)
@@ -190,15 +183,16 @@ def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device:
     return out
 
 
-def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None) -> np.ndarray:
+def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None, fw: str = _fw.NUMPY) -> np.ndarray:
     if not isinstance(gradients, (list, tuple)) and _on_gpu(gradients):
         return _cuda_module().preaggregate_cuda(pre, gradients, seed)
-    b = _Batch(gradients)
+    b = _Batch(gradients, fw)
     out = np.empty((pre.output_rows(b.n) if b.n else 0, b.d), dtype=b.dtype)
     pre.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if out.size else 1, seed)
     return out
 
 
+@_fw.graph_safe
 def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = None, **params: Any) -> Any:
     """Aggregate n gradients into one with a robust rule.
 
@@ -222,8 +216,14 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
 
     Returns
     -------
-    numpy.ndarray
-        (d,) array of the input dtype (on the GPU for GPU input).
+    array
+        (d,) array of the input dtype, in the caller's framework and place:
+        numpy for numpy/lists/other array-likes, a ``torch.Tensor`` on the
+        input's device for torch, a ``jax.Array`` for JAX, a ``tf.Tensor``
+        for TensorFlow/Keras, a ``cupy.ndarray`` for cupy (a sequence of
+        tensors: the framework of its first element). Inside ``jax.jit`` the
+        call goes through :func:`pyagg.jax.aggregate` (a host callback);
+        inside ``tf.function`` through the TF op :func:`pyagg.tf_bridge.aggregate`.
 
     Raises
     ------
@@ -232,12 +232,45 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
     DeviceError
         CUDA requested but not available.
     """
-    return _run_rule(_ext.Rule(rule, f, _split_params(params)), gradients, None, device)
+    fw = _fw.framework(gradients)
+    if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
+        return _traced_aggregate(gradients, rule, f, device, fw, params)
+    out = _run_rule(_ext.Rule(rule, f, _split_params(params)), gradients, None, device, fw)
+    return _fw.wrap(out, gradients, fw)
 
 
+def _traced_aggregate(gradients: Any, rule: str, f: int, device: str | None, fw: str, params: dict) -> Any:
+    """pyagg.aggregate on a jax.jit tracer or a tf.function symbolic tensor."""
+    if device is not None:
+        raise InvalidArgumentError(
+            f"device={device!r} cannot be used inside a traced function; place the inputs instead"
+        )
+    if fw == _fw.JAX:
+        from .jax import aggregate as jax_aggregate
+
+        return jax_aggregate(gradients, rule, f, **params)
+    from .tf_bridge import TFBridgeError
+    from .tf_bridge import aggregate as tf_aggregate
+
+    try:
+        return tf_aggregate(gradients, rule, f, **params)
+    except TFBridgeError as exc:
+        raise TFBridgeError(
+            "pyagg.aggregate inside tf.function runs through the TF op pyagg.tf_bridge.aggregate, which is "
+            f"unavailable: {exc}"
+        ) from exc
+
+
+@_fw.graph_safe
 def preaggregate(gradients: Any, name: str, f: int = 0, **params: Any) -> Any:
-    """Apply one pre-aggregator (nnm, bucketing, clipping); returns (n', d) rows."""
-    return _run_pre(_ext.Pre(name, f, _split_params(params)), gradients)
+    """Apply one pre-aggregator (nnm, bucketing, clipping); returns (n', d) rows in the caller's framework."""
+    fw = _fw.framework(gradients)
+    if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
+        raise InvalidArgumentError(
+            "pyagg.preaggregate cannot run inside jax.jit/tf.function; pass pre-aggregators to "
+            "pyagg.jax.aggregate(..., pre=[...]) under jax.jit, or call it eagerly"
+        )
+    return _fw.wrap(_run_pre(_ext.Pre(name, f, _split_params(params)), gradients, fw=fw), gradients, fw)
 
 
 class Aggregator:
@@ -283,7 +316,7 @@ class Aggregator:
                 self.pre.append(_ext.Pre(p[0], f, _split_params(p[1])))
             else:
                 raise InvalidArgumentError(f"pre-aggregator must be a name or (name, params), got {p!r}")
-        self._stateful = rule == "centered-clipping"
+        self._stateful = _meta.is_stateful(rule)
         self.reset()
 
     def reset(self) -> None:
@@ -294,18 +327,27 @@ class Aggregator:
         self.state: np.ndarray | None = None
         self.calls = 0
 
+    @_fw.graph_safe
     def aggregate(self, gradients: Any) -> Any:
-        """Aggregate one step's gradients (see :func:`aggregate`)."""
+        """Aggregate one step's gradients (see :func:`aggregate`); the result is in the caller's framework."""
+        fw = _fw.framework(gradients)
+        if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
+            raise InvalidArgumentError(
+                "Aggregator keeps state in Python and cannot run inside jax.jit/tf.function; use "
+                "pyagg.jax.aggregate under jax.jit, or pyagg.tf_bridge.ServerAggregator with TensorFlow"
+            )
         g = gradients
+        gfw = fw
         for p in self.pre:
-            g = _run_pre(p, g, seed=(p.seed + self.calls) if p.name == "bucketing" else None)
+            g = _run_pre(p, g, seed=(p.seed + self.calls) if p.name == "bucketing" else None, fw=gfw)
+            gfw = _fw.framework(g)
         # _run_rule checks that the state still matches (d, dtype); reset() clears it.
         state = self.state if self._stateful else None
-        out = _run_rule(self.rule, g, state, self.device)
+        out = _run_rule(self.rule, g, state, self.device, gfw)
         if self._stateful:
             self.state = out.copy() if isinstance(out, np.ndarray) else out
         self.calls += 1
-        return out
+        return _fw.wrap(out, gradients, fw)
 
     __call__ = aggregate
 

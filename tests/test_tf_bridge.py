@@ -25,7 +25,7 @@ import pyagg
 from pyagg import tf_bridge
 
 ROOT = Path(__file__).resolve().parents[1]
-REBUILD = "pip install --no-build-isolation -e ."
+REBUILD = "python -m pyagg.tf_bridge build"
 
 # n = 11, f = 2 admits every rule (bulyan: n >= 4f+3 = 11).
 N, F, D = 11, 2, 257
@@ -276,9 +276,15 @@ def test_python_side_checks():
 
 # ----------------------------------------------------- build-info / loading ---
 @pytest.fixture
-def fresh_loader(monkeypatch):
-    """Makes tf_bridge.load() run again (and restores the loaded module after)."""
+def fresh_loader(monkeypatch, tmp_path):
+    """Makes tf_bridge.load() run again (and restores the loaded module after).
+
+    With an empty op cache and the run-time build off (PYAGG_TF_AUTOBUILD=0),
+    so that what is reported is what the in-package build info says.
+    """
     monkeypatch.setattr(tf_bridge, "_ops", None)
+    monkeypatch.setenv("PYAGG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYAGG_TF_AUTOBUILD", "0")
     return tf_bridge
 
 

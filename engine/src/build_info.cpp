@@ -1,6 +1,7 @@
 // pyagg engine — build facts (what was compiled in) and CUDA availability.
 #include "pyagg/config.h"
 #include "pyagg/rules.h"
+#include "cpu_dispatch.h"
 
 #ifdef PYAGG_WITH_OPENMP
 #include <omp.h>
@@ -34,6 +35,8 @@ BuildInfo build_info() {
 #else
   b.native_arch = false;
 #endif
+  b.cpu_isas = cpu::isas_compiled();
+  b.cpu_isa = cpu::isa_in_use();
   return b;
 }
 

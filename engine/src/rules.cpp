@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "cpu/cpu_backend.h"
+#include "cpu_dispatch.h"
 #include "pyagg/config.h"
 #ifdef PYAGG_WITH_CUDA
 #include "../cuda/cuda_backend.h"
@@ -586,6 +587,7 @@ Status aggregate(const RuleConfig& cfg, const GradView& g, void* out, const void
       return Status::Unsupported("CUDA requested but pyagg was built without CUDA (PYAGG_WITH_CUDA=OFF)");
 #endif
     }
+    PYAGG_RETURN_IF_ERROR(cpu::isa_status());
     if (g.dtype == DType::kFloat32) {
       auto rows = row_pointers<float>(g);
       run_cpu_rule<float>(r, rows.data(), g.n, g.d, static_cast<float*>(out), static_cast<const float*>(state));
@@ -617,6 +619,7 @@ Status preaggregate(const PreConfig& cfg, const GradView& g, void* out) {
       return Status::Unsupported("CUDA requested but pyagg was built without CUDA (PYAGG_WITH_CUDA=OFF)");
 #endif
     }
+    PYAGG_RETURN_IF_ERROR(cpu::isa_status());
     if (g.dtype == DType::kFloat32) {
       auto rows = row_pointers<float>(g);
       run_cpu_pre<float>(cfg, rows.data(), g.n, g.d, static_cast<float*>(out));

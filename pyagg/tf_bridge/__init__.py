@@ -17,10 +17,15 @@ The op is a C++ TensorFlow kernel linked against the same engine library as
 messages (as ``tf.errors.InvalidArgumentError`` here). It runs eagerly and
 inside ``tf.function`` (a graph op, no ``tf.py_function``); it has no gradient.
 
-The op library is compiled by the normal install when TensorFlow is importable
-at build time (CMake option ``PYAGG_BUILD_TF``). Importing this module does not
-import TensorFlow; the library is loaded at first use (or by :func:`load`),
-after checking that the running TensorFlow is the one it was built against.
+The op library must match the TensorFlow that runs. A developer build (in
+place, TensorFlow importable: CMake option ``PYAGG_BUILD_TF``) compiles it next
+to this file; otherwise (a wheel, ``pip install ".[tf]"``, or another
+TensorFlow than at build time) it is compiled against the running TensorFlow
+by ``python -m pyagg.tf_bridge build`` or, unless ``PYAGG_TF_AUTOBUILD=0``, at
+first use, and cached per TensorFlow version and ABI (see
+:mod:`pyagg.tf_bridge._build`). Importing this module does not import
+TensorFlow; the library is loaded at first use (or by :func:`load`), after
+checking that the running TensorFlow is the one it was built against.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._ext import _numeric_text  # one rule for "a string that is a number" (the Cython layer's)
+from .._frameworks import graph_safe
 from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,12 +55,13 @@ __all__ = [
     "build_info",
     "is_built",
     "load",
+    "loaded_library",
 ]
 
 _DIR = Path(__file__).resolve().parent
 _INFO_FILE = _DIR / "_build_info.json"
-#: How to rebuild the op library for the TensorFlow of the current environment.
-REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+#: How to (re)build the op library for the TensorFlow of the current environment.
+REBUILD_COMMAND = "python -m pyagg.tf_bridge build"
 
 
 class TFBridgeError(ImportError):
@@ -85,62 +92,100 @@ def build_info() -> dict[str, Any]:
 
 
 def is_built() -> bool:
-    """True when the op library was built (does not import TensorFlow)."""
-    return bool(build_info().get("built"))
+    """True when an op library is ready for the installed TensorFlow (does not import TensorFlow).
+
+    Either the one a developer build put next to this file, or one compiled at
+    run time into the cache (:mod:`pyagg.tf_bridge._build`).
+    """
+    info = build_info()
+    from . import _build
+
+    version = _build.installed_tf_version()
+    if info.get("built") and (version is None or version == info.get("tensorflow_version")):
+        return True
+    return version is not None and bool(_build.cached_for_version(version))
 
 
 _lock = threading.Lock()
 _ops: Any = None
+_loaded_path: str | None = None
 
 
-def _not_built(info: dict[str, Any]) -> TFBridgeError:
+def _not_built(reason: str, running: str) -> TFBridgeError:
     return TFBridgeError(
-        "pyagg TF bridge not built ("
-        + str(info.get("reason") or "unknown reason")
-        + "); install tensorflow in this environment and rebuild: "
-        + REBUILD_COMMAND
+        f"pyagg TF bridge not built ({reason}) and PYAGG_TF_AUTOBUILD=0; build it for TensorFlow {running} "
+        f"with: {REBUILD_COMMAND}"
     )
 
 
+def _library_path(tf: Any) -> str:
+    """The op library for the running TensorFlow: next to this file, cached, or built now."""
+    from . import _build
+
+    info = build_info()
+    running = str(tf.__version__)
+    built = str(info.get("tensorflow_version"))
+    if info.get("built") and built == running:
+        return info["path"]
+    cached = _build.library_for(tf)
+    if cached is not None:
+        return str(cached)
+    if not _build.autobuild_enabled():
+        if info.get("built"):
+            raise TFBridgeError(
+                f"pyagg TF op was built against TensorFlow {built}, running {running}; rebuild with: "
+                f"{REBUILD_COMMAND}"
+            )
+        raise _not_built(str(info.get("reason") or "unknown reason"), running)
+    try:
+        return str(_build.build(tf))
+    except _build.BuildError as exc:
+        raise TFBridgeError(str(exc)) from exc
+
+
+def loaded_library() -> str | None:
+    """Path of the op library loaded into this process (None before :func:`load`)."""
+    return _loaded_path
+
+
+@graph_safe
 def load() -> Any:
     """Load the op library (once) and return its generated op module.
 
     Raises
     ------
     TFBridgeError
-        The library was not built (TensorFlow missing at build time, or
-        ``PYAGG_BUILD_TF=OFF``), or it was built against another TensorFlow
-        version than the running one; the message says how to rebuild.
+        TensorFlow is not importable; or no library matches the running
+        TensorFlow and it cannot be built here (no compiler, compile error,
+        or ``PYAGG_TF_AUTOBUILD=0``); or the library's compiled-in TensorFlow
+        version is not the running one. The message ends with the command
+        that fixes it.
     """
-    global _ops
+    global _ops, _loaded_path
     if _ops is not None:
         return _ops
     with _lock:
         if _ops is not None:
             return _ops
-        info = build_info()
-        if not info.get("built"):
-            raise _not_built(info)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         try:
             import tensorflow as tf
         except ImportError as exc:
-            raise TFBridgeError(f"pyagg TF bridge: cannot import tensorflow ({exc})") from exc
-        built, running = str(info.get("tensorflow_version")), str(tf.__version__)
-        if built != running:
             raise TFBridgeError(
-                f"pyagg TF op was built against TensorFlow {built}, running {running}; rebuild with: {REBUILD_COMMAND}"
-            )
+                f"pyagg TF bridge: cannot import tensorflow ({exc}); install it: pip install tensorflow-cpu"
+            ) from exc
+        running = str(tf.__version__)
+        path = _library_path(tf)
         try:
-            ops = tf.load_op_library(info["path"])
+            ops = tf.load_op_library(path)
         except Exception as exc:
             raise TFBridgeError(
-                f"pyagg TF op library {info['path']} failed to load into TensorFlow {running} ({exc}); "
+                f"pyagg TF op library {path} failed to load into TensorFlow {running} ({exc}); "
                 f"rebuild with: {REBUILD_COMMAND}"
             ) from exc
         # Cross-check the version compiled into the library (a stale JSON next
         # to a newer library, or the reverse, must not go unnoticed).
-        lib = ctypes.CDLL(info["path"])
+        lib = ctypes.CDLL(path)
         lib.pyagg_tf_built_version.restype = ctypes.c_char_p
         compiled = lib.pyagg_tf_built_version().decode()
         if compiled != running:
@@ -149,6 +194,7 @@ def load() -> Any:
                 f"rebuild with: {REBUILD_COMMAND}"
             )
         _ops = ops
+        _loaded_path = path
         return ops
 
 
@@ -221,6 +267,7 @@ def _as_float_tensor(x: Any, what: str) -> tf.Tensor:
     return tf.convert_to_tensor(t)
 
 
+@graph_safe
 def aggregate(
     gradients: Any, rule: str, f: int = 0, *, state: Any = None, name: str | None = None, **params: Any
 ) -> tf.Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..api import Aggregator
+from .. import _ext, _meta
 from ..errors import InvalidArgumentError
 from . import _check_f, _encode_params, _raw_aggregate, load
 
@@ -77,7 +77,7 @@ class ServerAggregator:
         self.params = dict(params)
         self._names, self._values = _encode_params(self.params)
         # The engine parses and validates the rule once, now (same messages).
-        Aggregator(self.rule, self.f, **self.params)
+        _ext.Rule(self.rule, self.f, [(str(k), v) for k, v in self.params.items()])
         self.optimizer = optimizer
         self.shapes = [tf.TensorShape(v.shape) for v in self.variables]
         for v, s in zip(self.variables, self.shapes):
@@ -91,7 +91,7 @@ class ServerAggregator:
         self.dtype = tf.as_dtype(dtype)
         if self.dtype not in (tf.float32, tf.float64):
             raise InvalidArgumentError(f"ServerAggregator: dtype must be float32 or float64, got {self.dtype.name}")
-        self.stateful = self.rule == "centered-clipping"
+        self.stateful = _meta.is_stateful(self.rule)
         self.state = (
             tf.Variable(tf.zeros([self.d], self.dtype), trainable=False, name="pyagg_cc_state")
             if self.stateful

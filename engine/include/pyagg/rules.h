@@ -193,6 +193,8 @@ struct BuildInfo {
   const char* compiler;
   const char* build_type;
   bool native_arch;
+  const char* cpu_isas;  // ISA levels of the CPU kernels compiled in, lowest first ("base avx2 avx512")
+  const char* cpu_isa;   // the level in use in this process (best supported, or PYAGG_CPU_ISA)
 };
 BuildInfo build_info();
 

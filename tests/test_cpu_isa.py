@@ -1,0 +1,118 @@
+"""Run-time ISA dispatch of the CPU kernels (CMakeLists.txt "CPU ISA dispatch").
+
+Every ISA level compiled in that this CPU runs is forced in turn with
+PYAGG_CPU_ISA (a fresh process each: the choice is made once per process),
+and each rule's output is checked against the numpy reference; levels must
+agree with each other (selections bit for bit). A level that is not compiled
+in, or that the CPU lacks, is an error of every call, never a fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyagg
+
+import reference as ref
+
+INFO = pyagg.build_info()
+RULES = sorted(pyagg.rules())
+N, F, D = 15, 3, 2000
+
+SCRIPT = r"""
+import json, sys
+import numpy as np
+import pyagg
+G = np.load(sys.argv[1])
+out = {"isa": pyagg.build_info()["cpu_isa"], "rules": {}}
+params = json.loads(sys.argv[2])
+for rule in params:
+    out["rules"][rule] = pyagg.aggregate(G, rule, %d, **params[rule]).tolist()
+print(json.dumps(out))
+""" % F
+
+
+def _cpu_runs(isa: str) -> bool:
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    need = {"base": [], "native": [], "avx2": ["avx2", "fma", "bmi2"],
+            "avx512": ["avx2", "fma", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"]}[isa]
+    return all(f" {w}" in flags for w in need)
+
+
+def _run(isa: str, path, params) -> dict:
+    env = dict(os.environ, PYAGG_CPU_ISA=isa)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(path), json.dumps(params)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_build_info_reports_levels():
+    assert INFO["cpu_isa"] in INFO["cpu_isas"]
+    if INFO["native_arch"]:
+        assert INFO["cpu_isas"] == ["native"]
+    else:
+        assert "-march=native" not in " ".join(INFO["cpu_isas"])
+        assert INFO["cpu_isas"][0] == "base"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_level_matches_the_reference_and_the_others(tmp_path, dtype):
+    rng = np.random.default_rng(11)
+    G = rng.standard_normal((N, D)).astype(dtype)
+    G[0] *= 50.0  # an outlier, so selections matter
+    path = tmp_path / "G.npy"
+    np.save(path, G)
+    params = {r: ref.req(r) for r in RULES if pyagg.rules()[r]["min_n"](F) <= N}
+    levels = [isa for isa in INFO["cpu_isas"] if _cpu_runs(isa)]
+    assert levels, INFO
+    results = {isa: _run(isa, path, params) for isa in levels}
+    for isa, res in results.items():
+        assert res["isa"] == isa
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    exact = {"median", "krum", "multi-krum", "bulyan"}
+    for rule in params:
+        outs = {isa: np.asarray(res["rules"][rule], dtype=dtype) for isa, res in results.items()}
+        base = outs[levels[0]]
+        for isa, o in outs.items():
+            if rule in exact:
+                np.testing.assert_array_equal(o, base, err_msg=f"{rule}: {isa} vs {levels[0]}")
+            else:
+                np.testing.assert_allclose(o, base, err_msg=f"{rule}: {isa} vs {levels[0]}", **tol)
+        fn = getattr(ref, rule.replace("-", "_"), None)
+        if rule in ("average", "median", "krum"):
+            np.testing.assert_allclose(base, fn(G.astype(np.float64), F).astype(dtype), **tol)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("sse9", "is not an ISA level of this build"),
+])
+def test_unknown_level_is_an_error_of_every_call(value, message):
+    code = (
+        "import numpy as np, pyagg\n"
+        "try:\n"
+        "    pyagg.aggregate(np.ones((3, 4)), 'average')\n"
+        "except pyagg.InvalidArgumentError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYAGG_CPU_ISA=value), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERR") and message in r.stdout and f"PYAGG_CPU_ISA={value}" in r.stdout
+
+
+def test_level_the_cpu_lacks_is_refused():
+    missing = [isa for isa in INFO["cpu_isas"] if not _cpu_runs(isa)]
+    if not missing:
+        pytest.skip("this CPU runs every compiled-in level (nothing to refuse)")
+    code = ("import numpy as np, pyagg\ntry:\n    pyagg.aggregate(np.ones((3, 4)), 'average')\n"
+            "except pyagg.InvalidArgumentError as e:\n    print('ERR', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYAGG_CPU_ISA=missing[-1]), timeout=120)
+    assert "does not support" in r.stdout
