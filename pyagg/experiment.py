@@ -31,7 +31,7 @@ from typing import Any
 
 from .cluster.checkpoint import atomic_write_text
 from .cluster.config import TrainConfig
-from .cluster.experiments import parse_kv
+from .cluster.workloads import parse_kv
 
 __all__ = ["main", "run_byzantine", "run_overhead", "LEARNS", "FAILS"]
 
