@@ -75,6 +75,47 @@ def _curve(out_dir: str) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r["accuracy"])) for r in rows if r.get("accuracy")]
 
 
+def check_names(rules, attacks, experiments) -> None:
+    """Every rule, attack and experiment name (and parameter) of a matrix, checked before any run starts
+    (a typo is an error with a did-you-mean suggestion, not a column of "n/a")."""
+    from .cluster.checks import check_attack, check_experiment, check_rule
+    from .cluster.workloads import EXPERIMENTS, describe
+
+    for r, p in rules:
+        check_rule(r, p)
+    for at, p in attacks:
+        check_attack(at, p)
+    for e, p in experiments:
+        check_experiment(e)
+        if e in EXPERIMENTS:
+            describe(e, **p)
+
+
+def _reuse(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The summary of a completed run of this very configuration already in ``cfg.out``, else None.
+
+    Lets a matrix or sweep be stopped and resumed: finished runs are not
+    re-run. A run of another configuration in that directory is left to
+    :func:`pyagg.cluster.rundir.prepare_run_dir` (refused unless --overwrite).
+    """
+    path = os.path.join(cfg.out, "summary.json")
+    if cfg.overwrite or not os.path.exists(path):
+        return None
+    try:
+        with open(path) as fh:
+            s = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    old = s.get("config", {})
+    same = all(json.dumps(old.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
+               for k, v in cfg.to_dict().items()
+               if k not in ("progress", "quiet", "resume", "overwrite", "out", "keep_checkpoints"))
+    if s.get("completed") and same:
+        s["reused"] = True
+        return s
+    return None
+
+
 # --------------------------------------------------------------- byzantine ---
 def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
     from .train import run
@@ -82,6 +123,7 @@ def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
     rule_specs = _split_specs(a.rules)  # NAME[:K=V[:K=V]], e.g. zeroing:tau=5
     rules = [_label(r, p) for r, p in rule_specs]
     attacks = _split_specs(a.attacks)
+    check_names(rule_specs, attacks, [(a.experiment, parse_kv(a.experiment_args))])
     seeds = list(range(a.seed, a.seed + a.seeds))
     os.makedirs(a.out, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -102,9 +144,10 @@ def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
                     optimizer=a.optimizer, eval_every=a.eval_every, checkpoint_every=0, seed=seed, out=sub,
                     progress=False, quiet=True, launcher="local",
                 )
+                cfg.overwrite = a.overwrite
                 t1 = time.time()
                 try:
-                    s = run(cfg)
+                    s = _reuse(cfg) or run(cfg)
                     acc, err = s["final_accuracy"], None
                     skipped = s["skipped_steps"]
                     step_ms = s["mean_step_time"] * 1e3
@@ -217,6 +260,7 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
     from .train import run
 
     rule_specs = _split_specs(a.rules)  # NAME[:K=V[:K=V]], e.g. zeroing:tau=5
+    check_names(rule_specs, [], _split_specs(a.experiments))
     if "average" not in [r for r, _ in rule_specs]:
         rule_specs.insert(0, ("average", {}))
     rules = [_label(r, p) for r, p in rule_specs]
@@ -244,7 +288,7 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
         cfg = TrainConfig(experiment=exp, experiment_args=eargs, workers=a.workers, byzantine=0,
                           declared_f=a.declared_f, rule="average", steps=a.steps, eval_every=0, checkpoint_every=0,
                           seed=a.seed, out=sub, progress=False, quiet=True, launcher="local", lr=a.lr,
-                          agg_threads=a.agg_threads)
+                          agg_threads=a.agg_threads, overwrite=a.overwrite)
         t1 = time.time()
         s = run(cfg, observer=observe)
         set_engine_threads(a.agg_threads)
@@ -338,48 +382,77 @@ def build_parser(prog: str = "pyagg experiment") -> argparse.ArgumentParser:
     b.add_argument("--rules", default=DEFAULT_RULES,
                    help="comma-separated rules, each NAME[:K=V[:K=V]] (e.g. zeroing:tau=5:mode=drop)")
     b.add_argument("--attacks", default=DEFAULT_ATTACKS, help="comma-separated attacks, each NAME[:K=V[:K=V]]")
-    b.add_argument("--workers", type=int, default=19)
-    b.add_argument("--byzantine", type=int, default=1)
-    b.add_argument("--declared-f", type=int, default=None)
-    b.add_argument("--experiment", default="digits-mlp")
-    b.add_argument("--experiment-args", default="")
-    b.add_argument("--steps", type=int, default=200)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--lr", type=float, default=0.1)
-    b.add_argument("--optimizer", default="sgd")
-    b.add_argument("--eval-every", type=int, default=10)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=19, help="number of workers n")
+    b.add_argument("--byzantine", type=int, default=1,
+                   help="Byzantine workers in each attacked run (the 'none' column runs with 0)")
+    b.add_argument("--declared-f", type=int, default=None, help="f told to the rules (default: --byzantine)")
+    b.add_argument("--experiment", default="digits-mlp", help="model + data (see pyagg train --help)")
+    b.add_argument("--experiment-args", default="", metavar="K=V,...", help="the experiment's arguments")
+    b.add_argument("--steps", type=int, default=200, help="steps of each run")
+    b.add_argument("--batch-size", type=int, default=32, help="mini-batch size per worker")
+    b.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    b.add_argument("--optimizer", default="sgd", choices=("sgd", "momentum", "nesterov", "adam"),
+                   help="server-side optimizer")
+    b.add_argument("--eval-every", type=int, default=10, help="evaluate every N steps")
+    b.add_argument("--seed", type=int, default=0, help="first seed")
     b.add_argument("--seeds", type=int, default=1, help="runs per cell (seeds seed..seed+N-1)")
-    b.add_argument("--out", default="runs/byzantine")
+    b.add_argument("--out", default="runs/byzantine", help="output directory (one sub-directory per run)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="re-run every run (default: a run whose completed results are in --out with the same "
+                   "configuration is reused, not re-run)")
     o = sub.add_parser("overhead", help="time per step of each rule vs averaging at n=19",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     o.add_argument("--rules", default="average,median,krum,multi-krum,bulyan,bulyan-multikrum",
                    help="comma-separated rules, each NAME[:K=V[:K=V]]")
     o.add_argument("--experiments", default="digits-mlp,digits-mlp:hidden=1024,digits-mlp:hidden=4096",
                    help="comma-separated experiments, each NAME[:K=V[:K=V]]")
-    o.add_argument("--workers", type=int, default=19)
-    o.add_argument("--declared-f", type=int, default=4)
-    o.add_argument("--steps", type=int, default=60)
+    o.add_argument("--workers", type=int, default=19, help="number of workers n")
+    o.add_argument("--declared-f", type=int, default=4, help="f told to the rules (4: the most Bulyan takes at n=19)")
+    o.add_argument("--steps", type=int, default=60, help="steps of each training")
     o.add_argument("--warmup", type=int, default=5, help="first steps left out of the timings")
     o.add_argument("--repeat", type=int, default=3, help="timings of each rule per step (the best counts)")
     o.add_argument("--agg-threads", type=int, default=1, help="engine OpenMP threads (0: OpenMP default)")
-    o.add_argument("--lr", type=float, default=0.1)
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--out", default="runs/overhead")
+    o.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    o.add_argument("--seed", type=int, default=0, help="seed of the training")
+    o.add_argument("--out", default="runs/overhead", help="output directory")
+    o.add_argument("--overwrite", action="store_true", help="replace the trainings already in --out")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "pyagg experiment") -> int:
     a = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    from .cluster.checks import CheckError
+    from .cluster.rundir import check_out_path
+
+    try:
+        check_out_path(a.out)
+        if a.which == "byzantine":
+            rule_specs, attacks = _split_specs(a.rules), _split_specs(a.attacks)
+            check_names(rule_specs, attacks, [(a.experiment, parse_kv(a.experiment_args))])
+        elif a.which == "overhead":
+            check_names(_split_specs(a.rules), [], _split_specs(a.experiments))
+    except (CheckError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    from .cluster import stop as _stop
     from .cluster.model import setup_tf
 
     setup_tf(1)
-    if a.which == "byzantine":
-        s = run_byzantine(a)
-        print(open(s["files"]["table"]).read())
-    else:
-        s = run_overhead(a)
-        print(open(s["files"]["table"]).read())
+    try:
+        if a.which == "byzantine":
+            s = run_byzantine(a)
+        else:
+            s = run_overhead(a)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"[pyagg] interrupted: finished runs are kept in {a.out} (re-run the same command to go on)",
+              file=sys.stderr)
+        return 130
+    finally:
+        _stop.restore()
+    print(open(s["files"]["table"]).read())
     print(f"[pyagg] table: {s['files']['table']}\n[pyagg] plot:  {s['files']['plot']}", file=sys.stderr)
     return 0
 
