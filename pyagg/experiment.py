@@ -373,6 +373,12 @@ def _overhead_plot(out: list[dict[str, Any]], path: str) -> str:
 
 
 # --------------------------------------------------------------------- cli ---
+def _shipped() -> list[str]:
+    from .sweep import SHIPPED
+
+    return sorted(os.path.splitext(f)[0] for f in os.listdir(SHIPPED)) if os.path.isdir(SHIPPED) else []
+
+
 def build_parser(prog: str = "pyagg experiment") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -400,6 +406,19 @@ def build_parser(prog: str = "pyagg experiment") -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true",
                    help="re-run every run (default: a run whose completed results are in --out with the same "
                    "configuration is reused, not re-run)")
+    r = sub.add_parser("run", help="a sweep from a config file (TOML/YAML): rules x pre-aggregators x attacks x f x "
+                       "seeds x learning rates x Dirichlet alpha x experiments, in parallel, resumable",
+                       description="Run a sweep described by a config file (see pyagg/sweep.py and the shipped "
+                       "configs in pyagg/configs: " + ", ".join(_shipped()) + "). Finished runs are skipped, "
+                       "stopped ones resumed: re-run the same command to go on after a stop.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("config", help="sweep file (.toml, or .yaml with PyYAML) or the name of a shipped config")
+    r.add_argument("--jobs", type=int, default=None,
+                   help="parallel processes (default: the config's [sweep] jobs, else one per core; at most the cores)")
+    r.add_argument("--out", default=None, help="output directory (default: the config's [sweep] out)")
+    r.add_argument("--overwrite", action="store_true", help="re-run the runs whose results exist")
+    r.add_argument("--no-progress", action="store_true", help="no progress display")
+    r.add_argument("--dry-run", action="store_true", help="check the config and list the runs, run nothing")
     o = sub.add_parser("overhead", help="time per step of each rule vs averaging at n=19",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     o.add_argument("--rules", default="average,median,krum,multi-krum,bulyan,bulyan-multikrum",
@@ -424,6 +443,8 @@ def main(argv: list[str] | None = None, prog: str = "pyagg experiment") -> int:
     from .cluster.checks import CheckError
     from .cluster.rundir import check_out_path
 
+    if a.which == "run":
+        return _main_run(a, prog)
     try:
         check_out_path(a.out)
         if a.which == "byzantine":
@@ -454,6 +475,44 @@ def main(argv: list[str] | None = None, prog: str = "pyagg experiment") -> int:
         _stop.restore()
     print(open(s["files"]["table"]).read())
     print(f"[pyagg] table: {s['files']['table']}\n[pyagg] plot:  {s['files']['plot']}", file=sys.stderr)
+    return 0
+
+
+def _main_run(a: argparse.Namespace, prog: str) -> int:
+    from .cluster import stop as _stop
+    from .sweep import check_sweep, expand, load_sweep, run_sweep
+
+    try:
+        doc = load_sweep(a.config)
+        if a.out:
+            doc["sweep"]["out"] = a.out
+        runs = expand(doc)
+        check_sweep(runs)
+    except (ValueError, TypeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        for r in runs:
+            print(r["cfg"].out, json.dumps(r["point"], default=str))
+        print(f"[pyagg] {len(runs)} runs", file=sys.stderr)
+        return 0
+    _stop.install(raise_now=True)  # SIGTERM as Ctrl-C: stop the runs in flight cleanly, keep what is done
+    try:
+        s = run_sweep(a.config, jobs=a.jobs, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
+    except KeyboardInterrupt:
+        out = a.out or doc["sweep"].get("out")
+        print(f"[pyagg] sweep stopped: finished runs and partial results are in {out}; the same command "
+              "goes on from there", file=sys.stderr)
+        return 130
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        _stop.restore()
+    print(open(s["files"]["table"]).read())
+    print(f"[pyagg] table: {s['files']['table']}", file=sys.stderr)
+    for h in s["files"]["heatmaps"]:
+        print(f"[pyagg] heatmap: {h}", file=sys.stderr)
     return 0
 
 
