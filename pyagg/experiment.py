@@ -347,6 +347,174 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+# ------------------------------------------------------- overhead by size ---
+SIZE_MODELS = {
+    100_000: ("digits-mlp", {"hidden": 1536}),        # d = 115,210
+    1_000_000: ("shapes-cnn", {}),                    # d = 1,070,794
+    10_000_000: ("shapes-cnn", {"width": 2440}),      # d = 10,040,482
+}
+"""The real model whose one-worker gradient time is the compute part at each size (nearest size)."""
+
+
+def _model_for(d: int) -> tuple[str, dict[str, Any]]:
+    return SIZE_MODELS[min(SIZE_MODELS, key=lambda k: abs(math.log(k) - math.log(max(d, 1))))]
+
+
+def _time_compute(exp_name: str, eargs: dict[str, Any], batch: int, reps: int) -> tuple[int, float]:
+    """(d, median seconds) of one worker's gradient on one mini-batch of the real model (1 TF thread)."""
+    import numpy as np
+
+    from .cluster.model import FlatModel
+    from .cluster.workloads import load_experiment
+
+    exp = load_experiment(exp_name, seed=0, **eargs)
+    m = FlatModel(exp, seed=0)
+    x, y = exp.x_train[:batch], exp.y_train[:batch]
+    m.gradient(x, y)  # trace
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        m.gradient(x, y)
+        ts.append(time.perf_counter() - t)
+    return m.d, float(np.median(ts))
+
+
+def _time_transfer(n: int, d: int, reps: int) -> tuple[float, dict[str, Any]]:
+    """Median seconds for the server to receive n authenticated d-float gradients over LossyMPI's UDP path
+    (loopback; the n senders in one thread, the engine's receive thread concurrently)."""
+    import numpy as np
+
+    from lossympi import GradientReceiver, GradientSender
+
+    ranks = list(range(1, n + 1))
+    keys = {r: bytes([r]) * 32 for r in ranks}
+    g = np.random.default_rng(0).standard_normal(d, dtype=np.float32)
+    ts, info = [], {}
+    with GradientReceiver(ranks, d, np.float32, deadline=120.0, keys=keys) as rx:
+        rate = None if rx.socket_info["rcvbuf_granted"] >= 2 * g.nbytes * n else 400e6
+        txs = [GradientSender(rx.address, keys[r], rate, rank=r) for r in ranks]
+        try:
+            for step in range(1, reps + 2):
+                rx.expect(step)
+                t = time.perf_counter()
+                for tx in txs:
+                    tx.send(step, g)
+                G, stats = rx.receive(step, copy=False)
+                dt = time.perf_counter() - t
+                complete = all(x["complete"] for x in stats)
+                if step > 1:  # the first step warms the sockets up
+                    ts.append(dt)
+                info = {"complete": complete, "paced_bytes_per_s": rate,
+                        "rcvbuf_granted": rx.socket_info["rcvbuf_granted"]}
+        finally:
+            for tx in txs:
+                tx.close()
+    return float(np.median(ts)), info
+
+
+def run_overhead_sizes(a: argparse.Namespace) -> dict[str, Any]:
+    """Per-step overhead of each rule over averaging at sizes d (``--sizes``), time split into
+    compute (one worker's gradient of a real model of about that size: workers compute in parallel),
+    transfer (the server receiving the n gradients over LossyMPI UDP, loopback) and aggregation (each
+    rule on the same synthetic (n, d) gradient matrix)."""
+    import numpy as np
+
+    from . import api
+    from .cluster.server import set_engine_threads
+
+    sizes = [int(float(x)) for x in a.sizes.split(",") if x.strip()]
+    rule_specs = _split_specs(a.rules)
+    if "average" not in [r for r, _ in rule_specs]:
+        rule_specs.insert(0, ("average", {}))
+    rules = [_label(r, p) for r, p in rule_specs]
+    os.makedirs(a.out, exist_ok=True)
+    set_engine_threads(a.agg_threads)
+    out: list[dict[str, Any]] = []
+    for size in sizes:
+        exp_name, eargs = _model_for(size)
+        d, compute = _time_compute(exp_name, eargs, a.batch_size, a.repeat * 3)
+        transfer, tinfo = _time_transfer(a.workers, d, a.transfer_steps)
+        rng = np.random.default_rng(a.seed)
+        center = rng.standard_normal(d, dtype=np.float32)
+        G = np.empty((a.workers, d), np.float32)
+        for i in range(a.workers):
+            G[i] = center + rng.standard_normal(d, dtype=np.float32)
+        aggs = {lab: api.Aggregator(r, a.declared_f, **p) for lab, (r, p) in zip(rules, rule_specs)}
+        times: dict[str, list[float]] = {r: [] for r in rules}
+        for k in range(a.steps):
+            order = rules[k % len(rules):] + rules[: k % len(rules)]
+            for r in order:
+                best = float("inf")
+                for _ in range(a.repeat):
+                    t = time.perf_counter()
+                    aggs[r].aggregate(G)
+                    best = min(best, time.perf_counter() - t)
+                times[r].append(best)
+        del G
+        base = float(np.median(times["average"]))
+        step_avg = compute + transfer + base
+        for r in rules:
+            agg = float(np.median(times[r]))
+            res = {"d": d, "model": _label(exp_name, eargs), "rule": r, "compute_ms": 1e3 * compute,
+                   "transfer_ms": 1e3 * transfer, "agg_ms": 1e3 * agg, "step_ms": 1e3 * (compute + transfer + agg),
+                   "overhead_pct": 100.0 * (agg - base) / step_avg, "transfer_complete": tinfo.get("complete")}
+            out.append(res)
+            print(f"d={d:>9d} {r:>12s}: compute {res['compute_ms']:8.1f} ms, transfer {res['transfer_ms']:8.1f} ms, "
+                  f"aggregation {res['agg_ms']:8.1f} ms -> step {res['step_ms']:8.1f} ms "
+                  f"({res['overhead_pct']:+.1f}% vs average)", file=sys.stderr, flush=True)
+    summary = {"workers": a.workers, "declared_f": a.declared_f, "agg_threads": a.agg_threads, "sizes": sizes,
+               "batch_size": a.batch_size, "results": out, "cpus": os.cpu_count()}
+    atomic_write_text(os.path.join(a.out, "overhead.json"), json.dumps(summary, indent=2) + "\n")
+    lines = [
+        f"# Per-step overhead over averaging at n = {a.workers}, declared f = {a.declared_f}",
+        "",
+        "compute: one worker's gradient (batch " + str(a.batch_size) + ", 1 TensorFlow thread) of a real model of "
+        "that size (workers compute in parallel on a cluster); transfer: the server receiving the n "
+        "authenticated gradients over LossyMPI's UDP path (loopback, this machine); aggregation: the rule on "
+        f"a synthetic ({a.workers}, d) float32 gradient matrix ({a.agg_threads} engine thread(s), best of "
+        f"{a.repeat}, median over {a.steps}). step = compute + transfer + aggregation; overhead = the rule's "
+        "extra aggregation time over the averaging step. AggregaThor: +19% (Multi-Krum), +43% (Bulyan).",
+        "",
+        "| d | model (compute) | rule | compute (ms) | transfer (ms) | aggregation (ms) | step (ms) | overhead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in out:
+        lines.append(f"| {r['d']:,} | {r['model']} | {r['rule']} | {r['compute_ms']:.1f} | {r['transfer_ms']:.1f} | "
+                     f"{r['agg_ms']:.1f} | {r['step_ms']:.1f} | {r['overhead_pct']:+.1f}% |")
+    lines.append("")
+    atomic_write_text(os.path.join(a.out, "overhead.md"), "\n".join(lines))
+    png = _overhead_sizes_plot(out, os.path.join(a.out, "overhead.png"))
+    summary["files"] = {"table": os.path.join(a.out, "overhead.md"), "plot": png}
+    return summary
+
+
+def _overhead_sizes_plot(out: list[dict[str, Any]], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = list(dict.fromkeys(r["d"] for r in out))
+    fig, axes = plt.subplots(1, len(ds), figsize=(4.5 * len(ds), 3.5), dpi=100, squeeze=False)
+    for ax, d in zip(axes[0], ds):
+        rs = [r for r in out if r["d"] == d]
+        names = [r["rule"] for r in rs]
+        c = [r["compute_ms"] for r in rs]
+        t = [r["transfer_ms"] for r in rs]
+        g = [r["agg_ms"] for r in rs]
+        ax.bar(names, c, label="compute")
+        ax.bar(names, t, bottom=c, label="transfer")
+        ax.bar(names, g, bottom=[x + y for x, y in zip(c, t)], label="aggregation")
+        ax.set_title(f"d = {d:,}", fontsize=9)
+        ax.set_ylabel("ms per step")
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _overhead_plot(out: list[dict[str, Any]], path: str) -> str:
     import matplotlib
 
@@ -434,6 +602,12 @@ def build_parser(prog: str = "pyagg experiment") -> argparse.ArgumentParser:
     o.add_argument("--lr", type=float, default=0.1, help="learning rate")
     o.add_argument("--seed", type=int, default=0, help="seed of the training")
     o.add_argument("--out", default="runs/overhead", help="output directory")
+    o.add_argument("--sizes", default=None, metavar="D,D,...",
+                   help="instead of trainings: per-step overhead at these gradient sizes (e.g. 1e5,1e6,1e7), "
+                   "split into compute (a real model of about that size), transfer (LossyMPI UDP) and "
+                   "aggregation (synthetic gradients)")
+    o.add_argument("--batch-size", type=int, default=32, help="mini-batch of the compute timing (--sizes)")
+    o.add_argument("--transfer-steps", type=int, default=3, help="timed transfer steps per size (--sizes)")
     o.add_argument("--overwrite", action="store_true", help="replace the trainings already in --out")
     return p
 
@@ -462,6 +636,8 @@ def main(argv: list[str] | None = None, prog: str = "pyagg experiment") -> int:
     try:
         if a.which == "byzantine":
             s = run_byzantine(a)
+        elif getattr(a, "sizes", None):
+            s = run_overhead_sizes(a)
         else:
             s = run_overhead(a)
     except ValueError as exc:

@@ -414,6 +414,10 @@ def write_results(doc: dict[str, Any], runs: list[dict[str, Any]], results: dict
     summary = {"sweep": doc["sweep"], "base": doc["base"], "grid": doc["grid"], "metric": metric, "runs": rows,
                "cells": table, "wall_time": wall,
                "counts": {s: sum(1 for x in rows if x["status"] == s) for s in {x["status"] for x in rows}}}
+    worst = worst_case(table, cell_dims)
+    summary["worst_case"] = worst
+    summary["files"] = {"table": os.path.join(out, "results.md"), "json": os.path.join(out, "results.json"),
+                        "csv": os.path.join(out, "results.csv"), "heatmaps": heatmaps(table, cell_dims, out, metric)}
     atomic_write_text(os.path.join(out, "results.json"), json.dumps(summary, indent=2, default=str) + "\n")
     import csv
     import io
@@ -431,7 +435,6 @@ def write_results(doc: dict[str, Any], runs: list[dict[str, Any]], results: dict
     for c in table:
         md.append("| " + " | ".join(str(c[k]) for k in cell_dims) + f" | {_fmt(c['mean'], c['std'])}"
                   + (" (n/a: bound)" if c["n/a"] else "") + f" | {c['runs']} |")
-    worst = worst_case(table, cell_dims)
     if worst:
         md += ["", "## Worst-case attack per rule", "",
                "| " + " | ".join(k for k in cell_dims if k != "attack") + " | worst attack | mean ± std |",
@@ -440,9 +443,6 @@ def write_results(doc: dict[str, Any], runs: list[dict[str, Any]], results: dict
             md.append("| " + " | ".join(str(w_[k]) for k in cell_dims if k != "attack")
                       + f" | {w_['attack']} | {_fmt(w_['mean'], w_['std'])} |")
     atomic_write_text(os.path.join(out, "results.md"), "\n".join(md) + "\n")
-    summary["worst_case"] = worst
-    summary["files"] = {"table": os.path.join(out, "results.md"), "json": os.path.join(out, "results.json"),
-                        "csv": os.path.join(out, "results.csv"), "heatmaps": heatmaps(table, cell_dims, out, metric)}
     return summary
 
 

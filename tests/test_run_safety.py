@@ -254,3 +254,30 @@ def test_mpi_sigterm_leaves_no_rank_and_resume_reaches_the_final_step(tmp_path):
     assert s["completed"] and s["resumed_from_step"] == done - 1 and s["steps_done"] == final
     _, rows = read_metrics(str(out / "metrics.csv"))
     assert [int(x["step"]) for x in rows] == list(range(final))
+
+
+# ------------------------------------------------------------------ outputs ---
+@pytest.mark.timeout(300)
+def test_outputs_tensorboard_long_format_plots_and_plain_progress(tmp_path):
+    out = tmp_path / "run"
+    r = _train("--workers", "4", "--byzantine", "1", "--attack", "bad_length", "--rule", "median", "--steps", "30",
+               "--eval-every", "10", "--out", str(out))  # progress on, stderr is a pipe: plain lines
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [x for x in r.stderr.splitlines() if "step " in x and "/30" in x]
+    assert lines and all("\r" not in x and "\x1b" not in x for x in lines)
+    assert any("steps/s" in x and "eta" in x for x in lines)
+    from pyagg.cluster.metrics import read_tensorboard
+
+    tb = read_tensorboard(str(out / "tensorboard"))
+    _, rows = read_metrics(str(out / "metrics.csv"))
+    assert [s for s, _ in tb["train/step_time"]] == list(range(30))
+    evals = [(int(x["step"]), float(x["accuracy"])) for x in rows if x["accuracy"]]
+    assert [s for s, _ in tb["train/accuracy"]] == [s for s, _ in evals]
+    assert [v for _, v in tb["train/accuracy"]] == pytest.approx([v for _, v in evals], abs=1e-5)
+    assert {v for _, v in tb["workers/n_rejected"]} == {1.0} and {v for _, v in tb["workers/n_ok"]} == {3.0}
+    _, wrows = read_metrics(str(out / "workers.csv"))
+    s = json.load(open(out / "summary.json"))
+    bad = s["byzantine_workers"][0]
+    assert [x["status"] for x in wrows if int(x["worker"]) == bad] == ["rejected"] * 30
+    assert all(x["status"] == "ok" for x in wrows if int(x["worker"]) != bad)
+    assert (out / "loss.png").stat().st_size > 1000 and (out / "accuracy.png").stat().st_size > 1000
