@@ -152,6 +152,10 @@ def run_byzantine(a: argparse.Namespace) -> dict[str, Any]:
                     skipped = s["skipped_steps"]
                     step_ms = s["mean_step_time"] * 1e3
                 except ValueError as exc:  # e.g. the rule's bound excludes this n/f
+                    from .cluster.rundir import RunDirError
+
+                    if isinstance(exc, RunDirError):  # another run is in the way: never a table cell
+                        raise
                     acc, err, skipped, step_ms = None, str(exc), None, None
                 res = {"attack": attack, "attack_args": params, "label": _label(attack, params), "rule": rule,
                        "seed": seed, "final_accuracy": acc, "skipped_steps": skipped, "mean_step_ms": step_ms,

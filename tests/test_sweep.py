@@ -97,7 +97,8 @@ def test_small_sweep_two_processes_resume_and_heatmaps(tmp_path):
               if all(x[k] == str(cell[k]) for k in ("rule", "attack", "alpha"))]
         assert len(xs) == 2
         m = sum(xs) / 2
-        assert cell["mean"] == pytest.approx(m) and cell["std"] == pytest.approx(math.sqrt(sum((x - m) ** 2 for x in xs)))
+        sd = math.sqrt(sum((x - m) ** 2 for x in xs))  # sample std of 2 values: divide by n - 1 = 1
+        assert cell["mean"] == pytest.approx(m) and cell["std"] == pytest.approx(sd)
     # worst-case attack per rule (one attack here, so it is that one) and the heatmaps
     assert {w["attack"] for w in res["worst_case"]} == {"sign_flip:scale=10"}
     assert len(res["worst_case"]) == 2 * 2  # rule x alpha

@@ -190,7 +190,8 @@ def check_memory(cfg: Any) -> dict[str, int] | None:
         parts = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in need.items() if k != "total")
         raise CheckError(
             f"this run needs about {_fmt_bytes(need['total'])} of memory ({parts}) but this machine has "
-            f"{_fmt_bytes(avail)} available ({int(HEADROOM * 100)}% of it usable): use fewer workers, a smaller model or data set (e.g. synthetic "
+            f"{_fmt_bytes(avail)} available ({int(HEADROOM * 100)}% of it usable): use fewer workers, a smaller "
+            "model or data set (e.g. synthetic "
             "n_train=...), or the MPI launcher across hosts (--hostfile); PYAGG_SKIP_MEMORY_CHECK=1 skips this check")
     return need
 

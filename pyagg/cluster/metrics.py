@@ -310,7 +310,8 @@ class ProgressBar:
             self.stream.flush()
             self._open_line = not last
         elif last or (done - self.start) % self.every == 0:
-            self.stream.write(f"{self.label}step {done}/{self.total} {self._stats(step_time)}{self._pace(done)}{extra}\n")
+            pace = self._pace(done)
+            self.stream.write(f"{self.label}step {done}/{self.total} {self._stats(step_time)}{pace}{extra}\n")
             self.stream.flush()
 
     def _stats(self, step_time: float) -> str:
