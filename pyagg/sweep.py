@@ -133,13 +133,21 @@ def _label(v: Any) -> str:
 
 
 def expand(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every run of the sweep: [{"point": {dim: value}, "cfg": TrainConfig}, ...] (checked, deduplicated)."""
+    """Every point of the sweep: [{"id", "point": {dim: value}, "cfg": TrainConfig, "alias"}, ...].
+
+    ``point["byzantine"]`` is the grid's f (a run with attack "none" has 0
+    Byzantine workers whatever it says: ``cfg.byzantine``); points that are
+    the same run (same configuration) share it: the first is run, the others
+    are ``alias`` and take its result.
+    """
     from .cluster.config import parse_pre
 
     base = {k.replace("-", "_"): v for k, v in doc["base"].items()}
     grid = doc["grid"]
     dims = [k for k in GRID_KEYS if k in grid]
-    runs, seen = [], set()
+    runs: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    points: set[str] = set()
     for values in itertools.product(*(grid[k] for k in dims)):
         point = dict(zip(dims, values))
         kw = copy.deepcopy(base)
@@ -174,17 +182,22 @@ def expand(doc: dict[str, Any]) -> list[dict[str, Any]]:
             kw["seed"] = int(point["seed"])
         cfg = TrainConfig(**kw)
         key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "out"}, sort_keys=True, default=str)
-        if key in seen:  # e.g. attack "none" with several actual f: one run
-            continue
-        seen.add(key)
         rid = hashlib.sha256(key.encode()).hexdigest()[:10]
+        point = dict(point)
+        point["declared_f"] = cfg.f
+        pkey = json.dumps(point, sort_keys=True, default=str)
+        if pkey in points:  # e.g. declared f "actual" and the same number: one point
+            continue
+        points.add(pkey)
+        if key in seen:  # e.g. attack "none" at several f: one run, shown in every cell it belongs to
+            runs.append({"id": rid, "point": point, "cfg": seen[key]["cfg"], "alias": True})
+            continue
         slug = "_".join(_label(point[k]).replace(":", "-").replace("=", "").replace(",", "-").replace("/", "-")
                         for k in dims if len(grid[k]) > 1)[:80]
         cfg.out = os.path.join(doc["sweep"].get("out", "runs/sweep"), "runs", f"{slug or 'run'}-{rid}")
-        point = dict(point)
-        point["byzantine"] = cfg.byzantine
-        point["declared_f"] = cfg.f
-        runs.append({"id": rid, "point": point, "cfg": cfg})
+        run = {"id": rid, "point": point, "cfg": cfg, "alias": False}
+        seen[key] = run
+        runs.append(run)
     return runs
 
 
@@ -327,17 +340,19 @@ def run_sweep(path: str, jobs: int | None = None, out: str | None = None, progre
     atomic_write_text(os.path.join(out, "sweep.json"), json.dumps({k: doc[k] for k in ("sweep", "base", "grid")},
                                                                  indent=2, default=str) + "\n")
     n_jobs = int(jobs if jobs is not None else doc["sweep"].get("jobs", 0)) or (os.cpu_count() or 1)
-    n_jobs = max(1, min(n_jobs, os.cpu_count() or 1, len(runs)))
+    n_jobs = max(1, min(n_jobs, os.cpu_count() or 1))
     results: dict[str, dict[str, Any]] = {}
     if overwrite:
         for r in runs:
             r["cfg"].overwrite = True
-    bar = _SweepProgress(len(runs), progress, f"{doc['sweep'].get('name', 'sweep')} ({n_jobs} processes)")
+    unique = [r for r in runs if not r["alias"]]
+    n_jobs = max(1, min(n_jobs, len(unique)))
+    bar = _SweepProgress(len(unique), progress, f"{doc['sweep'].get('name', 'sweep')} ({n_jobs} processes)")
     import multiprocessing as mp
 
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    pending = list(runs)
+    pending = list(unique)
     active: dict[Future, dict[str, Any]] = {}
     k = 0
     t0 = time.time()
@@ -394,9 +409,10 @@ def write_results(doc: dict[str, Any], runs: list[dict[str, Any]], results: dict
     metric = doc["sweep"].get("metric", "final_accuracy")
     rows = []
     for r in runs:
-        res = results.get(r["id"], {"status": "not run"})
+        res = results.get(r["id"], {"status": "not run"})  # an alias shares its run's id
         s = res.get("summary") or {}
-        rows.append({"id": r["id"], **{k: _label(v) for k, v in r["point"].items()}, "status": res["status"],
+        rows.append({"id": r["id"], **{k: _label(v) for k, v in r["point"].items()},
+                     "byzantine_workers": r["cfg"].byzantine, "status": res["status"],
                      metric: s.get(metric), "steps_done": s.get("steps_done"),
                      "skipped_steps": s.get("skipped_steps"), "mean_step_ms": None if s.get("mean_step_time") is None
                      else 1e3 * s["mean_step_time"], "error": res.get("error"), "out": r["cfg"].out})

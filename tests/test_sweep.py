@@ -52,16 +52,20 @@ def test_expand_semantics(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text(CONFIG.replace('byzantine = [1]', 'byzantine = [1, 2]\ndeclared_f = ["actual", 2]'))
     runs = expand(load_sweep(str(p)))
-    pts = [r["point"] for r in runs]
-    # attack "none" runs with 0 Byzantine workers: (f=1, f=2) collapse unless declared f differs
-    none = [q for q in pts if q["attack"] == "none"]
-    assert all(q["byzantine"] == 0 for q in none)
-    assert len(none) == 2 * 2 * 2 * 2  # rule x declared f {1, 2} x alpha x seed (actual f: always 0)
+    # grid points: rule 2 x (f, declared) in {(1,1), (1,2), (2,2)} (declared "actual" = 2 is the same point
+    # as 2 at f=2) x alpha 2 x seed 2, for each of the 2 attacks
+    assert len(runs) == 2 * (2 * 3 * 2 * 2)
+    # attack "none" runs with 0 Byzantine workers: points that differ only in the actual f share one run
+    none = [r for r in runs if r["point"]["attack"] == "none"]
+    assert len(none) == 24 and all(r["cfg"].byzantine == 0 for r in none)
+    assert len({r["cfg"].out for r in none}) == 2 * 2 * 2 * 2  # rule x declared f {1, 2} x alpha x seed
+    assert sum(not r["alias"] for r in none) == 16
     att = [r for r in runs if r["point"]["attack"] != "none"]
-    assert len(att) == 2 * 3 * 2 * 2  # rule x (f, declared) in {(1,1), (1,2), (2,2)} x alpha x seed
+    assert not any(r["alias"] for r in att) and len(att) == 24
+    assert {(r["cfg"].byzantine, r["cfg"].f) for r in att} == {(1, 1), (1, 2), (2, 2)}
     c = [r["cfg"] for r in att if r["point"]["alpha"] == 0.5][0]
     assert c.shards == "dirichlet" and c.alpha == 0.5 and c.attack == "sign_flip" and c.attack_args == {"scale": 10}
-    assert len({r["cfg"].out for r in runs}) == len(runs)
+    assert len({r["cfg"].out for r in runs if not r["alias"]}) == sum(not r["alias"] for r in runs)
 
 
 @pytest.mark.parametrize("text,msg", [
