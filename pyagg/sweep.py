@@ -272,8 +272,9 @@ def _rows_done(out: str) -> int:
 class _SweepProgress:
     """Nested progress: the sweep (runs done / total, rate, ETA) and one line per run in flight (its steps)."""
 
-    def __init__(self, total: int, enabled: bool, label: str):
+    def __init__(self, total: int, enabled: bool, label: str, shown: list[str] | None = None):
         self.enabled, self.total = enabled, total
+        self.shown = shown
         self.rich = None
         self.t0 = time.monotonic()
         if enabled and sys.stderr.isatty():
@@ -293,7 +294,8 @@ class _SweepProgress:
     def start(self, run: dict[str, Any]) -> None:
         if self.rich is not None:
             p = run["point"]
-            desc = "  " + " ".join(f"{k}={_label(v)}" for k, v in p.items() if k not in ("declared_f",))[:70]
+            keys = self.shown if self.shown else [k for k in p if k != "declared_f"]
+            desc = "  " + " ".join(f"{k}={_label(p[k])}" for k in keys if k in p)[:90]
             self.tasks[run["id"]] = self.rich.add_task(desc, total=run["cfg"].steps)
 
     def poll(self, active: dict[str, dict[str, Any]]) -> None:
@@ -347,7 +349,8 @@ def run_sweep(path: str, jobs: int | None = None, out: str | None = None, progre
             r["cfg"].overwrite = True
     unique = [r for r in runs if not r["alias"]]
     n_jobs = max(1, min(n_jobs, len(unique)))
-    bar = _SweepProgress(len(unique), progress, f"{doc['sweep'].get('name', 'sweep')} ({n_jobs} processes)")
+    shown = [k for k in GRID_KEYS if k in doc["grid"] and len(doc["grid"][k]) > 1]
+    bar = _SweepProgress(len(unique), progress, f"{doc['sweep'].get('name', 'sweep')} ({n_jobs} processes)", shown)
     import multiprocessing as mp
 
     env_threads = os.environ.get("OMP_NUM_THREADS")
@@ -418,6 +421,8 @@ def write_results(doc: dict[str, Any], runs: list[dict[str, Any]], results: dict
                      else 1e3 * s["mean_step_time"], "error": res.get("error"), "out": r["cfg"].out})
     dims = [k for k in GRID_KEYS if k in doc["grid"] or k in ("byzantine", "declared_f")]
     varying = [k for k in dims if len({row[k] for row in rows}) > 1]
+    if "declared_f" in varying and all(str(row["declared_f"]) == str(row["byzantine"]) for row in rows):
+        varying.remove("declared_f")  # declared f "actual": the same dimension as f
     cell_dims = [k for k in varying if k != "seed"]
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -470,7 +475,7 @@ def worst_case(table: list[dict[str, Any]], cell_dims: list[str]) -> list[dict[s
     for c in table:
         if c["attack"] == "none" or c["mean"] is None:
             continue
-        groups.setdefault(tuple(c[k] for k in cell_dims if k not in ("attack", "byzantine")), []).append(c)
+        groups.setdefault(tuple(c[k] for k in cell_dims if k != "attack"), []).append(c)
     return [min(cs, key=lambda c: c["mean"]) for cs in groups.values()]
 
 
@@ -488,7 +493,7 @@ def _heatmap(grid_vals: dict[tuple[str, str], float | None], rows: list[str], co
             v = grid_vals.get((r, c))
             if v is not None:
                 a[i, j] = v
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.0 + 0.5 * len(rows)), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 1.1 * len(cols)), 1.6 + 0.5 * len(rows)), dpi=100)
     im = ax.imshow(a, cmap="RdYlGn", vmin=0.0, vmax=1.0 if "accuracy" in metric else np.nanmax(a), aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -497,7 +502,7 @@ def _heatmap(grid_vals: dict[tuple[str, str], float | None], rows: list[str], co
             ax.text(j, i, "n/a" if np.isnan(a[i, j]) else f"{a[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     fig.savefig(path)
@@ -523,7 +528,7 @@ def heatmaps(table: list[dict[str, Any]], cell_dims: list[str], out: str, metric
             vals = {(str(c[y]), str(c[x])): c["mean"] for c in cs}
             label = ", ".join(f"{k}={v}" for k, v in zip(others, key))
             name = fname + (f"_{i}" if len(groups) > 1 else "") + ".png"
-            files.append(_heatmap(vals, rows, cols, xlabel, ylabel, f"{metric} (mean over seeds) {label}",
+            files.append(_heatmap(vals, rows, cols, xlabel, ylabel, f"{metric} (mean over seeds)\n{label}",
                                   os.path.join(out, name), metric))
 
     per(("rule", "attack"), "heatmap_rule_attack", "attack", "rule")
