@@ -630,6 +630,16 @@ def main(argv: list[str] | None = None, prog: str = "pyagg experiment") -> int:
             check_names(rule_specs, attacks, [(a.experiment, parse_kv(a.experiment_args))])
         elif a.which == "overhead":
             check_names(_split_specs(a.rules), [], _split_specs(a.experiments))
+        if a.which == "byzantine":
+            exps = [(a.experiment, parse_kv(a.experiment_args))]
+        else:
+            exps = [] if getattr(a, "sizes", None) else _split_specs(a.experiments)
+        from .cluster.checks import check_memory
+        from .cluster.workloads import EXPERIMENTS
+
+        for e, p in exps:  # the memory a run of each experiment needs, before any starts
+            if e in EXPERIMENTS:
+                check_memory(TrainConfig(experiment=e, experiment_args=p, workers=a.workers))
     except (CheckError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -206,6 +206,10 @@ def run(cfg: TrainConfig, observer: Any = None) -> dict[str, Any]:
 
     cfg.validate()
     ensure_cwd_importable()
+    if cfg.experiment in EXPERIMENTS:  # refuse what the machine cannot hold (also for library callers)
+        from .cluster.checks import check_memory
+
+        check_memory(cfg)
     prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     from .cluster.byzantine import choose_byzantine
     from .cluster.local import LocalCollector

@@ -78,6 +78,10 @@ def test_experiment_matrix_typos_are_errors_not_columns(tmp_path):
     assert r.returncode == 2 and "did you mean 'gaussian'" in r.stderr
     r = _cli("experiment", "overhead", "--experiments", "digits-mpl", "--out", str(tmp_path / "m"))
     assert r.returncode == 2 and "did you mean 'digits-mlp'" in r.stderr
+    # the command (OOM-killed at 24 GB before): refused at once, with the figure
+    r = _cli("experiment", "overhead", "--experiments", "synthetic:dim=1000000000", "--rules", "multi-krum,median",
+             "--workers", "19", "--declared-f", "4", "--steps", "12", "--out", str(tmp_path / "oh"))
+    assert r.returncode == 2 and "of memory" in r.stderr and "TF_NOT_LOADED" in r.stdout, r.stderr
     r = _cli("trian")
     assert r.returncode == 2 and "did you mean 'train'" in r.stderr
 
