@@ -27,8 +27,14 @@ shape (the command is printed before it runs)::
         -n 1 -env LOSSYMPI_SERVER_KEY_FILE <file> python -m lossympi.guard -m pyagg.train --launcher mpi ... : \\
         -n 19 python -m lossympi.guard -m pyagg.train --launcher mpi ...
 
-Outputs (``--out DIR``): metrics.csv, summary.json, accuracy.png,
-checkpoint.npz (atomic; ``--resume`` continues from it).
+Outputs (``--out DIR``): metrics.csv (one row per step), workers.csv (one row
+per step and worker), summary.json, accuracy.png, loss.png, tensorboard/
+(``tensorboard --logdir DIR/tensorboard``), checkpoint.npz (atomic; the last
+``--keep-checkpoints`` are kept as checkpoint-<step>.npz; ``--resume``
+continues from it). An existing run is never replaced without ``--overwrite``.
+SIGINT / SIGTERM (Ctrl-C, ``timeout``, a batch scheduler) stop the run after
+the current step, on every rank: checkpoint, summary and plots are written and
+``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -41,10 +47,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from .cluster.config import FILLS, OPTIMIZERS, TrainConfig, parse_pre
-from .cluster.experiments import EXPERIMENTS, parse_kv
+from .cluster.workloads import EXPERIMENTS, parse_kv
 
 __all__ = ["build_parser", "config_from_args", "run", "main"]
 
@@ -64,10 +71,10 @@ def _attack_names() -> list[str]:
     return list(ALL_ATTACKS)
 
 
-def build_parser(prog: str = "pyagg train") -> argparse.ArgumentParser:
+def build_parser(prog: str = "pyagg train", add_help: bool = True) -> argparse.ArgumentParser:
     """The ``pyagg train`` argument parser."""
     p = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog, add_help=add_help,
         description="Train a Keras model with a trusted parameter server and n workers, "
         "up to f of them Byzantine, aggregating gradients with a robust rule (AggregaThor).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -107,7 +114,8 @@ def build_parser(prog: str = "pyagg train") -> argparse.ArgumentParser:
     g.add_argument("--agg-threads", type=int, default=1,
                    help="OpenMP threads of the aggregation on the server (0: OpenMP's default); more only "
                    "pays for large d on a server that does not share its cores with workers")
-    g.add_argument("--attack", default="none", help="what the Byzantine workers do: " + ", ".join(_attack_names()))
+    g.add_argument("--attack", default="none", help="what the Byzantine workers do (needs --byzantine >= 1): "
+                   + ", ".join(_attack_names()))
     g.add_argument("--attack-args", default="", metavar="K=V,...",
                    help="attack parameters, e.g. sigma=200 (gaussian), scale=-1e12 (corrupt_inputs), "
                    "rate=0.3 (lossy), at_step=5 (crash)")
@@ -123,7 +131,13 @@ def build_parser(prog: str = "pyagg train") -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/train", help="output directory")
     g.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N steps (0: at the end)")
     g.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (0: never)")
-    g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz when there is one")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.npz")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, and without --resume, an existing run "
+                   "is refused and left intact)")
+    g.add_argument("--keep-checkpoints", type=int, default=3, metavar="K",
+                   help="keep the last K checkpoints (checkpoint-<step>.npz; checkpoint.npz is the newest)")
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event file (DIR/tensorboard)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--quiet", action="store_true", help="print only errors")
     return p
@@ -138,15 +152,23 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         deadline=a.deadline, fill=a.fill, drop_rate=a.drop_rate, launcher=a.launcher, steps=a.steps,
         batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, momentum=a.momentum,
         weight_decay=a.weight_decay, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
-        resume=a.resume, seed=a.seed, out=a.out, shards=a.shards, alpha=a.alpha, hostfile=a.hostfile,
+        resume=a.resume, overwrite=a.overwrite, keep_checkpoints=a.keep_checkpoints, tensorboard=not a.no_tensorboard,
+        seed=a.seed, out=a.out, shards=a.shards, alpha=a.alpha, hostfile=a.hostfile,
         mpiexec=a.mpiexec, worker_timeout=a.worker_timeout, agg_threads=a.agg_threads,
         startup_timeout=a.startup_timeout, udp_host=a.udp_host, progress=not a.no_progress, quiet=a.quiet,
     )
     cfg.validate()
-    from .cluster.byzantine import parse_attack
-
-    parse_attack(cfg.attack, cfg.attack_args)
     return cfg
+
+
+def check(cfg: TrainConfig, memory: bool = True) -> None:
+    """Everything that can refuse this run, before TensorFlow loads (names with did-you-mean, bounds,
+    the output directory, the memory need); raises ValueError."""
+    from .cluster.checks import check_config
+    from .cluster.rundir import check_out_path
+
+    check_out_path(cfg.out)
+    check_config(cfg, memory=memory)
 
 
 # ------------------------------------------------------------------ local ---
@@ -161,7 +183,7 @@ def _models(cfg: TrainConfig):
     rebuilt when the experiment, its arguments or the seed change; a reused
     model starts from the same initial parameters (``FlatModel.initial``).
     """
-    from .cluster.experiments import load_experiment
+    from .cluster.workloads import load_experiment
     from .cluster.model import FlatModel
 
     key = json.dumps([cfg.experiment, cfg.experiment_args, cfg.seed], sort_keys=True, default=str)
@@ -179,7 +201,16 @@ def run(cfg: TrainConfig, observer: Any = None) -> dict[str, Any]:
     """
     if cfg.launcher != "local":
         raise ValueError("run() drives the local launcher; use main() or launch_mpi() for --launcher mpi")
+    from .cluster.checks import ensure_cwd_importable
+    from .cluster.rundir import prepare_run_dir
+
     cfg.validate()
+    ensure_cwd_importable()
+    if cfg.experiment in EXPERIMENTS:  # refuse what the machine cannot hold (also for library callers)
+        from .cluster.checks import check_memory
+
+        check_memory(cfg)
+    prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     from .cluster.byzantine import choose_byzantine
     from .cluster.local import LocalCollector
     from .cluster.model import setup_tf
@@ -234,8 +265,54 @@ def mpi_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
     return cmd + genv + ["-n", "1", *server_env, *rank, ":", "-n", str(cfg.workers), *rank]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def rank_pids(out: str) -> dict[int, int]:
+    """Rank -> pid, from the ``pids/rank<r>.pid`` files the ranks write at start-up."""
+    d = os.path.join(out, "pids")
+    found = {}
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+        if name.startswith("rank") and name.endswith(".pid"):
+            try:
+                with open(os.path.join(d, name)) as fh:
+                    found[int(name[4:-4])] = int(fh.read().strip())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def launch_mpi(cfg: TrainConfig, argv: list[str], timeout: float | None = None) -> int:
-    """Start the cluster with mpiexec, wait for it, report; returns an exit status."""
+    """Start the cluster with mpiexec, wait for it, report; returns an exit status.
+
+    mpiexec runs in a process group (session) of its own, so a terminal's
+    Ctrl-C reaches only this launcher. On SIGINT / SIGTERM the launcher asks
+    the server (rank 0) to stop: it finishes its step, writes checkpoint,
+    summary and plots, and tells the workers to stop. Should the job not be
+    gone ``grace`` seconds later, the whole group gets SIGTERM, then SIGKILL;
+    and every rank still alive once mpiexec is gone is killed: nothing is left
+    running (nor re-parented to PID 1).
+    """
+    from .cluster import stop as _stop
+
     cmd = mpi_command(cfg, argv)
     os.makedirs(cfg.out, exist_ok=True)
     if not cfg.quiet:
@@ -244,35 +321,85 @@ def launch_mpi(cfg: TrainConfig, argv: list[str], timeout: float | None = None) 
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("OMP_NUM_THREADS", "1")
+    # --experiment mymod:factory: every rank finds the modules of the launcher's current directory
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if sys.stderr.isatty() and cfg.progress:
         env["PYAGG_TTY"] = "1"
+        env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     summary_path = os.path.join(cfg.out, "summary.json")
     done_path = os.path.join(cfg.out, "server.done")
     for p in (done_path,):
         if os.path.exists(p):
             os.unlink(p)
+    pid_dir = os.path.join(cfg.out, "pids")
+    for name in os.listdir(pid_dir) if os.path.isdir(pid_dir) else []:
+        os.unlink(os.path.join(pid_dir, name))  # a resumed run's old pids are not this job's
+    grace = max(5.0, 2 * cfg.deadline + 3.0)
+    _stop.install()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    t_end = None if timeout is None else time.monotonic() + timeout
+    asked = termed = killed = None
+    seen: dict[int, int] = {}
     try:
-        rc = proc.wait(timeout=timeout)
-    except (KeyboardInterrupt, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+            seen.update(rank_pids(cfg.out))
+            now = time.monotonic()
+            if t_end is not None and now > t_end and _stop.STOP.signum is None:
+                _stop.STOP.signum = signal.SIGTERM
+            if _stop.STOP.requested and asked is None:
+                asked = now
+                if 0 in seen and _alive(seen[0]):
+                    os.kill(seen[0], signal.SIGTERM)  # the server stops the job cleanly
+                else:  # not started yet: nothing to save
+                    _signal_group(proc.pid, signal.SIGTERM)
+                    termed = now
+                if not cfg.quiet:
+                    print(f"[pyagg] {_stop.STOP.name}: stopping the cluster (checkpoint, summary, plots)...",
+                          file=sys.stderr, flush=True)
+            if asked is not None and termed is None and now - asked > grace:
+                _signal_group(proc.pid, signal.SIGTERM)
+                termed = now
+            if termed is not None and killed is None and now - termed > 3.0:
+                _signal_group(proc.pid, signal.SIGKILL)
+                killed = now
+        rc = proc.returncode
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = 130
+    finally:
+        _stop.restore()
+        # Nothing of this job outlives the launcher: its process group, then any rank that left it.
+        _signal_group(proc.pid, signal.SIGKILL)
+        seen.update(rank_pids(cfg.out))
+        for pid in seen.values():
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    stopped = _stop.STOP.signum
     ok = os.path.exists(done_path) and os.path.exists(summary_path)
     if ok:
         with open(summary_path) as fh:
             s = json.load(fh)
         from .cluster.server import summary_line
 
-        if not cfg.quiet:
+        if not cfg.quiet or stopped:
             dead = [w["worker"] + 1 for w in s.get("workers", []) if w.get("dead")]
-            print(f"[pyagg] {summary_line(s)}" + (f"; dead worker ranks: {dead}" if dead else ""),
+            print(f"[pyagg] {summary_line(s)}" + (f"; dead worker ranks: {dead}" if dead and not stopped else ""),
                   file=sys.stderr)
+        if stopped:
+            return 128 + int(stopped)
         return 0 if s.get("completed") else 1
+    if stopped:
+        print(f"[pyagg] stopped by {signal.Signals(stopped).name} before the server could write its summary "
+              f"(mpiexec status {rc}); no rank is left running", file=sys.stderr)
+        return 128 + int(stopped)
     print(f"[pyagg] the cluster ended (mpiexec status {rc}) without the server finishing", file=sys.stderr)
     return rc or 1
 
@@ -293,28 +420,42 @@ def main(argv: list[str] | None = None, prog: str = "pyagg train") -> int:
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    if cfg.launcher == "mpi":
-        if in_mpi_job():
-            return run_rank(cfg)
-        try:  # fail here, not in a cluster of waiting workers
-            from .cluster.server import make_aggregator
+    if cfg.launcher == "mpi" and in_mpi_job():
+        return run_rank(cfg)  # the launcher checked everything before starting the job
+    try:  # fail here, in milliseconds: not after a TensorFlow import, nor in a cluster of waiting workers
+        check(cfg)
+        from .cluster.rundir import prepare_run_dir
+
+        if cfg.launcher == "mpi":
             from .cluster.transport import require_lossympi
 
-            make_aggregator(cfg, cfg.workers)
             require_lossympi(cfg.transport)
-        except (ValueError, RuntimeError) as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            return 2
+        prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    except (ValueError, RuntimeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.launcher == "mpi":
         return launch_mpi(cfg, argv)
+    from .cluster import stop as _stop
+    from .cluster.server import summary_line
+
+    _stop.install()
     try:
         s = run(cfg)
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    from .cluster.server import summary_line
-
-    if not cfg.quiet:
+    except KeyboardInterrupt:
+        name = _stop.STOP.name or "SIGINT"
+        print(f"[pyagg] interrupted by a second {name}: stopped at once (the last periodic checkpoint, if any, "
+              "is intact)", file=sys.stderr)
+        return 128 + int(_stop.STOP.signum or signal.SIGINT)
+    finally:
+        _stop.restore()
+    if not cfg.quiet or s.get("stopped_by"):
         print(f"[pyagg] {summary_line(s)}", file=sys.stderr)
+    if s.get("stopped_by"):
+        return 128 + int(signal.Signals[s["stopped_by"]])
     return 0 if s.get("completed") else 1
 
 

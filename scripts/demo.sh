@@ -34,7 +34,7 @@ fi
 echo
 echo "=== 1/2  MPI cluster: 1 server + 5 workers (1 Byzantine, gaussian attack), $transport transport, multi-krum"
 "$PY" -m pyagg.train --launcher mpi --transport "$transport" --workers 5 --byzantine 1 --attack gaussian \
-  --rule multi-krum --optimizer momentum --lr 0.1 --steps 100 --eval-every 10 --deadline 2 \
+  --rule multi-krum --optimizer momentum --lr 0.1 --steps 100 --eval-every 10 --deadline 2 --overwrite \
   --out "$OUT/cluster"
 
 echo

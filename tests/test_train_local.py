@@ -45,8 +45,13 @@ def test_no_attack_learns(tmp_path):
     assert os.path.exists(s["files"]["plot"])
     _, rows = read_metrics(s["files"]["metrics"])
     assert [int(r["step"]) for r in rows] == list(range(200))
-    for col in ("time", "loss", "accuracy", "agg_time", "comm_time", "w0_status", "w18_norm"):
+    for col in ("time", "loss", "accuracy", "agg_time", "comm_time", "n_ok"):
         assert col in rows[0]
+    assert not any(c.startswith("w0_") for c in rows[0])  # per-worker figures live in workers.csv
+    _, wrows = read_metrics(s["files"]["workers"])  # long format: one row per (step, worker)
+    assert [(int(r["step"]), int(r["worker"])) for r in wrows] == [(t, i) for t in range(200) for i in range(19)]
+    assert {r["status"] for r in wrows} == {"ok"} and all(float(r["norm"]) > 0 for r in wrows)
+    assert os.path.exists(s["files"]["loss_plot"])
 
 
 @pytest.mark.timeout(400)

@@ -4,7 +4,7 @@
 - :mod:`.local`: local launcher (all workers simulated in one process)
 - :mod:`.mpi`, :mod:`.worker`, :mod:`.transport`: the MPI cluster (each rank under
   :mod:`lossympi.guard`, the transport's rank supervisor)
-- :mod:`.experiments`: models + data (digits MLP/CNN, synthetic), pluggable
+- :mod:`.workloads`: models + data (digits MLP/CNN, synthetic), pluggable
 - :mod:`.data`: iid / Dirichlet shards, reproducible mini-batches
 - :mod:`.byzantine`: attacks wiring and the collusion channel
 - :mod:`.checkpoint`, :mod:`.metrics`: outputs

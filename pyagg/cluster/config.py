@@ -41,6 +41,8 @@ class TrainConfig:
     eval_every: int = 10
     checkpoint_every: int = 50
     resume: bool = False
+    overwrite: bool = False
+    keep_checkpoints: int = 3
     seed: int = 0
     out: str = "runs/train"
     shards: str = "iid"
@@ -52,6 +54,7 @@ class TrainConfig:
     udp_host: str | None = None
     startup_timeout: float = 300.0
     progress: bool = True
+    tensorboard: bool = True
     quiet: bool = False
 
     @property
@@ -86,6 +89,10 @@ class TrainConfig:
             raise ValueError(f"--deadline must be > 0, got {self.deadline}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("--eval-every and --checkpoint-every must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: continue the run or replace it")
         if self.shards not in ("iid", "dirichlet"):
             raise ValueError(f"--shards must be iid or dirichlet, got {self.shards!r}")
 
@@ -102,7 +109,7 @@ class TrainConfig:
 
 def parse_pre(items: list[str] | None) -> list[Any]:
     """``["nnm", "bucketing:s=2", "clipping:tau=5:adaptive=1"]`` -> pyagg ``pre=`` list."""
-    from .experiments import _convert
+    from .workloads import _convert
 
     out: list[Any] = []
     for item in items or []:

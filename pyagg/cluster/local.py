@@ -17,9 +17,10 @@ import time
 import numpy as np
 
 from .byzantine import AttackSpec, byzantine_rows, choose_byzantine, parse_attack, poison_batch
+from .faults import crashed, emulate_loss, link_loss_rate, malform
 from .config import TrainConfig
 from .data import BatchSampler, make_shards
-from .experiments import Experiment
+from .workloads import Experiment
 from .model import FlatModel
 
 __all__ = ["LocalCollector", "CHUNK_FLOATS"]
@@ -55,9 +56,7 @@ class LocalCollector:
         self._params = params.copy()  # each simulated worker gets its own copy
 
     def _drop(self, i: int, g: np.ndarray, rate: float, stats: dict, step: int) -> np.ndarray:
-        from .transport import simulate_loss
-
-        g, lost = simulate_loss(g, rate, self.cfg.fill, self.rng, self.cfg.seed, step, i + 1, self._last.get(i))
+        g, lost = emulate_loss(g, rate, self.cfg.fill, self.rng, self.cfg.seed, step, i + 1, self._last.get(i))
         stats["chunks"] = -(-self.d // CHUNK_FLOATS)
         stats["filled"] = lost
         if lost:
@@ -85,21 +84,15 @@ class LocalCollector:
             for j, i in enumerate(self.byz):
                 rows[i] = B[j]
         for i in self.byz:
-            if spec.name == "crash" and step >= int(spec.param("at_step")):
+            if crashed(spec, True, step):
                 self._dead.add(i)
-            elif spec.name == "bad_length":
-                extra = int(spec.param("extra"))
-                g = rows[i]
-                rows[i] = np.concatenate([g, np.zeros(extra, g.dtype)]) if extra >= 0 else g[:extra].copy()
-            elif spec.name == "bad_dtype":
-                rows[i] = rows[i].astype(np.float64)
+            elif spec.kind == "bad_input":
+                rows[i] = malform(spec, rows[i])
         for i in range(self.n_workers):
             if i in self._dead:
                 rows[i] = None
                 continue
-            rate = cfg.drop_rate
-            if i in self.byz_set and spec.name == "lossy":
-                rate = 1 - (1 - rate) * (1 - float(spec.param("rate")))
+            rate = link_loss_rate(spec, i in self.byz_set, cfg.drop_rate)
             if rate > 0 and rows[i] is not None and rows[i].dtype == np.float32 and rows[i].shape == (self.d,):
                 rows[i] = self._drop(i, rows[i], rate, stats[i], step)
                 if cfg.fill == "last":

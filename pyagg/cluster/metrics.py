@@ -1,4 +1,4 @@
-"""Run outputs: metrics.csv, summary.json, accuracy plot, terminal progress bar."""
+"""Run outputs: metrics.csv, workers.csv, summary.json, loss/accuracy plots, TensorBoard events, progress."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 
 from .checkpoint import atomic_write_text
 
-__all__ = ["MetricsCSV", "read_metrics", "write_summary", "plot_accuracy", "ProgressBar", "fmt"]
+__all__ = ["MetricsCSV", "read_metrics", "write_summary", "plot_accuracy", "plot_loss", "ProgressBar", "RichProgress",
+           "make_progress", "TensorBoardLog", "read_tensorboard", "fmt"]
 
 
 def fmt(v: Any) -> str:
@@ -142,6 +143,111 @@ def plot_accuracy(csv_path: str, png_path: str, title: str = "", metric: str = "
     return png_path
 
 
+def plot_loss(csv_path: str, png_path: str, title: str = "") -> str | None:
+    """PNG of the test loss over steps (log scale when it spans decades); None when nothing to plot."""
+    _, rows = read_metrics(csv_path)
+    pts = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
+    pts = [p for p in pts if math.isfinite(p[1])]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.5, color="tab:red")
+    ax.set_xlabel("step")
+    ax.set_ylabel("test loss")
+    ys = [p[1] for p in pts]
+    if min(ys) > 0 and max(ys) / min(ys) > 30:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+# ------------------------------------------------------------- TensorBoard ---
+TB_SCALARS = ("loss", "accuracy", "step_time", "comm_time", "validate_time", "agg_time", "update_time", "grad_norm",
+              "skipped", "n_ok", "n_nonfinite", "n_partial", "n_missing", "n_rejected", "n_dead")
+"""metrics.csv columns also written as TensorBoard scalars (tags ``train/<name>``, ``workers/<name>`` for counts)."""
+
+
+class TensorBoardLog:
+    """TensorBoard event file of scalar summaries, written without TensorBoard installed.
+
+    Each step is one ``Event`` record (TFRecord framing with CRCs, written by
+    ``tf.io.TFRecordWriter``) holding the step's scalars with the ``scalars``
+    plugin metadata, i.e. exactly what ``tf.summary.scalar`` writes, at a
+    fraction of its per-call cost. ``tensorboard --logdir DIR/tensorboard``
+    shows them (install tensorboard to view; nothing here needs it).
+    """
+
+    def __init__(self, logdir: str):
+        import socket
+
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+        from tensorflow.core.util import event_pb2
+
+        os.makedirs(logdir, exist_ok=True)
+        self.tf, self.event_pb2, self.summary_pb2 = tf, event_pb2, summary_pb2
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.pyagg"
+        self.path = os.path.join(logdir, name)
+        self.writer = tf.io.TFRecordWriter(self.path)
+        md = summary_pb2.SummaryMetadata()
+        md.plugin_data.plugin_name = "scalars"
+        self.md = md
+        self.writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        self.writer.flush()
+        self._n = 0
+
+    def step(self, step: int, row: dict[str, Any]) -> None:
+        ev = self.event_pb2.Event(wall_time=time.time(), step=int(step))
+        for k in TB_SCALARS:
+            v = row.get(k)
+            if v is None or isinstance(v, str):
+                continue
+            v = float(v)
+            if not math.isfinite(v):
+                continue
+            val = ev.summary.value.add()
+            val.tag = ("workers/" if k.startswith("n_") else "train/") + k
+            val.metadata.CopyFrom(self.md)
+            val.tensor.CopyFrom(self.tf.make_tensor_proto(np.float32(v)))
+        self.writer.write(ev.SerializeToString())
+        self._n += 1
+        if self._n % 50 == 0:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+
+
+def read_tensorboard(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of every event file under ``logdir``: tag -> [(step, value), ...] (files in name order)."""
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for rec in tf.data.TFRecordDataset(f):
+            e = event_pb2.Event.FromString(rec.numpy())
+            for v in e.summary.value:
+                out.setdefault(v.tag, []).append((int(e.step), float(tf.make_ndarray(v.tensor))))
+    return out
+
+
 class ProgressBar:
     """One-line progress bar (loss, accuracy, step time) on a terminal; periodic lines otherwise.
 
@@ -170,6 +276,15 @@ class ProgressBar:
         self.loss: float | None = None
         self.acc: float | None = None
         self._open_line = False
+        self.t0 = time.monotonic()
+
+    def _pace(self, done: int) -> str:
+        dt = time.monotonic() - self.t0
+        rate = (done - self.start) / dt if dt > 0 and done > self.start else 0.0
+        if rate <= 0:
+            return ""
+        eta = (self.total - done) / rate
+        return f" {rate:.1f} steps/s eta {int(eta) // 60}:{int(eta) % 60:02d}"
 
     def update(self, step: int, step_time: float, loss: float | None = None, acc: float | None = None,
                extra: str = "") -> None:
@@ -189,12 +304,14 @@ class ProgressBar:
             width = 24
             filled = int(width * done / self.total)
             bar = "#" * filled + "." * (width - filled)
-            line = f"\r{self.label}step {done:>5}/{self.total} [{bar}] {self._stats(step_time)}{extra}"
+            line = (f"\r{self.label}step {done:>5}/{self.total} [{bar}] {self._stats(step_time)}{self._pace(done)}"
+                    f"{extra}\x1b[K")
             self.stream.write(line + ("\n" if last else ""))
             self.stream.flush()
             self._open_line = not last
         elif last or (done - self.start) % self.every == 0:
-            self.stream.write(f"{self.label}step {done}/{self.total} {self._stats(step_time)}{extra}\n")
+            pace = self._pace(done)
+            self.stream.write(f"{self.label}step {done}/{self.total} {self._stats(step_time)}{pace}{extra}\n")
             self.stream.flush()
 
     def _stats(self, step_time: float) -> str:
@@ -207,3 +324,65 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._open_line = False
+
+
+class RichProgress:
+    """Progress bar drawn by rich (a Keras dependency): bar, steps, rate, elapsed, ETA, loss/accuracy/step time.
+
+    rich redraws the whole line (no stale characters). Used on a terminal
+    (or with ``force_tty``: the server rank of an MPI job, whose stderr is a
+    pipe to mpiexec that ends on the user's terminal).
+    """
+
+    def __init__(self, total: int, start: int = 0, label: str = "", force_tty: bool = False,
+                 stream: TextIO | None = None):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        width = int(os.environ.get("COLUMNS", "0") or 0) or None
+        console = Console(file=stream or sys.stderr, force_terminal=True if force_tty else None, width=width)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console, transient=False,
+            refresh_per_second=8)
+        self.total = max(int(total), 1)
+        self.task = self.progress.add_task(label, total=self.total, completed=int(start), rate="", stats="")
+        self.progress.start()
+        self.t0 = time.monotonic()
+        self.start = int(start)
+        self.loss: float | None = None
+        self.acc: float | None = None
+
+    def update(self, step: int, step_time: float, loss: float | None = None, acc: float | None = None,
+               extra: str = "") -> None:
+        if loss is not None:
+            self.loss = loss
+        if acc is not None:
+            self.acc = acc
+        done = step + 1
+        dt = time.monotonic() - self.t0
+        rate = (done - self.start) / dt if dt > 0 else 0.0
+        loss_s = "-" if self.loss is None else f"{self.loss:.4f}"
+        acc_s = "-" if self.acc is None else f"{self.acc:.3f}"
+        self.progress.update(self.task, completed=done, rate=f"{rate:.1f} steps/s",
+                             stats=f"loss {loss_s} acc {acc_s} step {step_time * 1e3:.1f} ms{extra}")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_progress(total: int, start: int = 0, enabled: bool = True, label: str = "", force_tty: bool = False,
+                  stream: TextIO | None = None) -> Any:
+    """rich progress on a terminal (or forced), plain periodic lines otherwise (logs, CI), nothing when disabled."""
+    stream = stream or sys.stderr
+    tty = force_tty or bool(getattr(stream, "isatty", lambda: False)())
+    if enabled and tty:
+        try:
+            return RichProgress(total, start, label, force_tty=force_tty, stream=stream)
+        except ImportError:
+            pass
+    bar = ProgressBar(total, start, stream=stream, enabled=enabled, label=f"[{label}] " if label else "")
+    bar.tty = False
+    return bar

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .experiments import Experiment
+from .workloads import Experiment
 
-__all__ = ["setup_tf", "FlatModel"]
+__all__ = ["setup_tf", "FlatModel", "check_logits"]
 
 _TF_READY = False
 
@@ -41,6 +41,46 @@ def setup_tf(threads: int = 1) -> Any:
     return tf
 
 
+def _output_activation(model: Any) -> str | None:
+    """Name of the activation the model's last layer applies (softmax, sigmoid...), None when linear."""
+    layers = [lay for lay in getattr(model, "layers", []) if not type(lay).__name__ in ("InputLayer", "Dropout")]
+    if not layers:
+        return None
+    last = layers[-1]
+    kind = type(last).__name__
+    if kind == "Softmax":
+        return "softmax"
+    if hasattr(last, "layers") and last is not model:  # a nested model: look inside
+        return _output_activation(last)
+    act = getattr(last, "activation", None)
+    if act is None:
+        return None
+    name = getattr(act, "__name__", str(act)).lower()
+    return None if name in ("linear", "identity") else name
+
+
+def check_logits(model: Any, exp: Experiment) -> None:
+    """Refuse a model whose outputs are probabilities where the loss expects logits.
+
+    The cluster's losses take logits (softmax / sigmoid cross-entropy from
+    logits): a softmax or sigmoid output layer would be applied twice, which
+    trains badly without any error. The fix is to drop the activation.
+    """
+    act = _output_activation(model)
+    if act in ("softmax", "sigmoid", "log_softmax") and exp.loss != "mse":
+        raise ValueError(
+            f"experiment {exp.name!r}: the model's last layer applies {act}, but the loss "
+            f"({exp.loss}) takes logits, so {act} would be applied twice: build the last layer without an "
+            f"activation (e.g. keras.layers.Dense({exp.num_classes or 1}) instead of "
+            f"keras.layers.Dense({exp.num_classes or 1}, activation='{act}')); predictions are argmax / "
+            "sign of the logits")
+    if act in ("softmax", "sigmoid") and exp.loss == "mse":
+        import warnings
+
+        warnings.warn(f"experiment {exp.name!r}: a regression (mse) model ends with {act}: its outputs are "
+                      "bounded; drop the activation unless that is intended", stacklevel=2)
+
+
 class FlatModel:
     """Keras model + flat-vector views of its trainable parameters.
 
@@ -62,6 +102,7 @@ class FlatModel:
         self.model = exp.build_model()
         if not self.model.built:
             self.model.build((None,) + tuple(exp.x_train.shape[1:]))
+        check_logits(self.model, exp)
         self.vars = list(self.model.trainable_variables)
         if not self.vars:
             raise ValueError(f"experiment {exp.name!r}: the model has no trainable variables")

@@ -35,10 +35,25 @@ def run_rank(cfg: TrainConfig) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     code = 1
+    from . import stop as _stop
+    from .checks import ensure_cwd_importable
+
+    ensure_cwd_importable()
+    if rank == 0:
+        # SIGINT/SIGTERM (forwarded by the launcher): finish the step, save, tell the workers to stop.
+        # Before training starts there is nothing to save: the first signal already leaves.
+        _stop.install(raise_now=True)
+    else:
+        # A worker stopped from outside leaves at once and quietly; the server sees it as gone.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, lambda signum, frame: _exit(128 + signum))
     try:
         if size != cfg.workers + 1:
             raise ValueError(f"--workers {cfg.workers} needs {cfg.workers + 1} MPI ranks, got {size}")
         code = _server(comm, cfg) if rank == 0 else _worker(comm, cfg)
+    except KeyboardInterrupt as exc:  # a stop signal before training started, or a second one
+        print(f"[rank {rank}] stopped by {exc or 'SIGINT'}", file=sys.stderr)
+        code = FATAL
     except BaseException as exc:  # noqa: BLE001 - report and leave without hanging the job
         print(f"[rank {rank}] error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if not isinstance(exc, (ValueError, TimeoutError)):
@@ -52,7 +67,7 @@ def run_rank(cfg: TrainConfig) -> int:
 
 def _common(comm: Any, cfg: TrainConfig):
     from .byzantine import Collusion, choose_byzantine, parse_attack
-    from .experiments import load_experiment
+    from .workloads import load_experiment
     from .model import setup_tf
 
     setup_tf(1)
@@ -88,17 +103,20 @@ def _server(comm: Any, cfg: TrainConfig) -> int:
     server = ParameterServer(cfg, exp, collector, cfg.out, model=model, extra_summary={
         "byzantine_workers": byz, "byzantine_ranks": [b + 1 for b in byz], "launcher": "mpi",
         "transport": f"{cfg.transport} (lossympi)"})
+    from . import stop as _stop
+
+    _stop.STOP.raise_now = False  # from here a stop signal ends the run cleanly after the current step
     try:
         summary = server.run()
     finally:
         collector.close()
     with open(done, "w") as fh:
         fh.write("ok\n" if summary.get("completed") else "incomplete\n")
-    return 0 if summary.get("completed") else 1
+    return 0 if summary.get("completed") or summary.get("stopped_by") else 1
 
 
 def _worker(comm: Any, cfg: TrainConfig) -> int:
     from .worker import run_worker
 
     exp, _, collusion = _common(comm, cfg)
-    return run_worker(comm, cfg, exp, collusion)
+    return run_worker(comm, cfg, exp, collusion, on_started=lambda: STARTED.__setitem__(0, True))

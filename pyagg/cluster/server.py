@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Protocol
 
@@ -34,8 +35,8 @@ from .. import api as _api
 from ..errors import InvalidArgumentError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .experiments import Experiment
-from .metrics import MetricsCSV, ProgressBar, plot_accuracy, read_metrics, write_summary
+from .workloads import Experiment
+from .metrics import MetricsCSV, plot_accuracy, plot_loss, read_metrics, write_summary
 from .model import FlatModel
 
 __all__ = ["Collector", "ParameterServer", "Optimizer", "make_aggregator"]
@@ -140,7 +141,8 @@ def make_aggregator(cfg: TrainConfig, n: int) -> _api.Aggregator:
     need = info["min_n"](cfg.f)
     if n < need:
         raise InvalidArgumentError(
-            f"rule {cfg.rule!r} needs n >= {info['bound']} = {need} workers for f={cfg.f}, got --workers={n}"
+            f"rule {cfg.rule!r} needs {info['bound']}, i.e. at least {need} workers for f={cfg.f}, got "
+            f"--workers={n}"
         )
     agg = _api.Aggregator(cfg.rule, cfg.f, pre=cfg.pre, **cfg.rule_args)
     # Parameters that depend on n (e.g. multi-krum's m) are checked by the engine at the first
@@ -191,17 +193,29 @@ class ParameterServer:
         self.resumed_from: int | None = None
         self.last_eval: dict[str, float] = {}
         self.history: list[tuple[int, float]] = []
-        if cfg.resume:
+        self.metrics: MetricsCSV | None = None
+        self.workers_csv: MetricsCSV | None = None
+        self.stopped_by: str | None = None
+        if cfg.resume:  # (a fresh run never meets an older checkpoint: rundir.prepare_run_dir refuses that)
             self._resume()
-        else:  # a fresh run must never be resumed from an older run's checkpoint
-            try:
-                os.unlink(os.path.join(out_dir, "checkpoint.npz"))
-            except FileNotFoundError:
-                pass
 
     # ---------------------------------------------------------- resume ---
     def _resume(self) -> None:
-        ck = load_checkpoint(self.out)
+        from .checkpoint import list_checkpoints
+
+        try:
+            ck = load_checkpoint(self.out)
+        except ValueError as exc:  # torn or corrupted: fall back on the newest kept one that verifies
+            ck = None
+            for step, path in list_checkpoints(self.out):
+                try:
+                    ck = load_checkpoint(self.out, path)
+                except ValueError:
+                    continue
+                print(f"[pyagg] {exc}; resuming from the kept checkpoint of step {step} instead", file=sys.stderr)
+                break
+            if ck is None:
+                raise
         if ck is None:
             return
         meta, arrays = ck
@@ -280,7 +294,9 @@ class ParameterServer:
         }
         if self.metrics is not None:
             self.metrics.sync()
-        save_checkpoint(self.out, step, arrays, meta)
+        if self.workers_csv is not None:
+            self.workers_csv.sync()
+        save_checkpoint(self.out, step, arrays, meta, keep=self.cfg.keep_checkpoints)
 
     # ------------------------------------------------------- validation ---
     def _fill_row(self, i: int, step: int) -> np.ndarray:
@@ -344,36 +360,49 @@ class ParameterServer:
         return G, status
 
     # --------------------------------------------------------------- run ---
-    def _fields(self, stats: list[dict]) -> list[str]:
-        base = ["step", "time", "step_time", "comm_time", "validate_time", "agg_time", "update_time", "loss",
-                "accuracy", "skipped", "n_ok", "n_nonfinite", "n_partial", "n_missing", "n_rejected", "n_dead",
-                "grad_norm"]
-        keys: list[str] = ["status"]
+    BASE_FIELDS = ["step", "time", "step_time", "comm_time", "validate_time", "agg_time", "update_time", "loss",
+                   "accuracy", "skipped", "n_ok", "n_nonfinite", "n_partial", "n_missing", "n_rejected", "n_dead",
+                   "grad_norm"]
+    """Columns of metrics.csv (one row per step); the per-worker figures are in workers.csv."""
+
+    def _worker_fields(self, stats: list[dict]) -> list[str]:
+        """Columns of workers.csv (long format: one row per step and worker)."""
+        keys: list[str] = ["step", "worker", "status"]
         for s in stats:
             for k, v in s.items():
                 if k not in keys and k != "reject_reason" and isinstance(v, (int, float, np.integer, np.floating)):
                     keys.append(k)
-        return base + [f"w{i}_{k}" for i in range(self.n) for k in keys]
+        return keys
 
     def evaluate(self) -> dict[str, float]:
         self.model.set_flat(self.params)
         return self.model.evaluate()
 
     def run(self) -> dict[str, Any]:
+        from .metrics import TensorBoardLog, make_progress
+        from .stop import STOP
+
         cfg = self.cfg
         self.metrics: MetricsCSV | None = None
+        self.workers_csv: MetricsCSV | None = None
         csv_path = os.path.join(self.out, "metrics.csv")
-        bar = ProgressBar(cfg.steps, self.start_step, enabled=cfg.progress and not cfg.quiet,
-                          label=f"[{cfg.rule}|{cfg.attack}] " if not cfg.quiet else "")
-        if os.environ.get("PYAGG_TTY") == "1":
-            bar.tty = True
+        wcsv_path = os.path.join(self.out, "workers.csv")
+        bar = make_progress(cfg.steps, self.start_step, enabled=cfg.progress and not cfg.quiet,
+                            label=f"{cfg.rule} | {cfg.attack}", force_tty=os.environ.get("PYAGG_TTY") == "1")
+        tb = TensorBoardLog(os.path.join(self.out, "tensorboard")) if cfg.tensorboard else None
         t_start = time.perf_counter()
         step_times, agg_times, comm_times = [], [], []
         last_step = self.start_step - 1
+        last_checkpoint = self.resumed_from
         elapsed = self.elapsed0
         completed = self.start_step >= cfg.steps
+        self.stopped_by: str | None = None
+        resume_step = self.start_step - 1 if self.resumed_from is not None else None
         try:
             for step in range(self.start_step, cfg.steps):
+                if STOP.requested:
+                    self.stopped_by = STOP.name
+                    break
                 t0 = time.perf_counter()
                 self.collector.broadcast(step, self.params)
                 rows, stats = self.collector.receive(step)
@@ -410,31 +439,39 @@ class ParameterServer:
                     "n_missing": status.count("missing"), "n_rejected": status.count("rejected"),
                     "n_dead": status.count("dead"), "n_partial": status.count("partial"),
                 }
-                for i, s in enumerate(stats):
-                    for k, v in s.items():
-                        row[f"w{i}_{k}"] = STATUS_CODES.get(v, v) if k == "status" else v
                 if self.metrics is None:
-                    self.metrics = MetricsCSV(csv_path, self._fields(stats),
-                                              resume_step=last_step if self.resumed_from is not None else None)
+                    self.metrics = MetricsCSV(csv_path, self.BASE_FIELDS, resume_step=resume_step)
+                    self.workers_csv = MetricsCSV(wcsv_path, self._worker_fields(stats), resume_step=resume_step)
                 self.metrics.write(row)
+                for i, st in enumerate(stats):
+                    self.workers_csv.write({**st, "step": step, "worker": i})
+                if tb is not None:
+                    tb.step(step, row)
                 step_times.append(t3 - t0)
                 agg_times.append(t2 - tv)
                 comm_times.append(t1 - t0)
                 last_step = step
                 if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or is_last):
                     self.checkpoint(step, elapsed)
+                    last_checkpoint = step
                 bar.update(step, t3 - t0, ev.get("loss"), ev.get("accuracy"))
-            completed = True
+            else:
+                completed = True
+            if self.stopped_by and last_step >= 0 and last_checkpoint != last_step:
+                self.checkpoint(last_step, elapsed)  # a stopped run is always resumable
         finally:
-            if self.metrics is not None:
-                self.metrics.close()
+            for m in (self.metrics, self.workers_csv):
+                if m is not None:
+                    m.close()
+            if tb is not None:
+                tb.close()
             bar.close()
         return self._finish(completed, last_step, elapsed, step_times, agg_times, comm_times)
 
     def _finish(self, completed, last_step, elapsed, step_times, agg_times, comm_times) -> dict[str, Any]:
         cfg = self.cfg
         csv_path = os.path.join(self.out, "metrics.csv")
-        png = None
+        png = loss_png = None
         all_steps = []
         if os.path.exists(csv_path):
             _, rows = read_metrics(csv_path)
@@ -442,6 +479,7 @@ class ParameterServer:
             title = (f"{self.exp.name}: {cfg.rule}, n={self.n}, f={cfg.f}, "
                      f"{cfg.byzantine} Byzantine ({cfg.attack}), {cfg.launcher}/{cfg.transport}")
             png = plot_accuracy(csv_path, os.path.join(self.out, "accuracy.png"), title, self.exp.metric)
+            loss_png = plot_loss(csv_path, os.path.join(self.out, "loss.png"), title)
         final = self.last_eval or (self.evaluate() if last_step >= 0 else {})
 
         def mean(x):
@@ -478,8 +516,12 @@ class ParameterServer:
                  "dead_reason": getattr(self.collector, "dead_reasons", {}).get(i)}
                 for i in range(self.n)
             ],
-            "files": {"metrics": csv_path, "plot": png, "checkpoint": os.path.join(self.out, "checkpoint.npz")
-                      if cfg.checkpoint_every else None},
+            "stopped_by": self.stopped_by,
+            "files": {"metrics": csv_path, "workers": os.path.join(self.out, "workers.csv"), "plot": png,
+                      "loss_plot": loss_png,
+                      "tensorboard": os.path.join(self.out, "tensorboard") if cfg.tensorboard else None,
+                      "checkpoint": os.path.join(self.out, "checkpoint.npz")
+                      if os.path.exists(os.path.join(self.out, "checkpoint.npz")) else None},
         }
         summary.update(self.extra)
         write_summary(os.path.join(self.out, "summary.json"), summary)
@@ -489,9 +531,15 @@ class ParameterServer:
 def summary_line(s: dict[str, Any]) -> str:
     acc = s.get("final_accuracy")
     acc_s = "nan" if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f"{acc:.4f}"
+    out = os.path.dirname(s['files']['metrics'])
+    if s.get("stopped_by"):
+        total = s.get("config", {}).get("steps", "?")
+        ck = " (continue with --resume)" if s["files"].get("checkpoint") else ""
+        return (f"stopped by {s['stopped_by']} after {s['steps_done']} of {total} steps, "
+                f"{s['experiment']['metric']} {acc_s}; summary, plots and checkpoint in {out}{ck}")
     return (f"final {s['experiment']['metric']} {acc_s} after {s['steps_done']} steps, "
             f"mean step {s['mean_step_time'] * 1e3:.2f} ms, skipped {s['skipped_steps']}; "
-            f"outputs in {os.path.dirname(s['files']['metrics'])}")
+            f"outputs in {out}")
 
 
 def load_summary(out_dir: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,15 +21,20 @@ import numpy as np
 from .byzantine import Collusion, choose_byzantine, default_estimate, parse_attack, poison_batch
 from .config import TrainConfig
 from .data import BatchSampler, make_shards
-from .experiments import Experiment
+from .workloads import Experiment
 from .model import FlatModel
-from .transport import make_worker_transport, require_lossympi, simulate_loss
+from .faults import crashed, emulate_loss, emulated_loss_rate, malform
+from .transport import make_worker_transport, require_lossympi
 
 __all__ = ["run_worker"]
 
 
-def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusion | None) -> int:
-    """Worker loop of rank ``comm.Get_rank()`` (>= 1); returns an exit status."""
+def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusion | None,
+               on_started: Callable[[], None] | None = None) -> int:
+    """Worker loop of rank ``comm.Get_rank()`` (>= 1); returns an exit status.
+
+    ``on_started()`` is called once the transport is up (training started).
+    """
     rank = comm.Get_rank()
     me = rank - 1
     spec = parse_attack(cfg.attack, cfg.attack_args)
@@ -44,18 +50,12 @@ def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusio
     x0 = exp.x_train[shard[: cfg.batch_size]]
     model.gradient(x0, exp.y_train[shard[: cfg.batch_size]])
     model.gradients(x0[None], exp.y_train[shard[: cfg.batch_size]][None], params=model.initial)
-    # Loss on this worker's link. Over UDP the server injects --drop-rate on every link; a Byzantine
-    # "lossy" worker additionally loses `rate` of its datagrams, emulated at the sender (the lost
-    # chunks are replaced by what the server's fill would put there). MPI never loses anything:
-    # both are emulated at the sender.
-    emulate_rate = float(spec.param("rate")) if evil and spec.name == "lossy" else 0.0
-    if cfg.transport == "mpi":
-        emulate_rate = 1 - (1 - cfg.drop_rate) * (1 - emulate_rate)
+    # Loss on this worker's link (faults.emulated_loss_rate: what the sender emulates, per transport).
+    emulate_rate = emulated_loss_rate(spec, evil, cfg.drop_rate, cfg.transport)
     require_lossympi(cfg.transport)
     transport = make_worker_transport(comm, d, cfg)
-    from .mpi import STARTED
-
-    STARTED[0] = True
+    if on_started is not None:
+        on_started()
     rng = np.random.default_rng([cfg.seed, rank, 5])
     estimate = default_estimate(spec, cfg.workers, len(byz)) if spec.kind == "gradient" else 0
     prev: np.ndarray | None = None
@@ -68,7 +68,7 @@ def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusio
                 return 3
             if step is None:
                 break
-            if evil and spec.name == "crash" and step >= int(spec.param("at_step")):
+            if crashed(spec, evil, step):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -86,15 +86,10 @@ def run_worker(comm: Any, cfg: TrainConfig, exp: Experiment, collusion: Collusio
                     own.append(model.gradient(exp.x_train[idk], exp.y_train[idk])[0])
                 g = collusion.attack(spec, np.stack(own), cfg.workers, cfg.seed, step, timeout=cfg.worker_timeout)
             if evil and spec.kind == "bad_input":
-                if spec.name == "bad_length":
-                    n_extra = int(spec.param("extra"))
-                    g = np.concatenate([g, np.zeros(n_extra, g.dtype)]) if n_extra >= 0 else g[:n_extra].copy()
-                else:
-                    g = g.astype(np.float64)
-                transport.send_unchecked(step, g)
+                transport.send_unchecked(step, malform(spec, g))
                 continue
-            if emulate_rate > 0 and g.dtype == np.float32 and g.shape == (d,):
-                g, _ = simulate_loss(g, emulate_rate, cfg.fill, rng, cfg.seed, step, rank, prev)
+            if emulate_rate > 0 and g.shape == (d,):
+                g, _ = emulate_loss(g, emulate_rate, cfg.fill, rng, cfg.seed, step, rank, prev)
                 prev = g
             try:
                 transport.send(step, g)
