@@ -99,6 +99,19 @@ void averaged_median(const T* const* rows, std::size_t n, std::size_t d, std::si
   PYAGG_FWD(averaged_median, rows, n, d, beta, out);
 }
 template <typename T>
+void averaged_upper_median(const T* const* rows, std::size_t n, std::size_t d, std::size_t beta, T* out) {
+  PYAGG_FWD(averaged_upper_median, rows, n, d, beta, out);
+}
+template <typename T>
+void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_t d, double nu,
+                                 std::int64_t max_iter, double tol, T* out) {
+  PYAGG_FWD(geometric_median_mean_start, rows, n, d, nu, max_iter, tol, out);
+}
+template <typename T>
+void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {
+  PYAGG_FWD(pairwise_sqdist_counted, rows, n, d, D, exact);
+}
+template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
                       double tol, T* out) {
   PYAGG_FWD(geometric_median, rows, n, d, nu, max_iter, tol, out);
@@ -156,6 +169,11 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   template void averaged_median<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);         \
   template void geometric_median<T>(const T* const*, std::size_t, std::size_t, double, std::int64_t,    \
                                     double, T*);                                                        \
+  template void geometric_median_mean_start<T>(const T* const*, std::size_t, std::size_t, double,       \
+                                               std::int64_t, double, T*);                               \
+  template void averaged_upper_median<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);   \
+  template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*,          \
+                                           std::size_t*);                                               \
   template void centered_clipping<T>(const T* const*, std::size_t, std::size_t, double, std::int64_t,   \
                                      const T*, T*);                                                     \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);                 \
