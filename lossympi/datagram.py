@@ -339,7 +339,7 @@ class GradientSender:
         every copy and leave the server waiting for its deadline.
     credit : int or None
         Catch-up credit in bytes (>= burst): time lost to oversleeping within a send is made up
-        by sending at most this many bytes behind schedule back to back (default: rate * 2 ms,
+        by sending at most this many bytes behind schedule back to back (default: rate * 0.5 ms,
         at least burst, at most 32 datagrams); ``credit=burst`` is a plain token bucket.
 
     Sends are cancellable: :meth:`abandon` (from any thread) or a per-send ``deadline`` stops a

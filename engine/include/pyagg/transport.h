@@ -439,7 +439,7 @@ struct SenderConfig {
   std::size_t burst = 0;     // bucket depth in bytes; 0 = auto (rate * 200 us, 2..44 datagrams)
   std::size_t credit = 0;    // catch-up credit in bytes (>= burst): time lost to oversleeping within a send is
                              // made up by sending up to this many bytes behind schedule back to back; lag beyond
-                             // it is forgiven. 0 = auto (rate * 2 ms, at least burst, at most max(burst, 32
+                             // it is forgiven. 0 = auto (rate * 0.5 ms, at least burst, at most max(burst, 32
                              // datagrams)); set it to `burst` for a plain token bucket
   int end_copies = 3;        // END markers sent (identical bytes), 1..16
   double end_spacing_s = 0.001;  // time between END copies, so one tail drop (a full queue for ~1 ms) cannot

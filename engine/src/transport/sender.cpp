@@ -39,8 +39,10 @@ class SenderImpl final : public GradientSender {
       double burst = cfg_.burst > 0 ? double(cfg_.burst) : std::clamp(cfg_.rate * 200e-6, 2.0 * dg, 44.0 * dg);
       per_batch = std::min(per_batch, std::max<std::size_t>(1, std::size_t(burst / dg)));
       burst = std::max(burst, dg);
+      // 0.5 ms of this sender's rate: when every sender of a bottleneck catches up at once, their
+      // bursts add up to 0.5 ms of the bottleneck's rate, half of a 1 ms queue (netlab: 128 KB at 1 Gbit/s)
       const double credit =
-          cfg_.credit > 0 ? double(cfg_.credit) : std::clamp(cfg_.rate * 2e-3, burst, std::max(burst, 32.0 * dg));
+          cfg_.credit > 0 ? double(cfg_.credit) : std::clamp(cfg_.rate * 500e-6, burst, std::max(burst, 32.0 * dg));
       pacer_.configure(cfg_.rate, burst, credit);
     }
     batch_ = per_batch;
