@@ -17,9 +17,15 @@ achieved/target pacing rate, and the CPU load of the machine during the cell
 every process runs on this machine's cores, so with 19 senders the CPU can be
 the limit, not the network.
 
-The MPI transport (`--modes mpi`) is not run by this lab: see the note printed
-with --modes mpi (MPICH's ranks find each other through the hydra launcher
-and, on one host, bypass the network through shared memory).
+The project's MPI transport (`--modes mpi`, not in the default modes: it adds
+a third of the time): mpiexec starts rank 0 in the server's namespace and
+rank k in worker k-1's (`ip netns exec` as each rank's command; hydra's PMI
+connection is an inherited socket, so it crosses namespaces). MPICH would
+move data between ranks of one host through shared memory (or UCX's), which
+bypasses the lab; MPIR_CVAR_NOLOCAL=1 (every rank "remote"), the ofi netmod
+without its shm provider, FI_PROVIDER=tcp and FI_TCP_IFACE=eth0 (each
+namespace's lab interface) force it onto the emulated network, and every
+cell checks that the bottleneck qdisc counted at least the gradients' bytes.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ def run_cell(lab: topo.Lab, mode: str, size: int, steps: int, warmup: int, deadl
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (LOSSYMPI_ROOT, ROOT, os.environ.get("PYTHONPATH"))
                                                       if x), OMP_NUM_THREADS="1")
     procs = []
+    if mode == "mpi":
+        return run_mpi_cell(lab, size, steps, warmup, out, env)
     q0 = lab.qdisc_stats()
     d0 = lab.dropped()
     b0, t0_ = cpu_times()
@@ -121,6 +129,50 @@ def run_cell(lab: topo.Lab, mode: str, size: int, steps: int, warmup: int, deadl
     return rep
 
 
+def run_mpi_cell(lab: topo.Lab, size: int, steps: int, warmup: int, out: str, env: dict) -> dict:
+    sys.path.insert(0, ROOT)
+    from lossympi.keys import launch_args
+
+    exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    genv, server_env, _ = launch_args()
+    common = ["--mode", "mpi", "--n", str(lab.n), "--size", str(size), "--steps", str(steps), "--warmup",
+              str(warmup), "--deadline", "60", "--out", out]
+    me = [sys.executable, DRIVER, "mpirank", *common]
+    cmd = [exe, "-disable-auto-cleanup", *genv, "-n", "1", *server_env, *lab.exec_prefix(lab.server_ns), *me]
+    for k in range(lab.n):
+        cmd += [":", "-n", "1", *lab.exec_prefix(lab.worker_ns(k)), *me]
+    env = dict(env, MPIR_CVAR_NOLOCAL="1", MPIR_CVAR_CH4_NETMOD="ofi", MPIR_CVAR_CH4_OFI_ENABLE_SHM="0",
+               FI_SHM_DISABLE="1", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0")
+    q0 = lab.qdisc_stats()
+    d0 = lab.dropped()
+    b0, t0_ = cpu_times()
+    t_start = time.monotonic()
+    limit = 120 + (steps + warmup) * 30
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        log, _ = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise RuntimeError(f"mpi cell N={lab.n} S={size} loss={lab.loss} did not finish in {limit} s")
+    wall = time.monotonic() - t_start
+    b1, t1_ = cpu_times()
+    if p.returncode != 0 or not os.path.exists(out):
+        raise RuntimeError(f"mpiexec failed (rc={p.returncode}):\n{log[-3000:]}")
+    with open(out) as f:
+        rep = json.load(f)
+    q1 = lab.qdisc_stats()
+    rep.update(wall_s=wall, cpu_busy=(b1 - b0) / max(1, t1_ - t0_), loadavg=loadavg(),
+               queue_drops=q1.get("dropped", 0) - q0.get("dropped", 0), nft_drops=lab.dropped() - d0,
+               loss=lab.loss, qdisc_bytes=q1.get("bytes", 0) - q0.get("bytes", 0))
+    need = lab.n * size * (steps + warmup)
+    if rep["qdisc_bytes"] < 0.95 * need:  # the gradients must have crossed the bottleneck
+        raise RuntimeError(f"MPI bypassed the lab: the bottleneck saw {rep['qdisc_bytes']} bytes, the gradients "
+                           f"were {need} (shared memory instead of the network?)")
+    return rep
+
+
 def summarize(rep: dict, rate_mbit: float) -> dict:
     n, size = rep["n"], rep["size"]
     ts = [s["seconds"] * 1e3 for s in rep["steps"]]
@@ -157,7 +209,7 @@ def table(rows: list[dict], header: str) -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         miss = (f"{r['missing']} / {r['chunks']} ({100 * r['missing'] / r['chunks']:.2f}%)"
-                if r["chunks"] else ("0 (reliable)" if r["mode"] == "tcp" else "-"))
+                if r["chunks"] else ("0 (reliable)" if r["mode"] in ("tcp", "mpi") else "-"))
         pace = (f"{r['pace_ratio']:.3f} (min {r['pace_ratio_min']:.3f})" if r["pace_ratio"] is not None else "-")
         out.append(f"| {r['n']} x {r['size_mb']:g} MB | {100 * r['loss']:g}% | {r['mode']} | {r['ideal_ms']:.1f} "
                    f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['p99_ms'] / r['ideal_ms']:.2f} | {miss} "
@@ -202,7 +254,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, nargs="*", default=None)
     ap.add_argument("--size-mb", type=float, nargs="*", default=None)
     ap.add_argument("--loss", type=float, nargs="*", default=None, help="percent")
-    ap.add_argument("--modes", nargs="*", default=["udp", "tcp"])
+    ap.add_argument("--modes", nargs="*", default=["udp", "tcp"], help="udp, tcp, mpi")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--pace", type=float, default=0.97)
@@ -215,14 +267,9 @@ def main() -> int:
     a = ap.parse_args()
     global LOSSYMPI_ROOT
     LOSSYMPI_ROOT = os.path.abspath(a.lossympi_root) if a.lossympi_root else ""
-    if "mpi" in a.modes:
-        print("netlab: --modes mpi is not run: MPICH (the mpi4py wheel's ch4:ofi) launches its ranks through "
-              "hydra, which can start each rank in a namespace (ip netns exec), but ranks on one host talk "
-              "through shared memory, not the emulated network; forcing the network path "
-              "(MPIR_CVAR_NOLOCAL, FI_PROVIDER=tcp, per-namespace FI_TCP_IFACE) is not done here. "
-              "The cluster's transport='mpi' is compared with UDP on loopback instead (bench_transport.py).",
-              file=sys.stderr)
-        a.modes = [m for m in a.modes if m != "mpi"]
+    if "mpi" in a.modes and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "mpiexec")):
+        print("netlab: --modes mpi needs mpiexec next to this Python (pip install mpich mpi4py)", file=sys.stderr)
+        return 2
     why = topo.can_run()
     if why:
         print(f"netlab: cannot run: {why}", file=sys.stderr)

@@ -16,8 +16,12 @@ server's clock. Data transports:
   tcp  one persistent TCP connection per worker (TCP_NODELAY); the server reads
        exactly S bytes per worker per step.
   mpi  the project's `mpi` transport (lossympi ServerTransport/WorkerTransport
-       over MPI point-to-point), run by mpiexec across the namespaces: see
-       matrix.py (--mode mpi) for how and when it can run.
+       with transport="mpi": parameters broadcast and gradients sent over MPI
+       point-to-point), one rank per namespace under mpiexec (role `mpirank`;
+       matrix.py starts it with MPICH forced onto the network: no shared
+       memory, libfabric's tcp provider on eth0). Its control signal is the
+       transport's own parameter broadcast (a 1-element array), and the server
+       waits for every gradient (deadline 60 s), like TCP.
 
     python step_driver.py server --mode udp --n 4 --size 1048576 --steps 30 --out s.json ...
     python step_driver.py worker --mode udp --rank 0 --server 10.77.0.1 ...
@@ -187,6 +191,46 @@ def run_server(a) -> dict:
     return {"mode": a.mode, "n": n, "size": a.size, "steps": steps, "server_cpu_s": cpu, "workers": workers}
 
 
+# ------------------------------------------------------------- mpi ranks --
+def run_mpirank(a) -> None:
+    from mpi4py import MPI
+
+    from lossympi import ServerTransport, WorkerTransport
+
+    comm = MPI.COMM_WORLD
+    r = comm.Get_rank()
+    d = a.size // 4
+    if r == 0:
+        srv = ServerTransport(comm, d, transport="mpi", deadline=a.deadline, dead_after=None)
+        exp = {w: gradient(w, a.size) for w in srv.workers}
+        steps = []
+        c0 = cpu_seconds()
+        for step in range(1, a.warmup + a.steps + 1):
+            t0 = time.monotonic()
+            srv.broadcast(step, np.zeros(1, np.float32))
+            G, stats = srv.receive(step, copy=False)
+            t1 = time.monotonic()
+            bad = sum(not np.array_equal(G[i], exp[w]) for i, w in enumerate(srv.workers))
+            if step > a.warmup:
+                steps.append({"step": step, "seconds": t1 - t0, "reason": srv.last_info["reason"],
+                              "missing": 0, "corrupt": int(bad),
+                              "incomplete": sum(not s["complete"] for s in stats)})
+        cpu = cpu_seconds() - c0
+        srv.shutdown()
+        rep = {"mode": "mpi", "n": a.n, "size": a.size, "steps": steps, "server_cpu_s": cpu, "workers": {}}
+        with open(a.out, "w") as f:
+            f.write(json.dumps(rep))
+    else:
+        w = WorkerTransport(comm)
+        g = gradient(r, a.size)
+        while True:
+            step, _ = w.recv_params(timeout=600)
+            if step is None:
+                break
+            w.send(step, g)
+        w.close()
+
+
 # ------------------------------------------------------------------ worker --
 def run_worker(a) -> None:
     rank = a.rank + 1
@@ -242,8 +286,8 @@ def run_worker(a) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("role", choices=["server", "worker"])
-    ap.add_argument("--mode", choices=["udp", "tcp"], required=True)
+    ap.add_argument("role", choices=["server", "worker", "mpirank"])
+    ap.add_argument("--mode", choices=["udp", "tcp", "mpi"], required=True)
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--size", type=int, required=True, help="gradient bytes per worker (multiple of 4)")
     ap.add_argument("--steps", type=int, default=30)
@@ -261,6 +305,9 @@ def main() -> int:
     ap.add_argument("--secret", default="00" * 32)
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    if a.role == "mpirank":
+        run_mpirank(a)
+        return 0
     if a.role == "server":
         rep = run_server(a)
         text = json.dumps(rep)
