@@ -175,6 +175,24 @@ TEST_CASE("cancel: a step already abandoned sends nothing; an older abandon does
   CHECK(count_kind(*rec, Kind::kData) == 3 && count_kind(*rec, Kind::kEnd) == 3);
 }
 
+TEST_CASE("cancel: step 0 is not abandoned by default; abandon(0) abandons it; abandon(max) saturates") {
+  auto rec = std::make_shared<Recorder>();
+  auto tx = make_sender(sender_config(6), rec);
+  std::vector<float> g(500, 1.0f);
+  SendStats ss;
+  CHECK(tx->send(0, g.data(), g.size(), DType::kFloat32, &ss).ok());  // the cluster's first step is 0
+  CHECK(ss.abandoned == Abandon::kNone && ss.chunks_sent == 2 && ss.end_sent == 3);
+  auto tx2 = make_sender(sender_config(7), rec);
+  tx2->abandon(0);
+  CHECK(tx2->send(0, g.data(), g.size(), DType::kFloat32, &ss).ok());
+  CHECK(ss.abandoned == Abandon::kNewerStep && ss.chunks_sent == 0);
+  CHECK(tx2->send(1, g.data(), g.size(), DType::kFloat32, &ss).ok());
+  CHECK(ss.abandoned == Abandon::kNone && ss.chunks_sent == 2);
+  tx2->abandon(~uint64_t{0});  // every step, no overflow to "nothing"
+  CHECK(tx2->send(2, g.data(), g.size(), DType::kFloat32, &ss).ok());
+  CHECK(ss.abandoned == Abandon::kNewerStep);
+}
+
 TEST_CASE("cancel: a send past its deadline is abandoned at the next batch") {
   auto rec = std::make_shared<Recorder>();
   rec->stall_at = 1;                       // the worker is descheduled inside the second batch...

@@ -51,11 +51,13 @@ class SenderImpl final : public GradientSender {
   }
 
   void abandon(uint64_t step) override {
-    uint64_t cur = abandon_upto_.load(std::memory_order_relaxed);
-    while (step > cur && !abandon_upto_.compare_exchange_weak(cur, step, std::memory_order_release,
-                                                               std::memory_order_relaxed)) {
+    // Kept as "every step below this one": 0 = nothing abandoned (step 0 is a valid step).
+    const uint64_t below = step >= kMaxStep ? kMaxStep + 1 : step + 1;
+    uint64_t cur = abandon_below_.load(std::memory_order_relaxed);
+    while (below > cur && !abandon_below_.compare_exchange_weak(cur, below, std::memory_order_release,
+                                                                 std::memory_order_relaxed)) {
     }
-    // A newer step known only after abandon_upto_ was read by the sending
+    // A newer step known only after abandon_below_ was read by the sending
     // thread is seen at its next check (between batches, or within 1 ms of a wait).
   }
 
@@ -233,7 +235,7 @@ class SenderImpl final : public GradientSender {
   }
 
   Abandon should_stop() const {
-    if (abandon_upto_.load(std::memory_order_acquire) >= step_) return Abandon::kNewerStep;
+    if (step_ < abandon_below_.load(std::memory_order_acquire)) return Abandon::kNewerStep;
     if (has_deadline_ && Clock::now() >= t_deadline_) return Abandon::kDeadline;
     return Abandon::kNone;
   }
@@ -279,7 +281,7 @@ class SenderImpl final : public GradientSender {
   uint64_t step_ = 0;  // the send in progress
   bool has_deadline_ = false;
   Clock::time_point t_deadline_{};
-  std::atomic<uint64_t> abandon_upto_{0};
+  std::atomic<uint64_t> abandon_below_{0};
 };
 
 }  // namespace
