@@ -313,6 +313,8 @@ def main() -> int:
                     help="pacing of each worker in the collection (bytes/s; 0 = unpaced)")
     ap.add_argument("--collect-deadline", type=float, default=5.0, help="server deadline in the collection (s)")
     ap.add_argument("--skip-collect", action="store_true")
+    ap.add_argument("--only-collect", action="store_true", help="skip the one-to-one goodput benchmarks")
+    ap.add_argument("--only-goodput", action="store_true", help="one-to-one: only udp (auth, GSO) and tcp")
     ap.add_argument("--deadline", type=float, default=5.0)
     ap.add_argument("--json", default=None)
     # child arguments
@@ -336,14 +338,17 @@ def main() -> int:
     print(f"# LossyMPI transport benchmark: {d * 4 / 1e6:.0f} MB gradient, {a.reps} reps (+1 warm-up), "
           f"{os.cpu_count()} CPUs, load average {loadavg():.1f}", flush=True)
     rows = {}
-    rows["udp (auth, GSO)"] = bench_udp(d, a.reps)
-    rows["udp (auth, sendmmsg)"] = bench_udp(d, a.reps, gso=False)
-    rows["udp (no auth, GSO)"] = bench_udp(d, a.reps, auth=False)
-    rows["tcp socket"] = bench_tcp(d, a.reps)
-    try:
-        rows["mpi p2p"] = bench_mpi(d, a.reps)
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        print(f"# mpi p2p skipped: {e}", flush=True)
+    if not a.only_collect:
+        rows["udp (auth, GSO)"] = bench_udp(d, a.reps)
+        if not a.only_goodput:
+            rows["udp (auth, sendmmsg)"] = bench_udp(d, a.reps, gso=False)
+            rows["udp (no auth, GSO)"] = bench_udp(d, a.reps, auth=False)
+        rows["tcp socket"] = bench_tcp(d, a.reps)
+        if not a.only_goodput:
+            try:
+                rows["mpi p2p"] = bench_mpi(d, a.reps)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                print(f"# mpi p2p skipped: {e}", flush=True)
     print(f"{'path':24s} {'goodput GB/s':>12s} {'best':>6s} {'median s':>9s} {'cpu tx s':>9s} {'cpu rx s':>9s} "
           f"{'cpu-bound GB/s':>14s} {'complete':>8s} ok")
     for name, r in rows.items():
@@ -352,7 +357,7 @@ def main() -> int:
               f"{r['complete']:8.0%} {r['all_ok']}")
     print("(cpu-bound GB/s = bytes / max(sender CPU s, receiver CPU s): the rate with one idle core per side. "
           "On one host MPI moves the data through shared memory, not the network stack)")
-    u = rows["udp (auth, GSO)"]["goodput_gbps"]
+    u = rows["udp (auth, GSO)"]["goodput_gbps"] if rows else 0.0
     ratios = {k: u / r["goodput_gbps"] for k, r in rows.items() if r["goodput_gbps"] > 0}
     print("ratios (udp auth GSO / x): " + ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
     report["one_to_one"] = rows

@@ -141,6 +141,8 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         size_t max_datagram
         CFillPolicy fill
         double grace_s
+        cbool adaptive_grace
+        double grace_min_s
         double drop_rate
         uint64_t seed
         cbool isolate
@@ -189,6 +191,8 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         uint64_t step
         CEndReason reason
         double elapsed_s
+        double grace_s
+        double spread_s
         double wait_s
         vector[CWorkerStats] workers
         CRejectCounts unattributed
@@ -218,8 +222,16 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         size_t max_datagram
         double rate
         size_t burst
+        size_t credit
         int end_copies
+        double end_spacing_s
         size_t batch
+
+    cdef enum class CAbandon "pyagg::transport::Abandon":
+        kNone "pyagg::transport::Abandon::kNone"
+        kNewerStep "pyagg::transport::Abandon::kNewerStep"
+        kDeadline "pyagg::transport::Abandon::kDeadline"
+    const char* abandon_name(CAbandon a)
 
     cdef cppclass CSendStats "pyagg::transport::SendStats":
         uint64_t step
@@ -233,9 +245,17 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         double seconds
         double paced_s
         cbool gso
+        uint64_t chunks_sent
+        uint64_t end_sent
+        CAbandon abandoned
+        double data_s
+        double target_rate
+        double achieved_rate
+        double forgiven_s
 
     cdef cppclass CGradientSender "pyagg::transport::GradientSender":
-        CStatus send(uint64_t step, const void* data, size_t d, CDType dtype, CSendStats* st)
+        CStatus send(uint64_t step, const void* data, size_t d, CDType dtype, double deadline_s, CSendStats* st)
+        void abandon(uint64_t step)
         CStatus send_register()
         string describe()
 
@@ -399,7 +419,7 @@ cdef class UdpReceiver:
 
     def __init__(self, ranks, bytes keys, size_t d, int dtype, str mac="auto", str fill="nan", *,
                  uint32_t job_id=0, uint16_t tensor_id=0, size_t max_datagram=1472, double grace=0.005,
-                 double drop_rate=0.0, uint64_t seed=0, str host="127.0.0.1", int port=0,
+                 double grace_min=0.0005, bint adaptive_grace=True, double drop_rate=0.0, uint64_t seed=0, str host="127.0.0.1", int port=0,
                  size_t rcvbuf=64 << 20, bint gro=True, int batch=32, bint isolate=False):
         cdef CReceiverConfig cfg
         cdef CUdpSourceOptions opts
@@ -415,6 +435,8 @@ cdef class UdpReceiver:
         cfg.max_datagram = max_datagram
         cfg.fill = _to_fill(fill)
         cfg.grace_s = grace
+        cfg.grace_min_s = grace_min
+        cfg.adaptive_grace = adaptive_grace
         cfg.drop_rate = drop_rate
         cfg.seed = seed
         cfg.isolate = isolate
@@ -479,6 +501,7 @@ cdef class UdpReceiver:
             st = self.impl.get().collect(step, deadline, self._wait.data(), &res)
         raise_status(st)
         info = {"step": res.step, "reason": end_reason_name(res.reason).decode(), "elapsed_s": res.elapsed_s,
+                "grace_s": res.grace_s, "spread_s": res.spread_s,
                 "wait_s": res.wait_s, "datagrams": res.datagrams, "kernel_dropped": res.kernel_dropped,
                 "unattributed_kernel_dropped": res.unattributed_kernel_dropped,
                 "unattributed": _rejects(res.unattributed)}
@@ -529,17 +552,22 @@ cdef class UdpSender:
 
     send() runs without the GIL; close() takes the same lock as send(), so it
     waits for a send in progress instead of freeing the sender under it.
+    abandon() does not wait for that lock (it must reach a send in progress);
+    it and close() share a second lock that only guards the pointer's lifetime.
     """
 
     cdef unique_ptr[CGradientSender] impl
     cdef readonly str mac
     cdef readonly uint32_t rank
     cdef object _lock
+    cdef object _life
 
     def __init__(self, str host, int port, uint32_t rank, key, str mac="auto", *, uint32_t job_id=0,
                  uint16_t tensor_id=0, size_t max_datagram=1472, double rate=0.0, size_t burst=0,
-                 bint gso=True, size_t sndbuf=4 << 20, int end_copies=2, size_t batch=44):
+                 bint gso=True, size_t sndbuf=4 << 20, int end_copies=3, double end_spacing=0.001,
+                 size_t credit=0, size_t batch=44):
         self._lock = threading.Lock()
+        self._life = threading.Lock()
         cdef CSenderConfig cfg
         cdef CUdpSinkOptions opts
         cfg.job_id = job_id
@@ -552,6 +580,8 @@ cdef class UdpSender:
         cfg.rate = rate
         cfg.burst = burst
         cfg.end_copies = end_copies
+        cfg.end_spacing_s = end_spacing
+        cfg.credit = credit
         cfg.batch = batch
         opts.host = host.encode("utf-8")
         opts.port = port
@@ -570,8 +600,8 @@ cdef class UdpSender:
                 return "UdpSender(closed)"
             return self.impl.get().describe().decode()
 
-    def send(self, uint64_t step, uintptr_t data, size_t d, int dtype):
-        """Sends d elements at address `data`; returns the send statistics."""
+    def send(self, uint64_t step, uintptr_t data, size_t d, int dtype, double deadline=0.0):
+        """Sends d elements at address `data` (abandoned after `deadline` s; 0 = none); returns the statistics."""
         cdef CSendStats s
         cdef CStatus st
         cdef CDType dt = to_dtype(dtype)
@@ -581,11 +611,20 @@ cdef class UdpSender:
                 raise TransportError("the sender is closed")
             tx = self.impl.get()
             with nogil:
-                st = tx.send(step, <const void*>data, d, dt, &s)
+                st = tx.send(step, <const void*>data, d, dt, deadline, &s)
         raise_status(st)
+        ab = abandon_name(s.abandoned).decode()
         return {"step": s.step, "chunks": s.chunks, "datagrams": s.datagrams, "bytes": s.bytes,
                 "syscalls": s.syscalls, "refused": s.refused, "retries": s.retries, "dropped": s.dropped,
-                "seconds": s.seconds, "paced_s": s.paced_s, "gso": bool(s.gso)}
+                "seconds": s.seconds, "paced_s": s.paced_s, "gso": bool(s.gso), "chunks_sent": s.chunks_sent,
+                "end_sent": s.end_sent, "abandoned": None if ab == "none" else ab, "data_s": s.data_s,
+                "target_rate": s.target_rate, "achieved_rate": s.achieved_rate, "forgiven_s": s.forgiven_s}
+
+    def abandon(self, uint64_t step):
+        """Abandons the send of every step <= `step` (the one in progress and later ones); never blocks on send."""
+        with self._life:
+            if self.impl:
+                self.impl.get().abandon(step)
 
     def register(self):
         """Sends one REGISTER datagram (proof of this sender's source address)."""
@@ -602,7 +641,8 @@ cdef class UdpSender:
     def close(self):
         """Frees the sender (waits for a send() in progress on another thread)."""
         with self._lock:
-            self.impl.reset()
+            with self._life:
+                self.impl.reset()
 
 
 def fill_chunks(uintptr_t row, size_t d, int dtype, str policy, uintptr_t received, uint64_t seed, uint64_t step,

@@ -184,7 +184,11 @@ class GradientReceiver:
     mac : 'auto' | 'aes256gcm' | 'chacha20poly1305'
     host, port : where to bind (port 0: ephemeral; see :attr:`address`).
     grace : float
-        Seconds after the last expected END marker before the step ends anyway.
+        Seconds after the last expected END marker before the step ends anyway: with
+        ``adaptive_grace`` (default) the upper bound, the actual grace being chosen from the measured
+        arrival spread (how long after a sender's END its data still arrived, late chunks included):
+        2 x the largest spread of the last 16 steps + ``grace_min``; :attr:`last_info` ['grace_s']
+        says which grace a step used. ``adaptive_grace=False``: always ``grace``.
     drop_rate, seed : receiver-side loss injection (probability per datagram, reproducible).
     max_datagram : int
         Largest datagram (header + payload + MAC); 1472 fits one Ethernet frame.
@@ -203,7 +207,8 @@ class GradientReceiver:
     def __init__(self, ranks: Iterable[int], d: int, dtype: Any = np.float32, deadline: float = 2.0,
                  fill: str = "nan", keys: Mapping[int, bytes] | Sequence[bytes] | None = None, *,
                  auth: bool = True, mac: str = "auto", host: str = "127.0.0.1", port: int = 0, job_id: int = 0,
-                 tensor_id: int = 0, grace: float = 0.005, drop_rate: float = 0.0, seed: int = 0,
+                 tensor_id: int = 0, grace: float = 0.005, grace_min: float = 0.0005,
+                 adaptive_grace: bool = True, drop_rate: float = 0.0, seed: int = 0,
                  max_datagram: int = DEFAULT_MAX_DATAGRAM, rcvbuf: int | None = None, gro: bool = True,
                  isolate: bool = False) -> None:
         self.ranks = [int(r) for r in ranks]
@@ -222,6 +227,7 @@ class GradientReceiver:
             rcvbuf = int(min(max(2 * step_bytes, 64 << 20), 1 << 30))
         self._rx = _wire.UdpReceiver(self.ranks, blob, self.d, dtype_code(self.dtype), self.mac, fill,
                                     job_id=job_id, tensor_id=tensor_id, max_datagram=max_datagram, grace=grace,
+                                    grace_min=grace_min, adaptive_grace=adaptive_grace,
                                     drop_rate=drop_rate, seed=seed, host=host, port=port, rcvbuf=rcvbuf, gro=gro,
                                     isolate=isolate)
         self.isolate = bool(isolate)
@@ -328,12 +334,24 @@ class GradientSender:
         Batch with UDP generic segmentation offload (one send per 44 datagrams); falls back to
         sendmmsg when the kernel refuses. Turn it off for nftables-based loss emulation, which
         would otherwise see one packet per 44 datagrams.
+    end_copies, end_spacing : END markers sent after the data (identical copies) and the seconds
+        between them, so that one tail drop (a full queue for about a millisecond) cannot take
+        every copy and leave the server waiting for its deadline.
+    credit : int or None
+        Catch-up credit in bytes (>= burst): time lost to oversleeping within a send is made up
+        by sending at most this many bytes behind schedule back to back (default: rate * 0.5 ms,
+        at least burst, at most 32 datagrams); ``credit=burst`` is a plain token bucket.
+
+    Sends are cancellable: :meth:`abandon` (from any thread) or a per-send ``deadline`` stops a
+    send between two batches; the send then returns with ``stats['abandoned']`` set
+    ('newer_step' or 'deadline') and sends no END marker.
     """
 
     def __init__(self, server_addr: tuple[str, int], key: bytes | None, rate: float | None = None, *,
                  rank: int, auth: bool = True, mac: str = "auto", job_id: int = 0, tensor_id: int = 0,
                  max_datagram: int = DEFAULT_MAX_DATAGRAM, burst: int | None = None, gso: bool = True,
-                 sndbuf: int = 4 << 20, end_copies: int = 2) -> None:
+                 sndbuf: int = 4 << 20, end_copies: int = 3, end_spacing: float = 0.001,
+                 credit: int | None = None) -> None:
         host, port = server_addr
         self.mac = resolve_mac(mac, auth)
         if self.mac != "none" and (key is None or len(bytes(key)) != 32):
@@ -345,18 +363,34 @@ class GradientSender:
         self._tx = _wire.UdpSender(str(host), int(port), self.rank, key, self.mac, job_id=job_id,
                                   tensor_id=tensor_id, max_datagram=max_datagram,
                                   rate=0.0 if rate is None else float(rate), burst=0 if burst is None else int(burst),
-                                  gso=gso, sndbuf=sndbuf, end_copies=end_copies)
+                                  gso=gso, sndbuf=sndbuf, end_copies=int(end_copies),
+                                  end_spacing=float(end_spacing), credit=0 if credit is None else int(credit))
         self.last_stats: dict | None = None
 
-    def send(self, step: int, grad: np.ndarray) -> dict:
-        """Sends `grad` (1-D float32/float64) as step `step` (steps must increase); returns send stats."""
+    def send(self, step: int, grad: np.ndarray, deadline: float | None = None) -> dict:
+        """Sends `grad` (1-D float32/float64) as step `step` (steps must increase); returns send stats.
+
+        deadline : seconds from now after which the send is abandoned (None: never). The
+        stats' 'abandoned' is None, 'newer_step' (see :meth:`abandon`) or 'deadline';
+        'achieved_rate' / 'target_rate' measure the pacing (bytes/s of DATA after the first batch).
+        """
         g = np.ascontiguousarray(grad).reshape(-1)
         code = dtype_code(g.dtype)
         if g.size == 0:
             raise InvalidArgumentError("cannot send an empty gradient")
-        st = self._tx.send(int(step), g.ctypes.data, g.size, code)
+        dl = 0.0 if deadline is None else float(deadline)
+        if not (dl >= 0.0) or dl == float("inf"):
+            raise InvalidArgumentError(f"deadline must be a finite number of seconds >= 0 or None, got {deadline}")
+        if deadline is not None and dl == 0.0:
+            dl = 1e-9  # already due: abandoned before the first batch
+        st = self._tx.send(int(step), g.ctypes.data, g.size, code, dl)
         self.last_stats = st
         return st
+
+    def abandon(self, step: int) -> None:
+        """Abandons the sends of every step <= `step`: the one in progress on another thread stops
+        at its next batch, later ones at once. Thread-safe; never waits for the send."""
+        self._tx.abandon(int(step))
 
     def register(self) -> None:
         """Sends one REGISTER datagram (proves this sender's source address to an isolating receiver)."""

@@ -558,9 +558,13 @@ class ServerTransport:
             if all(self._mpi_stats[w]["received"] for w in waited):
                 reason = "complete"
                 break
-            if time.monotonic() >= t_end:
+            now = time.monotonic()
+            if now >= t_end:
                 break
-            bo.sleep()
+            if bo.t < t_end - now:
+                bo.sleep()
+            else:  # the last wait ends at the deadline, not a backoff step past it
+                time.sleep(t_end - now)
         t1 = time.monotonic()
         stats = []
         for i, w in enumerate(self.workers):

@@ -11,7 +11,10 @@ gradients. It only ever receives from rank 0; messages are typed buffers.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import numpy as np
@@ -54,6 +57,10 @@ class WorkerTransport:
         self._inflight: list = []   # (requests, buffers kept alive)
         self._tx: GradientSender | None = None
         self.step: int | None = None
+        self._t_params: float | None = None  # when the parameters of self.step arrived
+        self._pump: ThreadPoolExecutor | None = None  # runs UDP sends while this thread watches MPI
+        self._pump_lock = threading.Lock()
+        self.sends_abandoned = 0
         self.params_skipped = 0
         t_end = time.monotonic() + startup_timeout
         spk = server_public_key if server_public_key is not None else server_public_key_from_env()
@@ -229,6 +236,7 @@ class WorkerTransport:
                 step, params = got
                 self._post(m.pack_ack(step), m.TAG_ACK)
                 self.step = step
+                self._t_params = time.monotonic()
                 return step, params
             if self._inflight:
                 self._progress_sends()
@@ -271,7 +279,7 @@ class WorkerTransport:
             raise TransportError(f"rank {self.rank}: the transport was stopped ({self.stop_reason})")
         g = np.ascontiguousarray(grad).reshape(-1)
         if self.transport == "udp":
-            return self._tx.send(int(step), g)
+            return self._send_udp(int(step), g)
         MPI = mpi()
         t0 = time.monotonic()
         hdr = np.array([int(step), g.nbytes], dtype=np.uint64)
@@ -290,11 +298,54 @@ class WorkerTransport:
             bo.sleep()
         return {"step": int(step), "bytes": int(g.nbytes), "seconds": time.monotonic() - t0}
 
+    def _send_udp(self, step: int, g: np.ndarray) -> dict:
+        """A cancellable UDP send: the engine sends on a helper thread (without the GIL) while this
+        thread watches the control plane. The send is abandoned (no more datagrams, no END marker) as
+        soon as newer parameters or STOP are queued from the server, that step being closed at the
+        server, or when the server's deadline for this step has passed (counted from the arrival of
+        this step's parameters). Only this thread calls MPI."""
+        tx = self._tx
+        deadline = None
+        if self.step == step and self._t_params is not None:
+            deadline = max(self.deadline - (time.monotonic() - self._t_params), 1e-6)
+        with self._pump_lock:
+            if self._pump is None:
+                self._pump = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lossympi-send-{self.rank}")
+            fut = self._pump.submit(tx.send, step, g, deadline)
+        poll = 20e-6
+        watching = True
+        stop = False
+        while True:
+            done, _ = wait_futures([fut], timeout=poll)
+            if done:
+                break
+            poll = min(poll * 2, 1e-3)
+            if watching:
+                if self._probe(m.TAG_STOP) is not None:
+                    tx.abandon(step)
+                    watching = False
+                    stop = True
+                elif self._probe(m.TAG_PARAMS_HDR) is not None:  # a newer step started: this one closed
+                    tx.abandon(step)
+                    watching = False
+        st = fut.result()
+        if st.get("abandoned"):
+            self.sends_abandoned += 1
+        if stop:
+            self._check_stop()
+            st["stopped"] = True
+        return st
+
     def close(self) -> None:
         """Closes the UDP socket (the server's STOP, or the end of the job, ends the MPI side)."""
         self._drop_inflight()
         if self._tx is not None:
+            self._tx.abandon((1 << 48) - 1)
             self._tx.close()
+        with self._pump_lock:
+            if self._pump is not None:
+                self._pump.shutdown(wait=True)
+                self._pump = None
 
     def __enter__(self):
         return self

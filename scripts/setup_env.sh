@@ -13,6 +13,7 @@ PY="${PYTHON:-python3}"
 need_apt=()
 if ! { [ -f /usr/include/sodium.h ] || pkg-config --exists libsodium 2>/dev/null; }; then need_apt+=(libsodium-dev); fi
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)    # bench/netlab: offloads off
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # clang (libFuzzer, ASan/UBSan/TSan) + libomp for the sanitizer and fuzz
 # builds that scripts/test.sh runs (scripts/sanitize.sh, scripts/fuzz.sh);

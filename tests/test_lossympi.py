@@ -45,6 +45,7 @@ def capture(rank: int, step: int, grad: np.ndarray, key: bytes, **kw) -> list[by
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sink.bind(("127.0.0.1", 0))
     sink.settimeout(0.5)
+    kw.setdefault("end_copies", 2)  # the tests below slice off the two END copies
     tx = GradientSender(sink.getsockname(), key, rank=rank, **kw)
     st = tx.send(step, grad)
     out = []
@@ -69,7 +70,7 @@ def test_round_trip_sizes(d, dtype):
             rx.expect(step)
             for r, tx in zip(ranks, txs):
                 st = tx.send(step, grad_of(r, step, d, dtype))
-                assert st["chunks"] == geo["chunk_count"] and st["datagrams"] == geo["chunk_count"] + 2
+                assert st["chunks"] == geo["chunk_count"] and st["datagrams"] == geo["chunk_count"] + 3
             G, stats = rx.receive(step)
             assert G.shape == (3, d) and G.dtype == dtype
             assert rx.last_info["reason"] == "complete"
@@ -134,7 +135,7 @@ def test_auth_off_only_explicitly(raw):
         # the zero tag does not verify under rank 1's key: rejected before any MAC verified, so
         # charged to nobody (a forger must not be able to run up another rank's counters)
         assert st[0]["received"] == 0 and st[0]["rejected"] == 0 and np.isnan(G).all()
-        assert rx.last_info["unattributed"]["bad_mac"] == 5
+        assert rx.last_info["unattributed"]["bad_mac"] == 3 + 3  # 3 chunks + 3 END copies
 
 
 # ------------------------------------------------------- fill + statistics --
@@ -144,7 +145,8 @@ def test_fill_policies_with_injected_loss(fill):
     keys = keys_for(ranks)
     geo = lossympi.geometry(d)
     ce = geo["chunk_elems"]
-    with GradientReceiver(ranks, d, deadline=5.0, fill=fill, keys=keys, drop_rate=0.2, seed=11, grace=0.05) as rx:
+    with GradientReceiver(ranks, d, deadline=5.0, fill=fill, keys=keys, drop_rate=0.2, seed=11, grace=0.05,
+                           adaptive_grace=False) as rx:
         txs = {r: GradientSender(rx.address, keys[r], rank=r) for r in ranks}
         prev = np.zeros((2, d), np.float32)
         for step in (1, 2, 3):
@@ -154,8 +156,8 @@ def test_fill_policies_with_injected_loss(fill):
                 txs[r].send(step, g)
             G, stats = rx.receive(step)
             for i, s in enumerate(stats):
-                # exact accounting: every datagram sent (chunks + 2 END copies) was dropped or counted
-                assert s["dropped"] + s["received"] + s["end_markers"] == geo["chunk_count"] + 2
+                # exact accounting: every datagram sent (chunks + 3 END copies) was dropped or counted
+                assert s["dropped"] + s["received"] + s["end_markers"] == geo["chunk_count"] + 3
                 assert s["received"] + s["filled"] == geo["chunk_count"] and s["filled"] > 0
                 assert s["rejected"] == 0 and s["sent"] in (None, geo["chunk_count"])
                 bad = 0
@@ -464,3 +466,61 @@ def test_sender_close_during_send_waits_no_use_after_free():
             tx.send(2, grad_of(1, 2, d, np.float32))
         G, st = rx.receive(1)
         assert st[0]["complete"]
+
+
+# ------------------------------------------------------------ cancellation --
+def test_send_abandoned_from_another_thread_and_at_its_deadline():
+    """A paced 4 MB send (40 s at 100 KB/s) stops at the next batch once abandon() is called from
+    another thread, or once its deadline passes: no END marker goes out, and the statistics say why."""
+    import threading
+
+    k = keys_for([1])[1]
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sink.bind(("127.0.0.1", 0))
+    g = grad_of(1, 1, 1_000_000, np.float32)
+    try:
+        tx = GradientSender(sink.getsockname(), k, 100e3, rank=1, gso=False)
+        box = {}
+        th = threading.Thread(target=lambda: box.update(st=tx.send(1, g)))
+        th.start()
+        sink.settimeout(30)
+        first = sink.recv(65536)          # the send is under way...
+        tx.abandon(1)                     # ...when the worker learns of step 2
+        th.join(60)
+        assert not th.is_alive()
+        st = box["st"]
+        assert st["abandoned"] == "newer_step" and 0 < st["chunks_sent"] < st["chunks"] and st["end_sent"] == 0
+        got = [first]
+        sink.settimeout(0.5)
+        try:
+            while True:
+                got.append(sink.recv(65536))
+        except socket.timeout:
+            pass
+        assert len(got) == st["datagrams"] == st["chunks_sent"]
+        assert all(dg[5] == 1 for dg in got)  # kind byte: DATA only, no END marker
+        st = tx.send(2, g, deadline=0.05)
+        assert st["abandoned"] == "deadline" and st["chunks_sent"] < st["chunks"] and st["end_sent"] == 0
+        st = tx.send(3, g, deadline=0)    # already due: nothing sent
+        assert st["abandoned"] == "deadline" and st["chunks_sent"] == 0
+        with pytest.raises(InvalidArgumentError):
+            tx.send(4, g, deadline=-1)
+        tx.close()
+        tx.abandon(10)                    # after close: harmless
+    finally:
+        sink.close()
+
+
+def test_end_copies_and_pacing_stats():
+    k = keys_for([1])
+    with GradientReceiver([1], 100_000, keys=k, deadline=5.0) as rx:
+        tx = GradientSender(rx.address, k[1], 50e6, rank=1, end_copies=4, end_spacing=0.0005)
+        rx.expect(1)
+        st = tx.send(1, grad_of(1, 1, 100_000, np.float32))
+        assert st["end_sent"] == 4 and st["datagrams"] == st["chunks"] + 4 and st["abandoned"] is None
+        assert st["target_rate"] == 50e6 and st["achieved_rate"] > 0
+        _G, s = rx.receive(1)
+        assert s[0]["complete"] and rx.last_info["grace_s"] > 0
+        with pytest.raises(Exception, match="end_copies"):
+            GradientSender(rx.address, k[1], rank=1, end_copies=0)

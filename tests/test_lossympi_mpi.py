@@ -155,6 +155,27 @@ def test_worker_sigkilled_mid_run(tmp_path, transport):
         assert f"[rank {r}] stopped after 7 steps" in log, log
 
 
+def test_a_slow_worker_abandons_a_closed_step_and_stays_alive(tmp_path):
+    """Rank 2 paces at 100 KB/s: its 400 KB gradient would take 4 s to send, the server's deadline
+    is 0.3 s. Its sends are abandoned (the step's deadline passed, or the next parameters arrived),
+    so it picks up every broadcast in time and is never declared dead (dead_after=2); without
+    cancellation each send would run 4 s and two broadcasts would go unacknowledged."""
+    rep, rc, log = run_job(tmp_path, transport="udp", steps=4, deadline=0.3, slow_rank=2, slow_rate=100e3,
+                           dead_after=2)
+    assert rc == 0, log
+    assert rep["dead"] == [], rep
+    for st in rep["steps"]:
+        rows = {r["rank"]: r for r in st["rows"]}
+        assert st["reason"] == "deadline", st
+        assert not rows[2]["complete"] and rows[2]["received"] < rows[2]["expected"]
+        assert all(rows[r]["complete"] for r in (1, 3, 4)), st
+    check_rows(rep)
+    line = next(x for x in log.splitlines() if x.startswith("[rank 2] abandoned sends: "))
+    counts = json.loads(line.split(": ", 1)[1])
+    assert sum(counts.values()) == 4 and set(counts) <= {"deadline", "newer_step"}, counts
+    assert "[rank 2] stopped after 4 steps" in log, log
+
+
 def test_no_secret_on_the_wire_and_a_stolen_public_key_is_useless(tmp_path):
     """Every control message as sent, by every rank: no secret key and no derived datagram key in
     them. Rank 3 presents rank 2's public key as its own: it cannot derive the key the server

@@ -87,7 +87,7 @@ PAIR = textwrap.dedent(
     gso = sys.argv[5] == "1"
     deadline = float(sys.argv[6])
     keys = {1: bytes(range(32))}
-    rx = GradientReceiver([1], d, deadline=deadline, keys=keys, port=port, grace=0.05)
+    rx = GradientReceiver([1], d, deadline=deadline, keys=keys, port=port, grace=0.05, adaptive_grace=False)
     tx = GradientSender(("127.0.0.1", port), keys[1], rate, rank=1, gso=gso)
     ce = rx.geometry["chunk_elems"]
     out = []

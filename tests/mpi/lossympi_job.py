@@ -100,6 +100,8 @@ def main() -> int:
     ap.add_argument("--present-pk-of", type=int, default=-1)
     ap.add_argument("--address-file", default="", help="rank 0 writes its UDP address and job id here")
     ap.add_argument("--until-file", default="", help="run until this file exists, then 3 more steps (max --steps)")
+    ap.add_argument("--slow-rank", type=int, default=-1, help="this worker paces at --slow-rate bytes/s")
+    ap.add_argument("--slow-rate", type=float, default=0.0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     comm = MPI.COMM_WORLD
@@ -164,12 +166,14 @@ def main() -> int:
         return 0
 
     try:
-        w = WorkerTransport(comm, startup_timeout=a.startup_timeout)
+        kw = {"rate": a.slow_rate} if rank == a.slow_rank else {}
+        w = WorkerTransport(comm, startup_timeout=a.startup_timeout, **kw)
     except Exception as e:  # noqa: BLE001 - a worker the server refused (e.g. a stolen public key)
         dump(a.record, rank, seen)
         print(f"[rank {rank}] refused at start-up: {e}", flush=True)
         return 0
     sent = 0
+    abandoned: dict = {}
     while True:
         step, params = w.recv_params(timeout=120.0)
         if step is None:
@@ -178,11 +182,15 @@ def main() -> int:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         grad = expected_grad(rank, step, float(params[0]), w.d, w.dtype)
-        w.send(step, grad)
+        st = w.send(step, grad)
         sent += 1
+        if st.get("abandoned"):
+            abandoned[st["abandoned"]] = abandoned.get(st["abandoned"], 0) + 1
     w.close()
     dump(a.record, rank, seen)
     print(f"[rank {rank}] stopped after {sent} steps ({w.stop_reason})", flush=True)
+    if abandoned:
+        print(f"[rank {rank}] abandoned sends: {json.dumps(abandoned, sort_keys=True)}", flush=True)
     return 0
 
 

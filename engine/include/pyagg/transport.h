@@ -7,8 +7,15 @@
 // default), every datagram carries a fixed header and a MAC, and the server
 // reassembles every worker's gradient of a step concurrently into preallocated
 // rows with a bitmap of received chunks. A step ends when every chunk arrived,
-// or every sender's end marker arrived plus a short grace, or at the deadline;
+// or every sender's end marker arrived plus a short grace (chosen from the
+// measured arrival spread, ReceiverConfig::adaptive_grace), or at the deadline;
 // missing chunks are then filled by policy. Nothing is retransmitted.
+//
+// Tail behaviour (issue 10): a sender sends its END marker end_copies times
+// (3), end_spacing_s (1 ms) apart, so one tail drop at a full queue cannot take
+// every copy; a send is cancellable (abandon(step), or a per-send deadline) and
+// then stops between batches without END; pacing keeps bounded credit for time
+// lost to oversleeping (SenderConfig::credit).
 //
 // Wire format (version 1). All integers big-endian (network byte order):
 //
@@ -38,7 +45,7 @@
 // data) with the worker's own 32-byte key, so a worker cannot forge another's
 // datagrams. Nonce (12 bytes) = step (low 48 bits, BE) || tensor id (BE) ||
 // chunk index (BE): unique per key because a sender refuses to send a step that
-// is not larger than the last one it sent, the two copies of an END marker
+// is not larger than the last one it sent, the copies of an END marker
 // are bit-identical, and the chunk index field keeps the kinds apart (DATA
 // <= 0xFFFFFFFD, REGISTER 0xFFFFFFFE, END 0xFFFFFFFF); REGISTER's step field is
 // a sequence number that strictly increases per sender (seeded from the wall
@@ -284,7 +291,17 @@ struct ReceiverConfig {
   DType dtype = DType::kFloat32;
   std::size_t max_datagram = kDefaultMaxDatagram;
   FillPolicy fill = FillPolicy::kNan;
-  double grace_s = 0.005;        // after the last expected END marker
+  double grace_s = 0.005;        // after the last expected END marker: the constant (adaptive_grace off), or the
+                                 // upper bound and the first steps' value (adaptive_grace on)
+  // Adaptive grace (on by default): the grace is chosen from the measured
+  // arrival spread, i.e. how long after a sender's first END marker that
+  // sender's DATA still arrived (chunks of the open step after its END, and
+  // chunks that arrived `late`, after their step closed, measured from that
+  // step's END). grace = clamp(2 * (largest spread of the last 16 steps) +
+  // grace_min_s, grace_min_s, grace_s). Until a step has closed with END
+  // markers it is grace_s.
+  bool adaptive_grace = true;
+  double grace_min_s = 0.0005;
   double drop_rate = 0.0;        // test-only loss injection of authentic DATA/END datagrams of the open step
                                  // (applied after verification), in [0, 1]
   uint64_t seed = 0;             // loss injection and `random` fill
@@ -362,6 +379,8 @@ struct StepResult {
   uint64_t step = 0;
   EndReason reason = EndReason::kDeadline;
   double elapsed_s = 0.0;        // from expect() to the end of the step
+  double grace_s = 0.0;          // the END-marker grace this step used
+  double spread_s = 0.0;         // arrival spread measured in this window (see ReceiverConfig::adaptive_grace)
   double wait_s = 0.0;           // time spent inside collect()
   std::vector<WorkerStats> workers;
   RejectCounts unattributed;     // datagrams rejected before any MAC verified, by reason
@@ -418,9 +437,19 @@ struct SenderConfig {
   std::size_t max_datagram = kDefaultMaxDatagram;
   double rate = 0.0;         // token bucket: UDP payload bytes per second; 0 = unpaced
   std::size_t burst = 0;     // bucket depth in bytes; 0 = auto (rate * 200 us, 2..44 datagrams)
-  int end_copies = 2;        // END markers sent (identical bytes)
+  std::size_t credit = 0;    // catch-up credit in bytes (>= burst): time lost to oversleeping within a send is
+                             // made up by sending up to this many bytes behind schedule back to back; lag beyond
+                             // it is forgiven. 0 = auto (rate * 0.5 ms, at least burst, at most max(burst, 32
+                             // datagrams)); set it to `burst` for a plain token bucket
+  int end_copies = 3;        // END markers sent (identical bytes), 1..16
+  double end_spacing_s = 0.001;  // time between END copies, so one tail drop (a full queue for ~1 ms) cannot
+                                 // take them all; 0 = back to back. The copies are paced and cancellable like data.
   std::size_t batch = 44;    // datagrams per send call (44 * 1472 fits one 64 KB GSO send)
 };
+
+// Why a send stopped before its END markers (SendStats::abandoned).
+enum class Abandon : int { kNone = 0, kNewerStep = 1, kDeadline = 2 };
+const char* abandon_name(Abandon a);
 
 struct SendStats {
   uint64_t step = 0;
@@ -432,8 +461,15 @@ struct SendStats {
   uint64_t retries = 0;
   uint64_t dropped = 0;
   double seconds = 0.0;
-  double paced_s = 0.0;        // time spent waiting for tokens
+  double paced_s = 0.0;        // time spent waiting for tokens (and between END copies)
   bool gso = false;
+  uint64_t chunks_sent = 0;    // DATA datagrams handed to the sink (< chunks when abandoned)
+  uint64_t end_sent = 0;       // END copies handed to the sink
+  Abandon abandoned = Abandon::kNone;
+  double data_s = 0.0;         // from the first DATA batch to the last one handed to the sink
+  double target_rate = 0.0;    // cfg.rate (0 = unpaced)
+  double achieved_rate = 0.0;  // DATA bytes / data_s, measured like the schedule (first batch's bytes excluded)
+  double forgiven_s = 0.0;     // schedule time lost for good in this send (lag beyond the credit)
 };
 
 class GradientSender {
@@ -442,9 +478,23 @@ class GradientSender {
                        std::unique_ptr<GradientSender>* out);
   virtual ~GradientSender() = default;
   // Sends d elements at `data` as step `step`: all chunks, then the END marker
-  // (end_copies times). step must exceed every step sent before (nonce
-  // uniqueness) and be < 2^48.
-  virtual Status send(uint64_t step, const void* data, std::size_t d, DType dtype, SendStats* st) = 0;
+  // (end_copies times, end_spacing_s apart). step must exceed every step sent
+  // before (nonce uniqueness) and be < 2^48.
+  //
+  // Cancellable: the send stops between two batches (or during a pacing wait)
+  // and returns Ok with st->abandoned set, without END markers, as soon as
+  // abandon(s) was called with s >= step (the caller learned of a newer step,
+  // or STOP: that step is closed at the server, the rest would only load the
+  // network) or deadline_s seconds passed since the call (0 = no deadline).
+  Status send(uint64_t step, const void* data, std::size_t d, DType dtype, SendStats* st) {
+    return send(step, data, d, dtype, 0.0, st);
+  }
+  virtual Status send(uint64_t step, const void* data, std::size_t d, DType dtype, double deadline_s,
+                      SendStats* st) = 0;
+  // Thread-safe, non-blocking: abandons the send of every step <= `step`, the
+  // one in progress on another thread and any started later. Monotonic (a
+  // smaller value than before changes nothing).
+  virtual void abandon(uint64_t step) = 0;
   // Sends one REGISTER datagram (proof of this sender's source address, MAC'd
   // under its key) with a fresh registration sequence number. Repeat it (e.g.
   // every 50 ms) until the server reports the rank registered and ready.

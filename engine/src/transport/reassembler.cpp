@@ -57,6 +57,8 @@ struct Reassembler::Row {
   uint64_t received = 0;
   bool end_seen = false;
   Clock::time_point end_time{};
+  bool prev_end_seen = false;        // the previous (closed) step's END arrived
+  Clock::time_point prev_end_time{};
   bool waited = true;
   uint64_t rng = 0;
   WorkerStats st;
@@ -91,6 +93,10 @@ Status Reassembler::create(const ReceiverConfig& cfg, std::unique_ptr<Reassemble
   if (!(cfg.grace_s >= 0.0) || !std::isfinite(cfg.grace_s)) {
     return Status::Invalid("grace must be a finite number of seconds >= 0, got " + std::to_string(cfg.grace_s));
   }
+  if (!(cfg.grace_min_s >= 0.0) || !std::isfinite(cfg.grace_min_s) || cfg.grace_min_s > cfg.grace_s) {
+    return Status::Invalid("grace_min must be a finite number of seconds in [0, grace=" + std::to_string(cfg.grace_s) +
+                           "], got " + std::to_string(cfg.grace_min_s));
+  }
   if (!(cfg.drop_rate >= 0.0 && cfg.drop_rate <= 1.0)) {
     return Status::Invalid("drop_rate must be in [0, 1], got " + std::to_string(cfg.drop_rate));
   }
@@ -113,6 +119,7 @@ Status Reassembler::init() {
     return Status::OutOfMemory("cannot allocate the receive buffer of " + std::to_string(n) + " x " +
                                std::to_string(geo_.total_bytes) + " bytes");
   }
+  grace_cur_s_ = cfg_.grace_s;
   rows_.reset(new Row[n]);
   const std::size_t words = (geo_.chunk_count + 63) / 64;
   std::vector<std::pair<uint32_t, uint32_t>> order;
@@ -172,6 +179,8 @@ void Reassembler::reset_window() {
   unattributed_ = RejectCounts();
   datagrams_ = 0;
   unattr_drops_mark_ = unattr_drops_;
+  spread_win_s_ = 0.0;
+  spread_measured_ = false;
 }
 
 void Reassembler::set_kernel_drops(int origin, uint64_t cumulative) {
@@ -188,7 +197,7 @@ void Reassembler::set_wait(const uint8_t* wait) {
 
 bool Reassembler::check_end(Clock::time_point deadline, Clock::time_point now, EndReason* reason,
                             Clock::time_point* wake_at) const {
-  const auto grace = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg_.grace_s));
+  const auto grace = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_cur_s_));
   std::size_t n_wait = 0, n_done = 0, n_marked = 0;
   Clock::time_point latest_end{};
   for (std::size_t i = 0; i < rows(); ++i) {
@@ -244,6 +253,8 @@ Status Reassembler::close(uint64_t step, const uint8_t* wait, EndReason reason, 
   res.step = step;
   res.reason = reason;
   res.elapsed_s = seconds(now - t_open_);
+  res.grace_s = grace_cur_s_;
+  res.spread_s = spread_win_s_;
   res.unattributed = unattributed_;
   res.datagrams = datagrams_;
   res.unattributed_kernel_dropped = unattr_drops_ - unattr_drops_mark_;
@@ -266,6 +277,20 @@ Status Reassembler::close(uint64_t step, const uint8_t* wait, EndReason reason, 
     w.waited = r.waited;
     w.kernel_dropped = r.kdrops - r.kdrops_mark;
     res.kernel_dropped += w.kernel_dropped;
+  }
+  if (cfg_.adaptive_grace && spread_measured_) {
+    spread_hist_[spread_i_] = spread_win_s_;
+    spread_i_ = (spread_i_ + 1) % 16;
+    if (spread_n_ < 16) ++spread_n_;
+    double worst = 0.0;
+    for (std::size_t k = 0; k < spread_n_; ++k) worst = std::max(worst, spread_hist_[k]);
+    grace_cur_s_ = std::clamp(2.0 * worst + cfg_.grace_min_s, cfg_.grace_min_s, cfg_.grace_s);
+  }
+  // The END times of this step stay known for the next window: DATA of this
+  // step arriving after it closed (late) measures how far the grace fell short.
+  for (std::size_t i = 0; i < n; ++i) {
+    rows_[i].prev_end_seen = rows_[i].end_seen;
+    rows_[i].prev_end_time = rows_[i].end_time;
   }
   reset_window();
   *out = std::move(res);
@@ -369,6 +394,10 @@ bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, i
     const bool late = (open_ && have_prev_ && h.step == prev_step_) || (!open_ && have_step_ && h.step == step_);
     if (late) {
       ++r.st.late;
+      if (r.prev_end_seen && h.kind == Kind::kData) {  // the grace was too short by at least this much
+        spread_win_s_ = std::max(spread_win_s_, seconds(now - r.prev_end_time));
+        spread_measured_ = true;
+      }
     } else {
       ++rej.wrong_step;
     }
@@ -389,6 +418,7 @@ bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, i
     }
     r.end_seen = true;
     r.end_time = now;
+    spread_measured_ = true;
     r.st.end_s = t;
     uint32_t sent;
     std::memcpy(&sent, data + kHeaderSize, 4);
@@ -410,6 +440,7 @@ bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, i
   r.st.bytes_received += h.payload_len;
   if (r.st.first_s < 0) r.st.first_s = t;
   r.st.last_s = t;
+  if (r.end_seen) spread_win_s_ = std::max(spread_win_s_, seconds(now - r.end_time));
   return r.received == geo_.chunk_count && r.waited;
 }
 

@@ -128,6 +128,17 @@ class Reassembler {
   uint64_t unattr_drops_ = 0;       // cumulative, as last reported
   uint64_t unattr_drops_mark_ = 0;  // at the start of the window
   uint64_t reg_epoch_ = 0;
+  // Adaptive grace (ReceiverConfig::adaptive_grace).
+  double grace_cur_s_ = 0.0;        // the grace check_end() uses now
+  double spread_win_s_ = 0.0;       // largest arrival spread seen in this window
+  bool spread_measured_ = false;    // this window had END markers to measure against
+  double spread_hist_[16] = {0};    // per closed step
+  std::size_t spread_n_ = 0;        // samples in spread_hist_ (<= 16), ring position = spread_i_
+  std::size_t spread_i_ = 0;
+
+ public:
+  // The grace check_end() applies now (seconds).
+  double grace() const { return grace_cur_s_; }
 };
 
 }  // namespace transport
