@@ -42,6 +42,9 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
         const char* choices
         cbool allow_inf
         cbool required
+        double lo
+        cbool lo_open
+        const char* range
 
     cdef cppclass CRuleInfo "pyagg::RuleInfo":
         const char* name

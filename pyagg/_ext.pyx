@@ -215,9 +215,17 @@ cdef dict _param_dict(const vector[CParamSpec]& specs):
             default = int(v)
         else:
             default = float(v)
+        if choices is not None or specs[i].lo == float("-inf"):
+            rng = None  # a choice or a seed: no numeric range
+        elif specs[i].range != NULL:
+            rng = specs[i].range.decode()
+        else:
+            rng = (">" if specs[i].lo_open else ">=") + f" {specs[i].lo:g}"
         out[specs[i].name.decode()] = {"default": default, "integer": bool(specs[i].integer),
                                         "doc": specs[i].doc.decode(), "choices": choices,
-                                        "required": bool(specs[i].required)}
+                                        "required": bool(specs[i].required), "lo": specs[i].lo,
+                                        "lo_open": bool(specs[i].lo_open), "allow_inf": bool(specs[i].allow_inf),
+                                        "range": rng}
     return out
 
 

@@ -380,6 +380,8 @@ def rules() -> dict[str, dict[str, Any]]:
     A parameter default of None means "derived from n and f" (its ``doc`` says how), or, for
     the names listed in ``required``, that the parameter has no default and must be given.
     ``choices``: the parameters whose value is a name (e.g. ``linkage``: average or single).
+    ``ranges``: the admissible values of each numeric parameter (e.g. ``nu``: "> 0"), from the
+    engine's parameter table, which is also what the engine checks.
     """
     out = {}
     for info in _ext.rule_infos():
@@ -392,6 +394,7 @@ def rules() -> dict[str, dict[str, Any]]:
             "param_docs": {k: v["doc"] for k, v in info["params"].items()},
             "required": [k for k, v in info["params"].items() if v["required"]],
             "choices": {k: v["choices"] for k, v in info["params"].items() if v["choices"]},
+            "ranges": {k: v["range"] for k, v in info["params"].items() if v["range"]},
             "paper": info["paper"],
             "summary": info["summary"],
         }
@@ -404,6 +407,8 @@ def pre_aggregators() -> dict[str, dict[str, Any]]:
         info["name"]: {
             "params": {k: v["default"] for k, v in info["params"].items()},
             "param_docs": {k: v["doc"] for k, v in info["params"].items()},
+            "choices": {k: v["choices"] for k, v in info["params"].items() if v["choices"]},
+            "ranges": {k: v["range"] for k, v in info["params"].items() if v["range"]},
             "paper": info["paper"],
             "summary": info["summary"],
         }

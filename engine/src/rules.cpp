@@ -66,6 +66,30 @@ Status check_param_value(const char* owner, const ParamSpec& spec, double v) {
   return Status::Ok();
 }
 
+// Table helpers: a number parameter with its admissible range (lo, open), or a
+// named-choice / seed parameter (ranges do not apply).
+ParamSpec num(const char* name, double def, bool integer, const char* doc, double lo, bool open,
+              const char* range = nullptr, bool allow_inf = false, bool required = false) {
+  ParamSpec p{name, def, integer, doc, nullptr, allow_inf, required};
+  p.lo = lo;
+  p.lo_open = open;
+  p.range = range;
+  return p;
+}
+ParamSpec choice(const char* name, const char* doc, const char* choices) { return {name, 0, true, doc, choices}; }
+ParamSpec seed(const char* doc) { return {"seed", 0, true, doc}; }
+constexpr bool kOpen = true, kClosed = false;
+
+// value within the spec's range, else "<owner>: <name> must be <range>, got <name>=<value>"
+Status check_param_range(const char* owner, const ParamSpec& spec, double v) {
+  if (spec.choices) return Status::Ok();
+  const bool ok = spec.lo_open ? v > spec.lo : v >= spec.lo;
+  if (ok) return Status::Ok();
+  const std::string range = spec.range ? spec.range : std::string(spec.lo_open ? "> " : ">= ") + fmt(spec.lo);
+  return Status::Invalid(std::string(owner) + ": " + spec.name + " must be " + range + ", got " + spec.name + "=" +
+                         fmt(v));
+}
+
 std::vector<std::string> split_choices(const char* choices) {
   std::vector<std::string> out(1);
   for (const char* c = choices; *c; ++c) {
@@ -131,6 +155,7 @@ Status param_value(const char* owner, const ParamSpec& spec, const NamedParam& p
     return Status::Ok();
   }
   PYAGG_RETURN_IF_ERROR(check_param_value(owner, spec, x));
+  PYAGG_RETURN_IF_ERROR(check_param_range(owner, spec, x));
   *v = x;
   return Status::Ok();
 }
@@ -181,14 +206,14 @@ const std::vector<RuleInfo>& rule_table() {
       {RuleId::kAveragedMedian, "averaged-median", "n >= 2f+1", bound_2f1, true,
        "Xie et al., Generalized Byzantine-tolerant SGD, 2018 (mean around median)",
        "per coordinate, mean of the beta values closest to the median",
-       {{"beta", kUnset, true, "values averaged per coordinate, 1 <= beta <= n-f (default n-f)"}}},
+       {num("beta", kUnset, true, "values averaged per coordinate, 1 <= beta <= n-f (default n-f)", 1, kClosed)}},
       {RuleId::kKrum, "krum", "n >= 2f+3", bound_2f3, true,
        "Blanchard et al., Machine Learning with Adversaries, NeurIPS 2017",
        "the row with the lowest sum of squared distances to its n-f-2 nearest rows", {}},
       {RuleId::kMultiKrum, "multi-krum", "n >= 2f+3", bound_2f3, true,
        "Damaskinos et al., AggregaThor, SysML 2019",
        "mean of the m rows with the lowest Krum scores",
-       {{"m", kUnset, true, "rows averaged, 1 <= m <= n-f (default n-f-2)"}}},
+       {num("m", kUnset, true, "rows averaged, 1 <= m <= n-f (default n-f-2)", 1, kClosed)}},
       {RuleId::kBulyan, "bulyan", "n >= 4f+3", bound_4f3, true,
        "El Mhamdi et al., The Hidden Vulnerability of Distributed Learning in Byzantium, ICML 2018",
        "n-2f Krum selections, then per coordinate the mean of the n-4f values closest to the median",
@@ -196,61 +221,62 @@ const std::vector<RuleInfo>& rule_table() {
       {RuleId::kBulyanMultiKrum, "bulyan-multikrum", "n >= 4f+3", bound_4f3, true,
        "Damaskinos et al., AggregaThor, SysML 2019 (Bulyan over Multi-Krum)",
        "n-2f-2 Multi-Krum selections, then Bulyan's coordinate phase",
-       {{"m", kUnset, true, "rows averaged in the first round, n-2f-2 <= m <= n-f-2 (default n-f-2)"}}},
+       {num("m", kUnset, true, "rows averaged in the first round, n-2f-2 <= m <= n-f-2 (default n-f-2)", 1, kClosed)}},
       {RuleId::kGeometricMedian, "geometric-median", "n >= 1", bound_1, true,
        "Pillutla et al., Robust Aggregation for Federated Learning (RFA), IEEE TSP 2022",
        "smoothed Weiszfeld iterations from the mean of the finite rows (init=median: the coordinate-wise median)",
-       {{"nu", 1e-6, false, "smoothing: weights are 1/max(nu, distance), nu > 0"},
-        {"max_iter", 100, true, "maximum number of iterations, >= 1"},
-        {"tol", 1e-7, false, "stop when the relative change is below tol, tol >= 0"},
-        {"init", 0, true, "start: mean of the finite rows (RFA) or the coordinate-wise median", "mean|median"}}},
+       {num("nu", 1e-6, false, "smoothing: weights are 1/max(nu, distance), nu > 0", 0, kOpen),
+        num("max_iter", 100, true, "maximum number of iterations, >= 1", 1, kClosed),
+        num("tol", 1e-7, false, "stop when the relative change is below tol, tol >= 0", 0, kClosed),
+        choice("init", "start: mean of the finite rows (RFA) or the coordinate-wise median", "mean|median")}},
       {RuleId::kCenteredClipping, "centered-clipping", "n >= 1", bound_1, true,
        "Karimireddy et al., Learning from History for Byzantine Robust Optimization, ICML 2021",
        "v <- v + mean_i clip(x_i - v, tau), L times, v starting at the previous output",
-       {{"tau", 10.0, false, "clipping radius, tau > 0"},
-        {"L", 1, true, "number of clipping iterations, >= 1"}}},
+       {num("tau", 10.0, false, "clipping radius, tau > 0", 0, kOpen),
+        num("L", 1, true, "number of clipping iterations, >= 1", 1, kClosed)}},
       {RuleId::kMda, "mda", "n >= 2f+1", bound_2f1, true,
        "El Mhamdi et al., Fast and Robust Distributed Learning in High Dimension, SRDS 2020",
        "mean of the n-f rows forming the subset of smallest diameter (exact)",
-       {{"max_subsets", 1e7, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e7)"}}},
+       {num("max_subsets", 1e7, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e7)", 1, kClosed)}},
       {RuleId::kDnc, "dnc", "n >= 2f+1 and floor(c*f) <= n-1", bound_2f1, true,
        "Shejwalkar & Houmansadr, Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses "
        "for Federated Learning (Divide-and-Conquer), NDSS 2021",
        "niters times: project the centered rows (on b sampled coordinates) on their top singular direction, keep "
        "the n-floor(c*f) lowest squared projections; mean of the intersection of the kept sets",
-       {{"niters", 5, true, "iterations, >= 1"},
-        {"b", 10000, true, "coordinates sampled per iteration (all when b >= d), >= 1"},
-        {"c", 1.0, false, "filtering fraction: floor(c*f) rows removed per iteration, finite, >= 0"},
-        {"seed", 0, true, "splitmix64 seed of the start vector and the coordinate subsets, 0 .. 2^64-1"},
-        {"power_iters", 100, true, "power-method steps on the n x n Gram matrix, >= 1"}}},
+       {num("niters", 5, true, "iterations, >= 1", 1, kClosed, "an integer >= 1"),
+        num("b", 10000, true, "coordinates sampled per iteration (all when b >= d), >= 1", 1, kClosed, "an integer >= 1"),
+        num("c", 1.0, false, "filtering fraction: floor(c*f) rows removed per iteration, finite, >= 0", 0, kClosed,
+            "finite and >= 0"),
+        seed("splitmix64 seed of the start vector and the coordinate subsets, 0 .. 2^64-1"),
+        num("power_iters", 100, true, "power-method steps on the n x n Gram matrix, >= 1", 1, kClosed, "an integer >= 1")}},
       {RuleId::kClippedClustering, "clipped-clustering", "n >= 2f+1", bound_2f1, true,
        "Li, Ngai & Voigt, An Experimental Study of Byzantine-Robust Aggregation Schemes in Federated "
        "Learning, IEEE TBD 2023 (blades Clippedclustering)",
        "clip to the median norm, 2-way agglomerative clustering on cosine distance, mean of the larger cluster",
-       {{"norm_history", 0, true, "all: the median over every norm this Aggregator saw; call: this call's norms",
-         "all|call"},
-        {"max_tau", std::numeric_limits<double>::infinity(), false, "cap on the clipping norm, > 0 (inf allowed)",
-         nullptr, true},
-        {"linkage", 0, true, "cluster linkage", "average|single"}}},
+       {choice("norm_history", "all: the median over every norm this Aggregator saw; call: this call's norms",
+               "all|call"),
+        num("max_tau", std::numeric_limits<double>::infinity(), false, "cap on the clipping norm, > 0 (inf allowed)", 0,
+            kOpen, nullptr, true),
+        choice("linkage", "cluster linkage", "average|single")}},
       {RuleId::kSmea, "smea", "n >= 2f+1", bound_2f1, true,
        "Allouah, Guerraoui, Gupta, Pinot & Stephan, On the Privacy-Robustness-Utility Trilemma in Distributed "
        "Learning (SMEA), ICML 2023",
        "mean of the n-f rows whose covariance has the smallest largest eigenvalue (exact, over all C(n, f) subsets)",
-       {{"max_subsets", 1e6, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e6)"}}},
+       {num("max_subsets", 1e6, false, "refuse when C(n, f) exceeds this, >= 1 (default 1e6)", 1, kClosed)}},
       {RuleId::kCaf, "caf", "n >= 2f+1", bound_2f1, true,
        "Allouah, Guerraoui & Stephan, Towards Trustworthy Federated Learning with Untrusted Participants "
        "(CAF, Algorithm 2), ICML 2025",
        "down-weight rows along the top eigenvector of the weighted covariance until 2f weight is removed; the "
        "weighted mean of the step with the smallest top eigenvalue",
-       {{"power_iters", 100, true, "power-method steps on the n x n Gram matrix, >= 1"},
-        {"seed", 0, true, "splitmix64 seed of the start vector, 0 .. 2^64-1"}}},
+       {num("power_iters", 100, true, "power-method steps on the n x n Gram matrix, >= 1", 1, kClosed, "an integer >= 1"),
+        seed("splitmix64 seed of the start vector, 0 .. 2^64-1")}},
       {RuleId::kZeroing, "zeroing", "n >= 1", bound_1, true,
        "TensorFlow Federated, tff.aggregators.zeroing_factory",
        "rows with norm > tau become zero rows; mode zero: sum of the kept rows / n, mode drop: their mean",
-       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true, true},
-        {"norm_order", 0, true, "the norm: inf, 1 or 2", "inf|1|2"},
-        {"mode", 0, true, "zero: a zeroed row keeps its weight (TFF MeanFactory); drop: mean of the kept rows",
-         "zero|drop"}}},
+       {num("tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", 0, kClosed, nullptr, true, true),
+        choice("norm_order", "the norm: inf, 1 or 2", "inf|1|2"),
+        choice("mode", "zero: a zeroed row keeps its weight (TFF MeanFactory); drop: mean of the kept rows",
+               "zero|drop")}},
   };
   return table;
 }
@@ -262,16 +288,17 @@ const std::vector<PreInfo>& pre_table() {
       {PreId::kBucketing, "bucketing",
        "Karimireddy et al., Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing, ICLR 2022",
        "shuffle the rows (seeded), average them in buckets of s",
-       {{"s", 2, true, "bucket size, >= 1"},
-        {"seed", 0, true, "shuffle seed, >= 0 (splitmix64 + Fisher-Yates)"}}},
+       {num("s", 2, true, "bucket size, >= 1", 1, kClosed),
+        seed("shuffle seed, >= 0 (splitmix64 + Fisher-Yates)")}},
       {PreId::kClipping, "clipping",
        "Allouah et al., Boosting Robustness by Clipping Gradients in Distributed Learning (ARC), 2024",
        "static (tau > 0) or adaptive (tau = 0, ARC) norm clipping of each row",
-       {{"tau", 0.0, false, "static clipping radius; 0 = adaptive robust clipping (ARC)"}}},
+       {num("tau", 0.0, false, "static clipping radius; 0 = adaptive robust clipping (ARC)", 0, kClosed,
+            ">= 0 (0 = adaptive)")}},
       {PreId::kZeroing, "zeroing", "TensorFlow Federated, tff.aggregators.zeroing_factory",
        "a row with norm > tau (unusable rows included) becomes a zero row; the others are copied",
-       {{"tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", nullptr, true, true},
-        {"norm_order", 0, true, "the norm: inf, 1 or 2", "inf|1|2"}}},
+       {num("tau", kUnset, false, "zeroing threshold, required, >= 0 (inf allowed)", 0, kClosed, nullptr, true, true),
+        choice("norm_order", "the norm: inf, 1 or 2", "inf|1|2")}},
   };
   return table;
 }
@@ -300,56 +327,31 @@ Status make_rule(const std::string& name, std::int64_t f, const std::vector<Name
   const RuleId id = info->id;
   if (id == RuleId::kSmea) cfg.max_subsets = 1e6;
   bool history_all = id == RuleId::kClippedClustering;
+  // Ranges were checked against the table (ParamSpec::lo): the setter only stores.
   PYAGG_RETURN_IF_ERROR(apply_params(info->name, info->params, params,
                                      [&](const std::string& p, double v, std::uint64_t u) -> Status {
-    if (p == "m" || p == "beta") {
-      if (v < 1) return Status::Invalid(name + ": " + p + " must be >= 1, got " + p + "=" + fmt(v));
-      (p == "m" ? cfg.m : cfg.beta) = static_cast<std::int64_t>(v);
-    } else if (p == "nu") {
-      if (!(v > 0)) return Status::Invalid(name + ": nu must be > 0, got nu=" + fmt(v));
-      cfg.nu = v;
-    } else if (p == "max_iter") {
-      if (v < 1) return Status::Invalid(name + ": max_iter must be >= 1, got max_iter=" + fmt(v));
-      cfg.max_iter = static_cast<std::int64_t>(v);
-    } else if (p == "tol") {
-      if (!(v >= 0)) return Status::Invalid(name + ": tol must be >= 0, got tol=" + fmt(v));
-      cfg.tol = v;
-    } else if (p == "tau" && id == RuleId::kZeroing) {
-      if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0, got tau=" + fmt(v));
-      cfg.zero_tau = v;
-    } else if (p == "tau") {
-      if (!(v > 0)) return Status::Invalid(name + ": tau must be > 0, got tau=" + fmt(v));
-      cfg.tau = v;
-    } else if (p == "L") {
-      if (v < 1) return Status::Invalid(name + ": L must be >= 1, got L=" + fmt(v));
-      cfg.iters = static_cast<std::int64_t>(v);
-    } else if (p == "max_subsets") {
-      if (!(v >= 1)) return Status::Invalid(name + ": max_subsets must be >= 1, got max_subsets=" + fmt(v));
-      cfg.max_subsets = v;
-    } else if (p == "seed") {
-      cfg.seed = u;
-    } else if (p == "niters" || p == "b" || p == "power_iters") {
-      if (v < 1) return Status::Invalid(name + ": " + p + " must be an integer >= 1, got " + p + "=" + fmt(v));
-      (p == "niters" ? cfg.niters : p == "b" ? cfg.sub_dim : cfg.power_iters) = static_cast<std::int64_t>(v);
-    } else if (p == "c") {
-      if (!(v >= 0)) return Status::Invalid(name + ": c must be finite and >= 0, got c=" + fmt(v));
-      cfg.filter_frac = v;
-    } else if (p == "max_tau") {
-      if (!(v > 0)) return Status::Invalid(name + ": max_tau must be > 0, got max_tau=" + fmt(v));
-      cfg.max_tau = v;
-    } else if (p == "init") {
-      cfg.gm_init = v == 0 ? 0 : 1;
-    } else if (p == "linkage") {
-      cfg.linkage = v == 0 ? Linkage::kAverage : Linkage::kSingle;
-    } else if (p == "norm_history") {
-      history_all = v == 0;
-    } else if (p == "norm_order") {
-      cfg.norm_order = v == 0 ? 0 : v == 1 ? 1 : 2;
-    } else if (p == "mode") {
-      cfg.zero_mode = v == 0 ? ZeroMode::kZero : ZeroMode::kDrop;
-    } else {
-      return Status::Internal("unhandled parameter " + p);
-    }
+    const auto i64 = [v] { return static_cast<std::int64_t>(v); };
+    if (p == "m") cfg.m = i64();
+    else if (p == "beta") cfg.beta = i64();
+    else if (p == "nu") cfg.nu = v;
+    else if (p == "max_iter") cfg.max_iter = i64();
+    else if (p == "tol") cfg.tol = v;
+    else if (p == "tau" && id == RuleId::kZeroing) cfg.zero_tau = v;
+    else if (p == "tau") cfg.tau = v;
+    else if (p == "L") cfg.iters = i64();
+    else if (p == "max_subsets") cfg.max_subsets = v;
+    else if (p == "seed") cfg.seed = u;
+    else if (p == "niters") cfg.niters = i64();
+    else if (p == "b") cfg.sub_dim = i64();
+    else if (p == "power_iters") cfg.power_iters = i64();
+    else if (p == "c") cfg.filter_frac = v;
+    else if (p == "max_tau") cfg.max_tau = v;
+    else if (p == "init") cfg.gm_init = v == 0 ? 0 : 1;
+    else if (p == "linkage") cfg.linkage = v == 0 ? Linkage::kAverage : Linkage::kSingle;
+    else if (p == "norm_history") history_all = v == 0;
+    else if (p == "norm_order") cfg.norm_order = v == 0 ? 0 : v == 1 ? 1 : 2;
+    else if (p == "mode") cfg.zero_mode = v == 0 ? ZeroMode::kZero : ZeroMode::kDrop;
+    else return Status::Internal("unhandled parameter " + p);
     return Status::Ok();
   }));
   for (const auto& spec : info->params)
@@ -372,22 +374,11 @@ Status make_pre(const std::string& name, std::int64_t f, const std::vector<Named
   cfg.f = static_cast<std::size_t>(f);
   PYAGG_RETURN_IF_ERROR(apply_params(info->name, info->params, params,
                                      [&](const std::string& p, double v, std::uint64_t u) -> Status {
-    if (p == "s") {
-      if (v < 1) return Status::Invalid(name + ": s must be >= 1, got s=" + fmt(v));
-      cfg.bucket_size = static_cast<std::int64_t>(v);
-    } else if (p == "seed") {
-      cfg.seed = u;
-    } else if (p == "tau" && info->id == PreId::kZeroing) {
-      if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0, got tau=" + fmt(v));
-      cfg.tau = v;
-    } else if (p == "tau") {
-      if (!(v >= 0)) return Status::Invalid(name + ": tau must be >= 0 (0 = adaptive), got tau=" + fmt(v));
-      cfg.tau = v;
-    } else if (p == "norm_order") {
-      cfg.norm_order = v == 0 ? 0 : v == 1 ? 1 : 2;
-    } else {
-      return Status::Internal("unhandled parameter " + p);
-    }
+    if (p == "s") cfg.bucket_size = static_cast<std::int64_t>(v);
+    else if (p == "seed") cfg.seed = u;
+    else if (p == "tau") cfg.tau = v;
+    else if (p == "norm_order") cfg.norm_order = v == 0 ? 0 : v == 1 ? 1 : 2;
+    else return Status::Internal("unhandled parameter " + p);
     return Status::Ok();
   }));
   for (const auto& spec : info->params)

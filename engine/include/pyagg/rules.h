@@ -56,6 +56,12 @@ struct ParamSpec {
   const char* choices = nullptr;
   bool allow_inf = false;  // +inf is an admissible value
   bool required = false;   // no default: make_rule refuses a config without it
+  // Admissible range (checked at the engine's door, from this table alone):
+  // value >= lo, or value > lo when lo_open. `range` is how messages and docs
+  // state it when ">= lo" / "> lo" says too little (e.g. "an integer >= 1").
+  double lo = -std::numeric_limits<double>::infinity();
+  bool lo_open = false;
+  const char* range = nullptr;
 };
 
 struct RuleInfo {
