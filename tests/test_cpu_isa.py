@@ -116,3 +116,47 @@ def test_level_the_cpu_lacks_is_refused():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYAGG_CPU_ISA=missing[-1]), timeout=120)
     assert "does not support" in r.stdout
+
+
+def _engine_library() -> str:
+    import pathlib
+
+    libs = sorted(pathlib.Path(pyagg.__file__).parent.glob("libpyagg_engine*.so*"))
+    assert libs, "the engine library is not next to the package"
+    return str(libs[0])
+
+
+@pytest.mark.skipif(INFO["native_arch"] or len(INFO["cpu_isas"]) < 2, reason="single-ISA build: nothing to mix up")
+def test_no_higher_isa_code_behind_a_shared_symbol():
+    """The linker keeps one copy of each weak symbol (std:: template instances, inline selection
+    code) for the whole library. If that copy came from the AVX2 or AVX-512 kernels, the portable
+    path would run AVX code on CPUs without it (SIGILL: seen before cmake/isa_private.cmake, in
+    selection::nnm_select and std::__introsort_loop<float*>). Checked on the built library: no
+    global function outside the higher-ISA copies contains a VEX/EVEX instruction."""
+    import re
+    import shutil
+
+    nm, objdump = shutil.which("nm"), shutil.which("objdump")
+    if not nm or not objdump:
+        pytest.fail("binutils (nm, objdump) are needed to check the ISA dispatch; apt-get install binutils")
+    lib = _engine_library()
+    syms = subprocess.run([nm, "--defined-only", lib], capture_output=True, text=True, check=True).stdout
+    shared = set()
+    for line in syms.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in ("T", "W", "i"):
+            name = parts[2]
+            own = re.search(r"cpu_avx(2|512)|\.pyagg_avx(2|512)$", name)
+            if not own:
+                shared.add(name)
+    assert len(shared) > 100, "too few global functions found: is this the engine library?"
+    dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", lib], capture_output=True, text=True, check=True).stdout
+    current, bad = None, {}
+    for line in dis.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if m:
+            current = m.group(1) if m.group(1) in shared else None
+            continue
+        if current and re.match(r"^\s+[0-9a-f]+:\s+v[a-z]", line):
+            bad.setdefault(current, line.strip())
+    assert not bad, f"{len(bad)} shared functions hold AVX instructions, e.g. {list(bad.items())[:3]}"
