@@ -14,6 +14,10 @@
 #include "cpu/cpu_backend.h"
 #include "pyagg_cpu/variants.h"
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
+
 namespace pyagg {
 namespace cpu {
 namespace {
@@ -27,10 +31,16 @@ bool cpu_runs(const char* isa) {
   if (!std::strcmp(isa, "base") || !std::strcmp(isa, "native")) return true;
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
+  // F16C, MOVBE and LZCNT (also in x86-64-v3) straight from cpuid: clang's
+  // __builtin_cpu_supports does not know their names.
+  unsigned a = 0, b = 0, c1 = 0, d = 0, c8 = 0;
+  const bool leaf1 = __get_cpuid(1, &a, &b, &c1, &d) != 0;
+  const bool leaf8 = __get_cpuid(0x80000001u, &a, &b, &c8, &d) != 0;
+  const bool f16c = leaf1 && (c1 & (1u << 29)), movbe = leaf1 && (c1 & (1u << 22));
+  const bool lzcnt = leaf8 && (c8 & (1u << 5));
   const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-                  __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("f16c") &&
-                  __builtin_cpu_supports("movbe");
+                  __builtin_cpu_supports("popcnt") && f16c && movbe && lzcnt;
   if (!std::strcmp(isa, "avx2")) return v3;
   if (!std::strcmp(isa, "avx512"))
     return v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
