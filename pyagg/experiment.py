@@ -492,24 +492,24 @@ def run_overhead_sizes(a: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _overhead_sizes_plot(out: list[dict[str, Any]], path: str) -> str:
+def _stacked_plot(out: list[dict[str, Any]], group: str, title, layers, path: str, width: float) -> str:
+    """One panel per value of out[*][group]: per rule, bars stacked from `layers` ((label, row -> ms))."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ds = list(dict.fromkeys(r["d"] for r in out))
-    fig, axes = plt.subplots(1, len(ds), figsize=(4.5 * len(ds), 3.5), dpi=100, squeeze=False)
-    for ax, d in zip(axes[0], ds):
-        rs = [r for r in out if r["d"] == d]
+    keys = list(dict.fromkeys(r[group] for r in out))
+    fig, axes = plt.subplots(1, len(keys), figsize=(width * len(keys), 3.5), dpi=100, squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        rs = [r for r in out if r[group] == k]
         names = [r["rule"] for r in rs]
-        c = [r["compute_ms"] for r in rs]
-        t = [r["transfer_ms"] for r in rs]
-        g = [r["agg_ms"] for r in rs]
-        ax.bar(names, c, label="compute")
-        ax.bar(names, t, bottom=c, label="transfer")
-        ax.bar(names, g, bottom=[x + y for x, y in zip(c, t)], label="aggregation")
-        ax.set_title(f"d = {d:,}", fontsize=9)
+        bottom = [0.0] * len(rs)
+        for label, value in layers:
+            v = [value(r) for r in rs]
+            ax.bar(names, v, bottom=bottom, label=label)
+            bottom = [x + y for x, y in zip(bottom, v)]
+        ax.set_title(title(k, rs), fontsize=9)
         ax.set_ylabel("ms per step")
         ax.tick_params(axis="x", rotation=30, labelsize=8)
     axes[0][0].legend(fontsize=8)
@@ -517,31 +517,17 @@ def _overhead_sizes_plot(out: list[dict[str, Any]], path: str) -> str:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _overhead_sizes_plot(out: list[dict[str, Any]], path: str) -> str:
+    layers = [("compute", lambda r: r["compute_ms"]), ("transfer", lambda r: r["transfer_ms"]),
+              ("aggregation", lambda r: r["agg_ms"])]
+    return _stacked_plot(out, "d", lambda d, rs: f"d = {d:,}", layers, path, 4.5)
 
 
 def _overhead_plot(out: list[dict[str, Any]], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    exps = list(dict.fromkeys(r["experiment"] for r in out))
-    fig, axes = plt.subplots(1, len(exps), figsize=(5 * len(exps), 3.5), dpi=100, squeeze=False)
-    for ax, e in zip(axes[0], exps):
-        rs = [r for r in out if r["experiment"] == e]
-        names = [r["rule"] for r in rs]
-        agg = [r["agg_ms"] for r in rs]
-        rest = [r["step_ms"] - r["agg_ms"] for r in rs]
-        ax.bar(names, rest, label="rest of the step")
-        ax.bar(names, agg, bottom=rest, label="aggregation")
-        ax.set_ylabel("ms per step")
-        ax.set_title(f"{e} (d={rs[0]['d']})", fontsize=9)
-        ax.tick_params(axis="x", rotation=30, labelsize=8)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    layers = [("rest of the step", lambda r: r["step_ms"] - r["agg_ms"]), ("aggregation", lambda r: r["agg_ms"])]
+    return _stacked_plot(out, "experiment", lambda e, rs: f"{e} (d={rs[0]['d']})", layers, path, 5)
 
 
 # --------------------------------------------------------------------- cli ---

@@ -223,12 +223,7 @@ Status run_rule_next(const RuleConfig& r, const T* x, std::size_t n, std::size_t
   } else {
     std::vector<double> D;
     PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
-    if (r.rule == RuleId::kClippedClustering)
-      c = selection::clipped_clustering(r, D.data(), n, st);
-    else if (r.rule == RuleId::kSmea)
-      c = selection::smea(r, D.data(), n, st);
-    else
-      c = selection::caf(r, D.data(), n, st);
+    c = selection::from_distances(r, D.data(), n, st);
   }
   return combine_rows<T>(x, d, c, out, ws);
 }

@@ -116,23 +116,19 @@ def write_summary(path: str, summary: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
 
 
-def plot_accuracy(csv_path: str, png_path: str, title: str = "", metric: str = "accuracy") -> str | None:
-    """PNG of test accuracy (or the experiment's metric) over steps; None when nothing to plot."""
-    _, rows = read_metrics(csv_path)
-    pts = [(int(r["step"]), float(r["accuracy"])) for r in rows if r.get("accuracy") not in ("", None)]
-    if not pts:
-        return None
+def _plot_series(pts: list[tuple[int, float]], png_path: str, title: str, ylabel: str, style, color=None) -> str:
+    """One line over steps, written atomically; style(ax, ys) sets the axis (limits, scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.5)
+    ys = [p[1] for p in pts]
+    ax.plot([p[0] for p in pts], ys, marker=".", lw=1.5, color=color)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"test {metric}")
-    if metric == "accuracy":
-        ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    style(ax, ys)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -141,6 +137,20 @@ def plot_accuracy(csv_path: str, png_path: str, title: str = "", metric: str = "
     plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
+
+
+def plot_accuracy(csv_path: str, png_path: str, title: str = "", metric: str = "accuracy") -> str | None:
+    """PNG of test accuracy (or the experiment's metric) over steps; None when nothing to plot."""
+    _, rows = read_metrics(csv_path)
+    pts = [(int(r["step"]), float(r["accuracy"])) for r in rows if r.get("accuracy") not in ("", None)]
+    if not pts:
+        return None
+
+    def style(ax, ys):
+        if metric == "accuracy":
+            ax.set_ylim(0, 1)
+
+    return _plot_series(pts, png_path, title, f"test {metric}", style)
 
 
 def plot_loss(csv_path: str, png_path: str, title: str = "") -> str | None:
@@ -150,26 +160,12 @@ def plot_loss(csv_path: str, png_path: str, title: str = "") -> str | None:
     pts = [p for p in pts if math.isfinite(p[1])]
     if not pts:
         return None
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def style(ax, ys):
+        if min(ys) > 0 and max(ys) / min(ys) > 30:
+            ax.set_yscale("log")
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.5, color="tab:red")
-    ax.set_xlabel("step")
-    ax.set_ylabel("test loss")
-    ys = [p[1] for p in pts]
-    if min(ys) > 0 and max(ys) / min(ys) > 30:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return _plot_series(pts, png_path, title, "test loss", style, color="tab:red")
 
 
 # ------------------------------------------------------------- TensorBoard ---

@@ -19,25 +19,15 @@
 #include <vector>
 
 #include "check.h"
+#include "transport_keys.h"
 #include "pyagg/transport.h"
 #include "transport/reassembler.h"
 
 using namespace pyagg;
 using namespace pyagg::transport;
+using namespace pyagg::transport::testing;
 
 namespace {
-
-std::vector<uint8_t> key_of(int seed) {
-  std::vector<uint8_t> k(kKeySize);
-  for (std::size_t i = 0; i < k.size(); ++i) k[i] = uint8_t(seed * 31 + i * 7 + 1);
-  return k;
-}
-
-MacAlgo best() {
-  MacAlgo m = MacAlgo::kNone;
-  Status st = parse_mac("auto", &m);
-  return st.ok() ? m : MacAlgo::kNone;
-}
 
 template <typename T>
 std::vector<T> ramp(std::size_t d, double base) {

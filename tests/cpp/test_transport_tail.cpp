@@ -16,26 +16,17 @@
 #include <vector>
 
 #include "check.h"
+#include "transport_keys.h"
 #include "pyagg/transport.h"
 #include "transport/pacer.h"
 #include "transport/reassembler.h"
 
 using namespace pyagg;
 using namespace pyagg::transport;
+using namespace pyagg::transport::testing;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::vector<uint8_t> key_of(int seed) {
-  std::vector<uint8_t> k(kKeySize);
-  for (std::size_t i = 0; i < k.size(); ++i) k[i] = uint8_t(seed * 31 + i * 7 + 1);
-  return k;
-}
-
-MacAlgo best() {
-  MacAlgo m = MacAlgo::kNone;
-  return parse_mac("auto", &m).ok() ? m : MacAlgo::kNone;
-}
 
 // One send() call the sink saw: its datagrams (split by `seg`) and when.
 struct Call {

@@ -626,5 +626,13 @@ inline Combo zeroing(const RuleConfig& r, const std::vector<RowStat>& st) {
 // Whether a rule reads the L1 / L-inf norms (zeroing) and the distance matrix.
 inline bool needs_abs_norms(const RuleConfig& r) { return r.rule == RuleId::kZeroing && r.norm_order != 2; }
 
+// The rules that need nothing but the n x n distance matrix and the row
+// statistics (clipped-clustering, smea, caf): one dispatch for both backends.
+inline Combo from_distances(const RuleConfig& r, const double* D, std::size_t n, const std::vector<RowStat>& st) {
+  if (r.rule == RuleId::kClippedClustering) return clipped_clustering(r, D, n, st);
+  if (r.rule == RuleId::kSmea) return smea(r, D, n, st);
+  return caf(r, D, n, st);
+}
+
 }  // namespace selection
 }  // namespace pyagg

@@ -187,10 +187,8 @@ void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::si
     pairwise_sqdist<T>(rows, n, d, D.data());
     st.assign(n, selection::RowStat{});
     for (std::size_t i = 0; i < n; ++i) st[i].finite = D[i * n + i] == 0.0;
-    if (r.rule == RuleId::kSmea)
-      c = selection::smea(r, D.data(), n, st);
-    else if (r.rule == RuleId::kCaf)
-      c = selection::caf(r, D.data(), n, st);
+    if (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf)
+      c = selection::from_distances(r, D.data(), n, st);
     else
       c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>*, std::vector<double>* Dk) { *Dk = D; });
     combine(rows, d, c, out);
@@ -206,12 +204,7 @@ void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::si
   } else {
     std::vector<double> D(n * n);
     pairwise_sqdist<T>(rows, n, d, D.data());
-    if (r.rule == RuleId::kClippedClustering)
-      c = selection::clipped_clustering(r, D.data(), n, st);
-    else if (r.rule == RuleId::kSmea)
-      c = selection::smea(r, D.data(), n, st);
-    else
-      c = selection::caf(r, D.data(), n, st);
+    c = selection::from_distances(r, D.data(), n, st);
   }
   combine(rows, d, c, out);
 }
