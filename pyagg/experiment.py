@@ -280,14 +280,7 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
         def observe(step: int, G: Any) -> None:
             if step < a.warmup:
                 return
-            order = rules[step % len(rules):] + rules[: step % len(rules)]  # rotate: no rule always first
-            for r in order:
-                best = float("inf")
-                for _ in range(a.repeat):
-                    t = time.perf_counter()
-                    aggs[r].aggregate(G)
-                    best = min(best, time.perf_counter() - t)
-                times[r].append(best)
+            _time_rules(aggs, G, step, a.repeat, times)
 
         cfg = TrainConfig(experiment=exp, experiment_args=eargs, workers=a.workers, byzantine=0,
                           declared_f=a.declared_f, rule="average", steps=a.steps, eval_every=0, checkpoint_every=0,
@@ -446,14 +439,7 @@ def run_overhead_sizes(a: argparse.Namespace) -> dict[str, Any]:
         aggs = {lab: api.Aggregator(r, a.declared_f, **p) for lab, (r, p) in zip(rules, rule_specs)}
         times: dict[str, list[float]] = {r: [] for r in rules}
         for k in range(a.steps):
-            order = rules[k % len(rules):] + rules[: k % len(rules)]
-            for r in order:
-                best = float("inf")
-                for _ in range(a.repeat):
-                    t = time.perf_counter()
-                    aggs[r].aggregate(G)
-                    best = min(best, time.perf_counter() - t)
-                times[r].append(best)
+            _time_rules(aggs, G, k, a.repeat, times)
         del G
         base = float(np.median(times["average"]))
         step_avg = compute + transfer + base
@@ -490,6 +476,19 @@ def run_overhead_sizes(a: argparse.Namespace) -> dict[str, Any]:
     png = _overhead_sizes_plot(out, os.path.join(a.out, "overhead.png"))
     summary["files"] = {"table": os.path.join(a.out, "overhead.md"), "plot": png}
     return summary
+
+
+def _time_rules(aggs: dict[str, Any], G: Any, step: int, repeat: int, times: dict[str, list[float]]) -> None:
+    """Best of `repeat` aggregations of G by each rule, appended to times[rule]; the order rotates
+    with the step, so that no rule always runs first (warm caches)."""
+    rules = list(aggs)
+    for r in rules[step % len(rules):] + rules[: step % len(rules)]:
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            aggs[r].aggregate(G)
+            best = min(best, time.perf_counter() - t)
+        times[r].append(best)
 
 
 def _stacked_plot(out: list[dict[str, Any]], group: str, title, layers, path: str, width: float) -> str:
