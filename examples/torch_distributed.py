@@ -22,6 +22,8 @@ import os
 import socket
 import sys
 import tempfile
+import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,7 +43,11 @@ def _data(seed: int, w_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run(rank: int, world: int, init: str, rule: str, f: int, byzantine: int, scale: float, steps: int,
         out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    # Our own TCP store (rank 0 hosts it), so that the teardown below can use it
+    # after the process group is gone.
+    host, port = init.rsplit(":", 1)
+    store = dist.TCPStore(host, int(port), world, is_master=(rank == 0), timeout=timedelta(seconds=120))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     torch.manual_seed(0)  # the same initial model on every rank
     torch.set_num_threads(1)
     w_true = torch.randn(DIM, 1, generator=torch.Generator().manual_seed(1234))
@@ -73,10 +79,34 @@ def run(rank: int, world: int, init: str, rule: str, f: int, byzantine: int, sca
     if rank == 0:
         with open(out, "w") as fh:
             json.dump({"rule": rule, "before": before, "after": after, "in_sync": in_sync}, fh)
-    # A last collective as a barrier: nobody tears its connections down while a
-    # peer still uses them (a tensor all_reduce; nothing is pickled).
-    dist.all_reduce(torch.zeros(1))
+    _teardown(store, rank, world)
+
+
+def _wait_count(store: dist.TCPStore, key: str, world: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while store.add(key, 0) < world:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"teardown: only {store.add(key, 0)} of {world} ranks reached {key!r}")
+        time.sleep(0.005)
+
+
+def _teardown(store: dist.TCPStore, rank: int, world: int) -> None:
+    """Leave in an order in which no rank loses a peer it still talks to.
+
+    1. Every rank is past its last collective before any rank closes its gloo
+       connections (a counter in the store, not a collective).
+    2. Every rank destroys its process group.
+    3. Rank 0 hosts the store: it leaves last, once every rank has said it is
+       done with the store, so no rank's store client sees its server vanish.
+    (A rank that left early while a peer was still in a collective or still
+    talking to the store made that peer abort now and then.)
+    """
+    store.add("past_last_collective", 1)
+    _wait_count(store, "past_last_collective", world)
     dist.destroy_process_group()
+    store.add("left", 1)
+    if rank == 0:
+        _wait_count(store, "left", world)
 
 
 def train(world: int = 5, rule: str = "krum", f: int = 1, byzantine: int | None = None, scale: float = 20.0,
@@ -90,7 +120,7 @@ def train(world: int = 5, rule: str = "krum", f: int = 1, byzantine: int | None 
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        init = f"tcp://127.0.0.1:{port}"
+        init = f"127.0.0.1:{port}"  # host:port of the TCP store rank 0 hosts
         mp.spawn(run, args=(world, init, rule, f, byzantine, scale, steps, out), nprocs=world, join=True)
         with open(out) as fh:
             return json.load(fh)
