@@ -444,7 +444,7 @@ def test_sender_close_during_send_waits_no_use_after_free():
     the sender under it (issue 9). A slow paced send is in flight while close() is called."""
     import threading
 
-    d = 400_000  # 1.6 MB at 16 MB/s: ~0.1 s of pacing
+    d = 4_000_000  # 16 MB at 16 MB/s: ~1 s of pacing, so the send is surely in flight at close()
     with GradientReceiver([1], d, keys=keys_for([1]), deadline=5.0) as rx:
         tx = GradientSender(rx.address, keys_for([1])[1], 16e6, rank=1)
         rx.expect(1)
@@ -455,7 +455,7 @@ def test_sender_close_during_send_waits_no_use_after_free():
 
         t = threading.Thread(target=run)
         t.start()
-        time.sleep(0.02)
+        time.sleep(0.2)
         t_close = time.monotonic()
         tx.close()                      # waits for the send in progress
         waited = time.monotonic() - t_close

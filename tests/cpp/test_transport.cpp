@@ -479,7 +479,7 @@ TEST_CASE("a sender that never sends costs one deadline, not a hang") {
   auto t0 = std::chrono::steady_clock::now();
   CHECK(s.rx->collect(1, 0.25, nullptr, &r).ok());
   double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  CHECK_MSG(el >= 0.24 && el < 1.0, std::to_string(el));
+  CHECK_MSG(el >= 0.24 && el < 2.0, std::to_string(el));  // the deadline, not a hang (loose: loaded CI)
   CHECK(r.reason == EndReason::kDeadline);
   CHECK(r.workers[0].complete && !r.workers[1].complete && r.workers[1].chunks_filled == 3);
   // excluded from the wait (declared dead): the step ends as soon as the others are done
@@ -489,7 +489,7 @@ TEST_CASE("a sender that never sends costs one deadline, not a hang") {
   t0 = std::chrono::steady_clock::now();
   CHECK(s.rx->collect(2, 5.0, wait, &r).ok());
   el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  CHECK_MSG(el < 0.5, std::to_string(el));
+  CHECK_MSG(el < 2.5, std::to_string(el));  // well before the 5 s deadline
   CHECK(r.reason == EndReason::kComplete);
 }
 
@@ -506,7 +506,7 @@ TEST_CASE("with loss the step ends at the END markers + grace, not at the deadli
     double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // 0.05^2 chance per worker that both END copies drop: the seed makes this run deterministic
     CHECK_MSG(r.reason == EndReason::kMarkers, end_reason_name(r.reason));
-    CHECK_MSG(el < 1.0, std::to_string(el));
+    CHECK_MSG(el < 5.0, std::to_string(el));  // well before the 10 s deadline
     for (auto& w : r.workers) CHECK(w.chunks_sent == int64_t(w.chunks_expected));
   }
 }
@@ -869,7 +869,9 @@ TEST_CASE("shutdown wakes a blocked collect promptly with an I/O error") {
   th.join();
   const double after = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   CHECK_MSG(st.code() == StatusCode::kIoError, st.message());
-  CHECK_MSG(el < 0.5 && after < 0.3, std::to_string(el) + " " + std::to_string(after));
+  // Woken by shutdown, long before its 5 s deadline (generous bounds: no timing claim, a loaded
+  // machine must not fail it).
+  CHECK_MSG(el < 4.0 && after < 3.0, std::to_string(el) + " " + std::to_string(after));
   CHECK(s.rx->expect(2).code() == StatusCode::kIoError);
   s.rx->shutdown();  // idempotent
   CHECK(s.rx->describe().find("closed") != std::string::npos);
