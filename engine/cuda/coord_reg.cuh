@@ -178,7 +178,12 @@ __global__ void __launch_bounds__(256) coord_q_kernel(CoordArgs a, const T* __re
       else
         net::sort_q<Q>(v);
     } else {
-      net::sort_q<Q>(v);
+      // The median of n == Q values, all finite: only the two middle wires
+      // are read (the CPU's kMiddle pruning); else the full network.
+      if (a.op == int(CoordOp::kMedian) && a.nw == Q && cnt == Q)
+        net::sort_mid<Q>(v);
+      else
+        net::sort_q<Q>(v);
     }
     out[k] = window ? readout_window<T, Q>(a, v, cnt, colbuf + threadIdx.x, int(blockDim.x))
                     : readout_regs<T, Q>(a, v, cnt);

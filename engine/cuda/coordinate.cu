@@ -15,6 +15,9 @@
 //     191 of the 32-wire network); for n > net::kCpuStaticN the trimmed mean
 //     applies the CPU's pruned network (bit mask), so the kept values are
 //     summed in the CPU's order (below, both sort completely);
+//   - the median of n <= 32 values, when all n values of the coordinate are
+//     finite, runs only the comparators that reach the two middle wires
+//     (sortnet.cuh QMid: the CPU's kMiddle pruning; n = 20: 84 of 103);
 //   - the median and the trimmed mean are read out of the registers
 //     (compile-time wire indices, selects); the averaged medians write the
 //     sorted values to a per-thread column of shared memory for the window
@@ -194,6 +197,29 @@ Status mask_dispatch(int P, std::size_t nw, std::size_t f, net::Mask* mask) {
   }
 }
 
+// The compile-time median networks (sortnet.cuh QMid<Q>, Q <= 32) must equal
+// common/sortnet_build.h's pruning of batcher_network(Q) to the middle wires
+// (what the CPU runs), comparator for comparator: checked once per process.
+template <int Q>
+bool mid_network_matches() {
+  std::vector<unsigned char> want(Q, net::kDead);
+  for (int w = (Q - 1) / 2; w <= Q / 2; ++w) want[std::size_t(w)] = net::kExact;
+  const auto ref = net::prune_network(net::batcher_network(std::size_t(Q)), want);
+  const auto got = net::host_mid_network<Q>();
+  if (ref.size() != got.size()) return false;
+  for (std::size_t t = 0; t < ref.size(); ++t)
+    if (ref[t].a != got[t].a || ref[t].b != got[t].b) return false;
+  return true;
+}
+template <std::size_t... I>
+bool all_mid_networks_match(std::index_sequence<I...>) {
+  return (mid_network_matches<int(I) + 2>() && ...);
+}
+bool mid_networks_ok() {
+  static const bool ok = all_mid_networks_match(std::make_index_sequence<net::kCpuStaticN - 1>{});  // Q = 2..32
+  return ok;
+}
+
 constexpr std::size_t kGenericThreads = 256;
 std::size_t generic_grid(std::size_t nw, std::size_t d, std::size_t elem) {
   // The scratch columns: nw values per thread; keep them <= 256 MiB.
@@ -232,6 +258,9 @@ Status run_coordinate(CoordOp op, const T* x, std::size_t d, std::size_t nw, con
     if (std::size_t(Q) < nw || net::pow2_at_least(Q) != P)
       return Status::Internal("coordinate kernel: bad register bucket Q=" + std::to_string(Q) + " for " +
                               std::to_string(nw) + " values");
+    if (op == CoordOp::kMedian && nw <= net::kCpuStaticN && !mid_networks_ok())
+      return Status::Internal(
+          "CUDA backend: compile-time median network differs from common/sortnet_build.h's pruning");
     net::Mask mask;
     for (auto& w : mask.w) w = 0;
     // The CPU sorts small n completely (compile-time networks, n <=

@@ -162,6 +162,71 @@ __host__ __device__ __forceinline__ void sort_q_masked(T (&v)[Q], const Mask& ma
   apply_q_masked<Q>(v, mask, std::make_index_sequence<QNet<Q>::N>{});
 }
 
+// The sub-network of QNet<Q> that delivers the exact values of the middle
+// wires (Q-1)/2 and Q/2 only: common/sortnet_build.h's prune_network(net,
+// want = kExact on those wires), evaluated at compile time. The CPU's median
+// uses the same pruning (sortnet kMiddle) when all n values of a tile are
+// finite; here it serves n == Q (Q <= kCpuStaticN) when all n values of the
+// coordinate are finite. n = 20: 84 comparators instead of 103.
+template <int Q>
+struct QMid {
+  static constexpr int LO = (Q - 1) / 2, HI = Q / 2;
+  struct Keep {
+    bool k[QNet<Q>::N];
+    int n;
+  };
+  static constexpr Keep compute() {
+    Keep r{};
+    unsigned char want[Q] = {};
+    for (int w = LO; w <= HI; ++w) want[w] = kExact;
+    for (int c = QNet<Q>::N - 1; c >= 0; --c) {
+      const int a = QNet<Q>::net.a[c], b = QNet<Q>::net.b[c];
+      if (want[a] == kDead && want[b] == kDead) continue;  // no kBag wire here
+      r.k[c] = true;
+      want[a] = kExact;
+      want[b] = kExact;
+      ++r.n;
+    }
+    return r;
+  }
+  static constexpr Keep keep = compute();
+  static constexpr int N = keep.n;
+  struct Arr {
+    unsigned char a[N > 0 ? N : 1];
+    unsigned char b[N > 0 ? N : 1];
+  };
+  static constexpr Arr make() {
+    Arr r{};
+    int t = 0;
+    for (int c = 0; c < QNet<Q>::N; ++c)
+      if (keep.k[c]) {
+        r.a[t] = QNet<Q>::net.a[c];
+        r.b[t] = QNet<Q>::net.b[c];
+        ++t;
+      }
+    return r;
+  }
+  static constexpr Arr net = make();
+};
+
+template <int Q, typename T, std::size_t... C>
+__host__ __device__ __forceinline__ void apply_mid(T (&v)[Q], std::index_sequence<C...>) {
+  (cas(v[QMid<Q>::net.a[C]], v[QMid<Q>::net.b[C]]), ...);
+}
+// After it, v[(Q-1)/2] and v[Q/2] hold the sorted values of those ranks.
+template <int Q, typename T>
+__host__ __device__ __forceinline__ void sort_mid(T (&v)[Q]) {
+  apply_mid<Q>(v, std::make_index_sequence<QMid<Q>::N>{});
+}
+
+// Host: the comparators of QMid<Q>, in order (tests/checks against prune_network).
+template <int Q>
+inline std::vector<Comparator> host_mid_network() {
+  std::vector<Comparator> v;
+  for (int q = 0; q < QMid<Q>::N; ++q) v.push_back({std::uint32_t(QMid<Q>::net.a[q]), std::uint32_t(QMid<Q>::net.b[q])});
+  return v;
+}
+
 // Host: the comparators of the P network, in order.
 template <int P>
 inline std::vector<Comparator> host_network() {
