@@ -49,9 +49,11 @@ Status upload(V* dst, const std::vector<V>& src) {
 }
 
 // D (host, n*n) of the rows of x (device).
+// exact_double: accumulate float input in double from the start (the
+// coefficient-space geometric median: its quadratic forms cancel, see below).
 template <typename T>
 Status distance_matrix(const T* x, std::size_t n, std::size_t d, const DeviceInfo& dev, Workspace& ws,
-                       std::vector<double>* D) {
+                       std::vector<double>* D, bool exact_double = false) {
   DistancePlan plan;
   PYAGG_RETURN_IF_ERROR(plan_distance<T>(n, d, dev, &plan));
   double *part = nullptr, *Dd = nullptr;
@@ -62,7 +64,7 @@ Status distance_matrix(const T* x, std::size_t n, std::size_t d, const DeviceInf
   arena.add(&Dd, n * n);
   PYAGG_RETURN_IF_ERROR(arena.commit(ws));
   D->assign(n * n, 0.0);
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  for (int attempt = exact_double ? 1 : 0; attempt < 2; ++attempt) {
     const bool force_double = attempt == 1;
     PYAGG_RETURN_IF_ERROR(run_distance<T>(plan, x, part, bad, Dd, force_double, kStream));
     PYAGG_CUDA_CHECK(cudaMemcpyAsync(D->data(), Dd, n * n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
@@ -274,8 +276,16 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
       // Default start (mean of the finite rows): the CPU's coefficient-space
       // iteration (common/select_iterative.h) on the GPU's distance matrix and
       // row norms, then one combination pass; no per-iteration host sync.
+      // The iteration evaluates ||x_i - z||^2 = sum_j c_j D_ij - q/2, which
+      // cancels when a far row (e.g. x1e6) keeps a small weight: D's rounding
+      // is amplified by the ratio of the far distances to the near ones. So D
+      // is accumulated in the CPU's precision class for this n
+      // (common/blocks.h kGramMinN): float partial sums for n <= 32 (the
+      // CPU's float-lane difference form), double above (the CPU's double
+      // Gram form); float partials against the CPU's double Gram gave errors
+      // up to 1e2 relative at n = 150 (byz-big) in test_cuda.
       std::vector<double> D;
-      PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D));
+      PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D, /*exact_double=*/n > kGramMinN));
       std::vector<selection::RowStat> st;
       PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, false, ws, &st));
       std::vector<double> sq(n);

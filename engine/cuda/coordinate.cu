@@ -6,17 +6,25 @@
 // comment), with the same arithmetic, so results are bit-identical:
 //   - one thread per coordinate; consecutive threads read consecutive
 //     coordinates of a row (coalesced);
-//   - the nw values of a coordinate are loaded into a register array of P =
-//     next power of two >= nw (padding +inf) and sorted with Batcher's
-//     odd-even merge network (sortnet.cuh: the same comparators, in the same
-//     order, as the CPU's sortnet.h), fully unrolled: compile-time wires, no
-//     local memory; for n > net::kCpuStaticN the trimmed mean applies the
-//     CPU's pruned network (bit mask), so the kept values are summed in the
-//     CPU's order (below, both sort completely);
-//   - the sorted values go to a per-thread column of shared memory and one
-//     read-out function (the CPU's formulas: median midpoint in double,
-//     averaged-median window [c, c+b) with c counted like the CPU, sums in
-//     double in wire order) produces the output;
+//   - the nw values of a coordinate are loaded into a register array of Q
+//     values (Q = nw for nw <= 32, else the next multiple of 8; padding +inf)
+//     and sorted with Batcher's odd-even merge network restricted to wires
+//     < Q (sortnet.cuh QNet: the same comparators, in the same order, as the
+//     CPU's sortnet.h), fully unrolled: compile-time wires, no local memory,
+//     no comparator on a padding wire >= Q (n = 20: 103 comparators, not the
+//     191 of the 32-wire network); for n > net::kCpuStaticN the trimmed mean
+//     applies the CPU's pruned network (bit mask), so the kept values are
+//     summed in the CPU's order (below, both sort completely);
+//   - the median of n <= 32 values, when all n values of the coordinate are
+//     finite, runs only the comparators that reach the two middle wires
+//     (sortnet.cuh QMid: the CPU's kMiddle pruning; n = 20: 84 of 103);
+//   - the median and the trimmed mean are read out of the registers
+//     (compile-time wire indices, selects); the averaged medians write the
+//     sorted values to a per-thread column of shared memory for the window
+//     search (wires p and p + beta, beta known at run time); every read-out
+//     uses the CPU's formulas (median midpoint in double, averaged-median
+//     window [c, c+b) with c counted like the CPU, sums in double in wire
+//     order);
 //   - nw > 128 (float) / > 64 (double): the same comparator list as the CPU
 //     (common/sortnet_build.h's construction, from global memory)
 //     applied to a per-thread column in a global scratch buffer; nw > 4096:
@@ -34,20 +42,11 @@
 namespace pyagg {
 namespace cuda {
 namespace coord {
-// Instantiated in coord_reg_*.cu (compiled in parallel).
-PYAGG_COORD_REG_EXTERN(float, 2)
-PYAGG_COORD_REG_EXTERN(float, 4)
-PYAGG_COORD_REG_EXTERN(float, 8)
-PYAGG_COORD_REG_EXTERN(float, 16)
-PYAGG_COORD_REG_EXTERN(float, 32)
-PYAGG_COORD_REG_EXTERN(float, 64)
-PYAGG_COORD_REG_EXTERN(float, 128)
-PYAGG_COORD_REG_EXTERN(double, 2)
-PYAGG_COORD_REG_EXTERN(double, 4)
-PYAGG_COORD_REG_EXTERN(double, 8)
-PYAGG_COORD_REG_EXTERN(double, 16)
-PYAGG_COORD_REG_EXTERN(double, 32)
-PYAGG_COORD_REG_EXTERN(double, 64)
+// Instantiated in coord_q_*.cu (compiled in parallel).
+#define PYAGG_Q_LIST_F32(X) X(float, 2) X(float, 3) X(float, 4) X(float, 5) X(float, 6) X(float, 7) X(float, 8) X(float, 9) X(float, 10) X(float, 11) X(float, 12) X(float, 13) X(float, 14) X(float, 15) X(float, 16) X(float, 17) X(float, 18) X(float, 19) X(float, 20) X(float, 21) X(float, 22) X(float, 23) X(float, 24) X(float, 25) X(float, 26) X(float, 27) X(float, 28) X(float, 29) X(float, 30) X(float, 31) X(float, 32) X(float, 40) X(float, 48) X(float, 56) X(float, 64) X(float, 72) X(float, 80) X(float, 88) X(float, 96) X(float, 104) X(float, 112) X(float, 120) X(float, 128)
+#define PYAGG_Q_LIST_F64(X) X(double, 2) X(double, 3) X(double, 4) X(double, 5) X(double, 6) X(double, 7) X(double, 8) X(double, 9) X(double, 10) X(double, 11) X(double, 12) X(double, 13) X(double, 14) X(double, 15) X(double, 16) X(double, 17) X(double, 18) X(double, 19) X(double, 20) X(double, 21) X(double, 22) X(double, 23) X(double, 24) X(double, 25) X(double, 26) X(double, 27) X(double, 28) X(double, 29) X(double, 30) X(double, 31) X(double, 32) X(double, 40) X(double, 48) X(double, 56) X(double, 64)
+PYAGG_Q_LIST_F32(PYAGG_COORD_Q_EXTERN)
+PYAGG_Q_LIST_F64(PYAGG_COORD_Q_EXTERN)
 }  // namespace coord
 
 namespace {
@@ -156,21 +155,23 @@ constexpr int max_reg_p() {
 }
 
 template <typename T>
-Status dispatch_reg(int P, const CoordArgs& a, const T* x, const WireSource& src, const net::Mask& mask, T* out,
-                    cudaStream_t stream) {
-  switch (P) {
-    case 2: return launch_reg<T, 2>(a, x, src, mask, out, stream);
-    case 4: return launch_reg<T, 4>(a, x, src, mask, out, stream);
-    case 8: return launch_reg<T, 8>(a, x, src, mask, out, stream);
-    case 16: return launch_reg<T, 16>(a, x, src, mask, out, stream);
-    case 32: return launch_reg<T, 32>(a, x, src, mask, out, stream);
-    case 64: return launch_reg<T, 64>(a, x, src, mask, out, stream);
-    default: break;
+Status dispatch_q(int Q, const CoordArgs& a, const T* x, const WireSource& src, const net::Mask& mask, T* out,
+                  cudaStream_t stream) {
+#define PYAGG_Q_CASE(TT, QQ) \
+  case QQ: return launch_q<TT, QQ>(a, x, src, mask, out, stream);
+  if constexpr (sizeof(T) == 4) {
+    switch (Q) {
+      PYAGG_Q_LIST_F32(PYAGG_Q_CASE)
+      default: break;
+    }
+  } else {
+    switch (Q) {
+      PYAGG_Q_LIST_F64(PYAGG_Q_CASE)
+      default: break;
+    }
   }
-  if constexpr (max_reg_p<T>() >= 128) {
-    if (P == 128) return launch_reg<T, 128>(a, x, src, mask, out, stream);
-  }
-  return Status::Internal("coordinate kernel: no register kernel for P=" + std::to_string(P));
+#undef PYAGG_Q_CASE
+  return Status::Internal("coordinate kernel: no register kernel for Q=" + std::to_string(Q));
 }
 
 template <int P>
@@ -194,6 +195,29 @@ Status mask_dispatch(int P, std::size_t nw, std::size_t f, net::Mask* mask) {
     case 128: return mask_for<128>(nw, f, mask);
     default: return Status::Internal("mask_dispatch: bad P");
   }
+}
+
+// The compile-time median networks (sortnet.cuh QMid<Q>, Q <= 32) must equal
+// common/sortnet_build.h's pruning of batcher_network(Q) to the middle wires
+// (what the CPU runs), comparator for comparator: checked once per process.
+template <int Q>
+bool mid_network_matches() {
+  std::vector<unsigned char> want(Q, net::kDead);
+  for (int w = (Q - 1) / 2; w <= Q / 2; ++w) want[std::size_t(w)] = net::kExact;
+  const auto ref = net::prune_network(net::batcher_network(std::size_t(Q)), want);
+  const auto got = net::host_mid_network<Q>();
+  if (ref.size() != got.size()) return false;
+  for (std::size_t t = 0; t < ref.size(); ++t)
+    if (ref[t].a != got[t].a || ref[t].b != got[t].b) return false;
+  return true;
+}
+template <std::size_t... I>
+bool all_mid_networks_match(std::index_sequence<I...>) {
+  return (mid_network_matches<int(I) + 2>() && ...);
+}
+bool mid_networks_ok() {
+  static const bool ok = all_mid_networks_match(std::make_index_sequence<net::kCpuStaticN - 1>{});  // Q = 2..32
+  return ok;
 }
 
 constexpr std::size_t kGenericThreads = 256;
@@ -230,6 +254,13 @@ Status run_coordinate(CoordOp op, const T* x, std::size_t d, std::size_t nw, con
   int P = 2;
   while (std::size_t(P) < nw) P <<= 1;
   if (P <= max_reg_p<T>()) {
+    const int Q = q_for(nw);
+    if (std::size_t(Q) < nw || net::pow2_at_least(Q) != P)
+      return Status::Internal("coordinate kernel: bad register bucket Q=" + std::to_string(Q) + " for " +
+                              std::to_string(nw) + " values");
+    if (op == CoordOp::kMedian && nw <= net::kCpuStaticN && !mid_networks_ok())
+      return Status::Internal(
+          "CUDA backend: compile-time median network differs from common/sortnet_build.h's pruning");
     net::Mask mask;
     for (auto& w : mask.w) w = 0;
     // The CPU sorts small n completely (compile-time networks, n <=
@@ -239,7 +270,7 @@ Status run_coordinate(CoordOp op, const T* x, std::size_t d, std::size_t nw, con
       PYAGG_RETURN_IF_ERROR(mask_dispatch(P, nw, param, &mask));
       a.use_mask = 1;
     }
-    return dispatch_reg<T>(P, a, x, src, mask, out, stream);
+    return dispatch_q<T>(Q, a, x, src, mask, out, stream);
   }
   // Generic path: the CPU's comparator list, columns in global scratch.
   const std::size_t grid = generic_grid(nw, d, sizeof(T));

@@ -4,7 +4,10 @@
 // NOT part of any normal build. Only used when the .cu files are compiled as
 // plain C++ with -DPYAGG_CUDA_EMULATE: kernels run on the host, each block's
 // threads as cooperative fibers (x86-64 only), switching at __syncthreads().
-// Recipe (a config.h with PYAGG_WITH_CUDA defined in $GEN/pyagg/):
+// Use tests/cpp/emu_test_cuda.sh (it links the emulated .cu files with the
+// CPU objects of a CUDA-on CMake build: the CPU ISA dispatch needs that
+// build's generated headers and private objects). The original one-line
+// recipe below predates the ISA dispatch and no longer links as is:
 //   g++ -std=c++17 -O2 -fopenmp -march=native -Iengine/include -Iengine/src -I$GEN -Itests/cpp \
 //       -DPYAGG_CUDA_EMULATE -x c++ engine/cuda/*.cu -x none \
 //       engine/src/*.cpp (but device_nocuda.cpp) engine/src/cpu/*.cpp engine/src/transport/*.cpp \

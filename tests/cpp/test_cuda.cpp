@@ -420,6 +420,35 @@ void coordinate_rules() {
   check_rule<T>("averaged-median", 4, {{"beta", 3}}, Kind::kSeparated, 20, 1031, 77);
   check_rule<T>("averaged-median", 4, {{"beta", 16}}, Kind::kTies, 20, 1031, 78);
   check_rule<T>("trimmed-mean", 0, {}, Kind::kTies, 9, 1031, 79);
+  // Every register-kernel size class (coord_reg.cuh q_for: Q = n up to 32,
+  // then the next multiple of 8 up to 128 (float) / 64 (double), padding
+  // wires n..Q-1 at +inf; above, the generic kernel): n at both ends of each
+  // class, d = 37 and 1000 (no multiple of the 128/256-thread blocks but 1000
+  // is 8-aligned), all-finite and heavy-NaN coordinates (the median position
+  // and the averaged-median window then depend on the finite count), f from 0
+  // to its bound, beta below and at n - f.
+  const std::size_t ns[] = {4, 6, 17, 31, 32, 33, 39, 40, 41, 47, 48, 56, 63, 64, 65, 71, 72, 89, 96, 97,
+                            101, 104, 105, 112, 119, 120, 121, 127, 128, 129};
+  for (std::size_t n : ns)
+    for (std::size_t d : {std::size_t(37), std::size_t(1000)})
+      for (Kind kind : {Kind::kSeparated, Kind::kHeavyNan}) {
+        const std::size_t fmax = (n - 1) / 2, fmid = n / 5;
+        check_rule<T>("median", std::int64_t(fmid), {}, kind, n, d, seed++);
+        check_rule<T>("trimmed-mean", 0, {}, kind, n, d, seed++);
+        check_rule<T>("trimmed-mean", std::int64_t(fmid), {}, kind, n, d, seed++);
+        check_rule<T>("trimmed-mean", std::int64_t(fmax), {}, kind, n, d, seed++);
+        check_rule<T>("averaged-median", std::int64_t(fmid), {}, kind, n, d, seed++);
+        check_rule<T>("averaged-median", std::int64_t(fmid), {{"beta", double(n / 3 + 1)}}, kind, n, d, seed++);
+        check_rule<T>("averaged-median", std::int64_t(fmax), {}, kind, n, d, seed++);
+      }
+  // Bulyan's coordinate phases (theta selected rows through an index list;
+  // bulyan-multikrum: wires that are means of row sets, upper median) with
+  // theta in several size classes.
+  for (std::size_t n : {std::size_t(26), std::size_t(45), std::size_t(70), std::size_t(90), std::size_t(133)})
+    for (Kind kind : {Kind::kSeparated, Kind::kByzNan}) {
+      check_rule<T>("bulyan", std::int64_t(n / 5), {}, kind, n, 1000, seed++);
+      check_rule<T>("bulyan-multikrum", std::int64_t(n / 5), {}, kind, n, 1000, seed++);
+    }
 }
 
 template <typename T>

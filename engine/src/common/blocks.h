@@ -14,4 +14,12 @@ namespace pyagg {
 // per-block partials line up with the CPU's.
 constexpr std::size_t kReduceBlock = 4096;
 
+// The CPU's distance pass (cpu/distance.cpp): n <= kGramMinN rows use the
+// exact difference form with float partial sums for float input (~1e-7
+// relative), n > kGramMinN the double Gram form with the exact fallback (~1e-11
+// relative or better). The CUDA geometric median (coefficient space, whose
+// quadratic forms cancel and amplify D's rounding) accumulates its distances
+// with the same precision class as the CPU for the same n.
+constexpr std::size_t kGramMinN = 32;
+
 }  // namespace pyagg

@@ -519,7 +519,7 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 // AVX-512 VM): at n = 20 the exact kernel's 190 float-lane differences per
 // coordinate beat the Gram kernel's padded double multiply-adds (6.5 vs
 // 16 ms at d = 1e6); at n = 100 the Gram kernel is 4x faster (138 vs 589 ms).
-constexpr std::size_t kGramMinN = 32;
+using ::pyagg::kGramMinN;  // common/blocks.h (the CUDA geometric median reads it too)
 
 template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {

@@ -1,0 +1,18 @@
+// pyagg engine — CUDA backend: register-network coordinate kernels for
+// float, Q = 21, 22, 23, 24, 25, 26 (one file per group so that the unrolled
+// networks compile in parallel; the list of Q is coord_reg.cuh's q_for, and
+// coordinate.cu's dispatch names every one).
+#include "coord_reg.cuh"
+
+namespace pyagg {
+namespace cuda {
+namespace coord {
+PYAGG_COORD_Q_INSTANTIATE(float, 21)
+PYAGG_COORD_Q_INSTANTIATE(float, 22)
+PYAGG_COORD_Q_INSTANTIATE(float, 23)
+PYAGG_COORD_Q_INSTANTIATE(float, 24)
+PYAGG_COORD_Q_INSTANTIATE(float, 25)
+PYAGG_COORD_Q_INSTANTIATE(float, 26)
+}  // namespace coord
+}  // namespace cuda
+}  // namespace pyagg
