@@ -469,7 +469,8 @@ struct SendStats {
   double data_s = 0.0;         // from the first DATA batch to the last one handed to the sink
   double target_rate = 0.0;    // cfg.rate (0 = unpaced)
   double achieved_rate = 0.0;  // DATA bytes / data_s, measured like the schedule (first batch's bytes excluded)
-  double forgiven_s = 0.0;     // schedule time lost for good in this send (lag beyond the credit)
+  double forgiven_s = 0.0;     // DATA schedule time lost for good in this send (lag beyond the credit); the END
+                               // copies' spacing waits are idle time and never counted
 };
 
 class GradientSender {
