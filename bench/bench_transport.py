@@ -313,6 +313,7 @@ def main() -> int:
                     help="pacing of each worker in the collection (bytes/s; 0 = unpaced)")
     ap.add_argument("--collect-deadline", type=float, default=5.0, help="server deadline in the collection (s)")
     ap.add_argument("--skip-collect", action="store_true")
+    ap.add_argument("--collect-transports", default="udp,mpi", help="transports of the collection, in this order")
     ap.add_argument("--only-collect", action="store_true", help="skip the one-to-one goodput benchmarks")
     ap.add_argument("--only-goodput", action="store_true", help="one-to-one: only udp (auth, GSO) and tcp")
     ap.add_argument("--deadline", type=float, default=5.0)
@@ -366,7 +367,7 @@ def main() -> int:
         coll = {}
         for mb in [float(x) for x in a.collect_mb.split(",") if x]:
             dd = int(mb * 1e6 / 4)
-            for tr in ("udp", "mpi"):
+            for tr in [t for t in a.collect_transports.split(",") if t]:
                 try:
                     res = run_mpi(a.workers + 1, ["--role", "collect", "--d", str(dd), "--reps", str(a.reps),
                                                   "--transport", tr, "--rate", str(a.collect_rate),

@@ -6,6 +6,12 @@
 // sent), CLOCK_MONOTONIC on both sides.
 //
 //   transport_bench [MB=100] [reps=5] [mac=auto|aes256gcm|chacha20poly1305|none] [gso=1] [rate B/s=0]
+//   transport_bench stages [MB per worker=1] [workers=8] [reps=20] [mac=auto]
+//     CPU per byte of the datagram path's stages, one thread each, no sockets:
+//     MAC sign and verify of full datagrams, memcpy of a gradient, and the
+//     receiver's capacity (datagrams captured in memory, fed in batches of 256
+//     to a GradientReceiver: validation, MAC, reassembly) with 1 and 2
+//     verifying threads.
 //
 // Build: add to bench/CMakeLists.txt
 //   add_executable(transport_bench transport_bench.cpp)
@@ -18,6 +24,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -233,7 +241,162 @@ Result bench_tcp(std::size_t d, int reps) {
 
 }  // namespace
 
+class NullSink final : public DatagramSink {
+ public:
+  Status send(const uint8_t*, std::size_t seg, std::size_t total) override {
+    c_.datagrams += (total + seg - 1) / seg;
+    c_.bytes += total;
+    ++c_.syscalls;
+    return Status::Ok();
+  }
+  SinkCounters counters() const override { return c_; }
+  std::string describe() const override { return "null"; }
+
+ private:
+  SinkCounters c_;
+};
+
+// A source handing out prepared datagrams in batches of 256 once armed; it
+// counts the batches it gave so the bench knows when everything was taken.
+class ReplaySource final : public DatagramSource {
+ public:
+  Status recv_batch(int timeout_ms, std::vector<DatagramView>* out) override {
+    out->clear();
+    const std::vector<std::vector<uint8_t>>* dgs = dgs_.load(std::memory_order_acquire);
+    if (dgs != nullptr && pos_ < dgs->size()) {
+      const std::size_t stop = std::min<std::size_t>(dgs->size(), pos_ + 256);
+      for (; pos_ < stop; ++pos_) out->push_back({(*dgs)[pos_].data(), (*dgs)[pos_].size(), false, -2, nullptr, 0});
+      return Status::Ok();
+    }
+    std::this_thread::yield();
+    (void)timeout_ms;
+    return Status::Ok();
+  }
+  // Called while the receive thread has nothing to read (the previous list is used up).
+  void arm(const std::vector<std::vector<uint8_t>>* dgs) {
+    pos_ = 0;
+    dgs_.store(dgs, std::memory_order_release);
+  }
+  void wake() override {}
+  std::string describe() const override { return "replay"; }
+
+ private:
+  std::size_t pos_ = 0;
+  std::atomic<const std::vector<std::vector<uint8_t>>*> dgs_{nullptr};
+};
+
+int stages(double mb, int workers, int reps, MacAlgo mac) {
+  const std::size_t d = std::size_t(mb * 1e6 / 4);
+  std::vector<float> g = make_grad(d);
+  std::printf("# stages: %d workers x %zu bytes, mac %s, %d reps; one thread per stage\n", workers, d * 4,
+              mac_name(mac), reps);
+  // Every worker's datagrams for one step (step numbers rewritten per rep below would change the MAC:
+  // one capture per rep instead).
+  ReceiverConfig rc;
+  rc.mac = mac;
+  rc.d = d;
+  rc.grace_s = 0.0;
+  rc.grace_min_s = 0.0;
+  rc.adaptive_grace = false;
+  std::vector<std::vector<uint8_t>> keys;
+  for (int w = 1; w <= workers; ++w) {
+    rc.ranks.push_back(uint32_t(w));
+    std::vector<uint8_t> k(kKeySize);
+    for (std::size_t i = 0; i < k.size(); ++i) k[i] = uint8_t(i * 13 + 5 + w);
+    keys.push_back(k);
+    if (mac != MacAlgo::kNone) rc.keys.insert(rc.keys.end(), k.begin(), k.end());
+  }
+  std::vector<std::vector<std::vector<uint8_t>>> steps(reps + 1);
+  double sign_s = 0.0;
+  std::size_t sign_bytes = 0;
+  for (int r = 0; r <= reps; ++r) {
+    for (int w = 1; w <= workers; ++w) {
+      auto ch = LoopbackChannel::create(1 << 22);
+      auto src = ch->make_source();
+      SenderConfig sc;
+      sc.rank = uint32_t(w);
+      sc.mac = mac;
+      sc.key = keys[w - 1];
+      sc.end_copies = 1;
+      std::unique_ptr<GradientSender> tx;
+      if (!GradientSender::create(sc, ch->make_sink(), &tx).ok()) return 1;
+      if (!tx->send(uint64_t(r + 1), g.data(), d, DType::kFloat32, nullptr).ok()) return 1;
+      if (r > 0) {  // the sender's own work, into a sink that discards
+        std::unique_ptr<GradientSender> nt;
+        if (!GradientSender::create(sc, std::unique_ptr<DatagramSink>(new NullSink), &nt).ok()) return 1;
+        SendStats ss;
+        const double t0 = now_s();
+        if (!nt->send(uint64_t(r + 1), g.data(), d, DType::kFloat32, &ss).ok()) return 1;
+        sign_s += now_s() - t0;
+        sign_bytes += ss.bytes;
+      }
+      std::vector<DatagramView> v;
+      while (true) {
+        if (!src->recv_batch(0, &v).ok()) return 1;
+        if (v.empty()) break;
+        for (auto& x : v) steps[r].emplace_back(x.data, x.data + x.len);
+      }
+    }
+  }
+  std::printf("%-44s %6.2f GB/s  %.3f ns/B\n", "sender: chunk + MAC + staging copy, no sink", sign_bytes / sign_s / 1e9,
+              sign_s / sign_bytes * 1e9);
+  // MAC verify alone and memcpy alone, over the same datagrams
+  {
+    std::vector<uint8_t> dst(d * 4);
+    double t0 = now_s();
+    for (int r = 0; r < reps; ++r) std::memcpy(dst.data(), g.data(), d * 4);
+    double t = now_s() - t0;
+    std::printf("%-44s %6.2f GB/s  %.3f ns/B\n", "memcpy of one gradient (cold)", double(d * 4) * reps / t / 1e9,
+                t / (double(d * 4) * reps) * 1e9);
+  }
+  for (int threads : {1, 2}) {
+    ReceiverConfig c = rc;
+    c.verify_threads = threads;
+    std::vector<double> rates;
+    auto* src = new ReplaySource();
+    std::unique_ptr<GradientReceiver> rx;
+    Status st = GradientReceiver::create(c, std::unique_ptr<DatagramSource>(src), &rx);
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s\n", st.message().c_str());
+      return 1;
+    }
+    for (int r = 0; r <= reps; ++r) {  // rep 0 warms up (first touch of the rows)
+      std::size_t bytes = 0;
+      for (auto& x : steps[r]) bytes += x.size();
+      if (!rx->expect(uint64_t(r + 1)).ok()) return 1;
+      const double t0 = now_s();
+      src->arm(&steps[r]);
+      StepResult res;
+      if (!rx->collect(uint64_t(r + 1), 10.0, nullptr, &res).ok()) return 1;
+      const double t = now_s() - t0;
+      bool complete = res.reason == EndReason::kComplete;
+      for (auto& ws : res.workers) complete = complete && ws.complete;
+      if (!complete || std::memcmp(rx->buffer(), g.data(), d * 4) != 0) {
+        std::fprintf(stderr, "receiver capacity: step not complete or wrong bytes\n");
+        return 1;
+      }
+      if (r > 0) rates.push_back(bytes / t / 1e9);
+    }
+    rx->shutdown();
+    std::sort(rates.begin(), rates.end());
+    const double med = rates[rates.size() / 2];
+    std::printf("receiver capacity, %d verifying thread%s        %6.2f GB/s  %.3f ns/B  (median of %d steps)\n", threads,
+                threads == 1 ? " " : "s", med, 1.0 / med, reps);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "stages") {
+    MacAlgo m;
+    Status ps = parse_mac(argc > 5 ? argv[5] : "auto", &m);
+    if (!ps.ok()) {
+      std::fprintf(stderr, "%s\n", ps.message().c_str());
+      return 1;
+    }
+    return stages(argc > 2 ? std::atof(argv[2]) : 1.0, argc > 3 ? std::atoi(argv[3]) : 8,
+                  argc > 4 ? std::atoi(argv[4]) : 20, m);
+  }
   const double mb = argc > 1 ? std::atof(argv[1]) : 100.0;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   const std::string macs = argc > 3 ? argv[3] : "auto";

@@ -146,6 +146,7 @@ cdef extern from "pyagg/transport.h" namespace "pyagg::transport" nogil:
         double drop_rate
         uint64_t seed
         cbool isolate
+        int verify_threads
 
     cdef cppclass CRegistration "pyagg::transport::Registration":
         uint32_t rank
@@ -420,7 +421,7 @@ cdef class UdpReceiver:
     def __init__(self, ranks, bytes keys, size_t d, int dtype, str mac="auto", str fill="nan", *,
                  uint32_t job_id=0, uint16_t tensor_id=0, size_t max_datagram=1472, double grace=0.005,
                  double grace_min=0.0005, bint adaptive_grace=True, double drop_rate=0.0, uint64_t seed=0, str host="127.0.0.1", int port=0,
-                 size_t rcvbuf=64 << 20, bint gro=True, int batch=32, bint isolate=False):
+                 size_t rcvbuf=64 << 20, bint gro=True, int batch=32, bint isolate=False, int verify_threads=0):
         cdef CReceiverConfig cfg
         cdef CUdpSourceOptions opts
         cfg.job_id = job_id
@@ -440,6 +441,7 @@ cdef class UdpReceiver:
         cfg.drop_rate = drop_rate
         cfg.seed = seed
         cfg.isolate = isolate
+        cfg.verify_threads = verify_threads
         opts.host = host.encode("utf-8")
         opts.port = port
         opts.rcvbuf = rcvbuf

@@ -42,6 +42,8 @@ Every chunk but the last carries floor((max_datagram - 64) / elem) elements:
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -202,6 +204,10 @@ class GradientReceiver:
         REGISTER datagram MAC'd under its key (:meth:`GradientSender.register`); its datagrams then
         arrive through a socket connected to that address, with a buffer of its own, and datagrams
         from any other source are dropped before any MAC work (counted ``unknown_source``).
+    verify_threads : int
+        Threads that verify the MACs of a received batch (the receive thread + helpers), 1..16;
+        0 (default) = auto: 2 when the machine has >= 4 cores and there are >= 2 senders, else 1.
+        The environment variable LOSSYMPI_VERIFY_THREADS, when set, replaces the default 0.
     """
 
     def __init__(self, ranks: Iterable[int], d: int, dtype: Any = np.float32, deadline: float = 2.0,
@@ -210,8 +216,14 @@ class GradientReceiver:
                  tensor_id: int = 0, grace: float = 0.005, grace_min: float = 0.0005,
                  adaptive_grace: bool = True, drop_rate: float = 0.0, seed: int = 0,
                  max_datagram: int = DEFAULT_MAX_DATAGRAM, rcvbuf: int | None = None, gro: bool = True,
-                 isolate: bool = False) -> None:
+                 isolate: bool = False, verify_threads: int | None = None) -> None:
         self.ranks = [int(r) for r in ranks]
+        if verify_threads is None:
+            env = os.environ.get("LOSSYMPI_VERIFY_THREADS", "").strip()
+            try:
+                verify_threads = int(env) if env else 0
+            except ValueError:
+                raise InvalidArgumentError(f"LOSSYMPI_VERIFY_THREADS must be an integer, got {env!r}") from None
         if fill not in FILL_POLICIES:
             raise InvalidArgumentError(f"unknown fill policy {fill!r}; known: {', '.join(FILL_POLICIES)}")
         if not (deadline >= 0):
@@ -229,7 +241,7 @@ class GradientReceiver:
                                     job_id=job_id, tensor_id=tensor_id, max_datagram=max_datagram, grace=grace,
                                     grace_min=grace_min, adaptive_grace=adaptive_grace,
                                     drop_rate=drop_rate, seed=seed, host=host, port=port, rcvbuf=rcvbuf, gro=gro,
-                                    isolate=isolate)
+                                    isolate=isolate, verify_threads=int(verify_threads))
         self.isolate = bool(isolate)
         self._view = np.frombuffer(self._rx, dtype=self.dtype).reshape(len(self.ranks), self.d)
         self._open: int | None = None

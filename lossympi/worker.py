@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import numpy as np
@@ -312,12 +311,16 @@ class WorkerTransport:
             if self._pump is None:
                 self._pump = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lossympi-send-{self.rank}")
             fut = self._pump.submit(tx.send, step, g, deadline)
-        poll = 20e-6
+        finished = threading.Event()
+        fut.add_done_callback(lambda _f: finished.set())
+        # The control plane is checked at 0.2, 0.6, 1.4, 2.4, 3.4 ... ms: an abandon is rarely
+        # needed, and every wake-up of this thread takes the GIL and a core from the senders
+        # (polling from 20 us cost about as much CPU as the send itself with 8 workers on 2 cores).
+        poll = 200e-6
         watching = True
         stop = False
         while True:
-            done, _ = wait_futures([fut], timeout=poll)
-            if done:
+            if finished.wait(poll):
                 break
             poll = min(poll * 2, 1e-3)
             if watching:

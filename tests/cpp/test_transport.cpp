@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1136,3 +1137,193 @@ TEST_CASE("UDP isolation: refused unless the source isolates; unregistered sende
 }
 
 CHECK_MAIN()
+
+// ------------------------------------------- MAC verification on several threads ----
+namespace {
+
+// A hostile mix for step 5 of ranks {1, 2}: every genuine datagram of both,
+// duplicates, step-4 replays, payload and tag bit flips, a datagram claiming
+// an unknown rank, truncated and oversized ones, shuffled by a fixed seed.
+std::vector<std::vector<uint8_t>> hostile_mix(std::size_t d, uint32_t seed) {
+  auto g1 = ramp<float>(d, 1), g2 = ramp<float>(d, 2);
+  auto a = capture(1, 5, g1.data(), d, DType::kFloat32);
+  auto b = capture(2, 5, g2.data(), d, DType::kFloat32);
+  auto old = capture(1, 4, g2.data(), d, DType::kFloat32);
+  std::vector<std::vector<uint8_t>> mix;
+  std::mt19937 rng(seed);
+  for (auto* v : {&a, &b}) {
+    for (std::size_t i = 0; i < v->size(); ++i) {
+      auto x = (*v)[i];
+      mix.push_back(x);
+      if (i % 5 == 0) mix.push_back(x);  // duplicate
+      if (i % 3 == 0) {                  // payload bit flip
+        x[kHeaderSize + (rng() % 8)] ^= uint8_t(1u << (rng() % 8));
+        mix.push_back(x);
+      }
+      if (i % 4 == 1) {  // tag bit flip
+        auto t = (*v)[i];
+        t[t.size() - 1 - (rng() % kTagSize)] ^= 0x10;
+        mix.push_back(t);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < old.size(); i += 2) mix.push_back(old[i]);  // replays of step 4
+  {
+    auto u = a[0];  // unknown rank (rank field 9): rejected before any MAC work
+    u[12] = 0;
+    u[13] = 0;
+    u[14] = 0;
+    u[15] = 9;
+    mix.push_back(u);
+    mix.push_back(std::vector<uint8_t>(a[1].begin(), a[1].begin() + 30));  // shorter than a header
+    auto big = a[2];
+    big.resize(1600, 0xAB);  // longer than max_datagram
+    mix.push_back(big);
+  }
+  std::shuffle(mix.begin(), mix.end(), rng);
+  return mix;
+}
+
+void same_counts(const RejectCounts& x, const RejectCounts& y) {
+  CHECK(x.bad_length == y.bad_length && x.bad_header == y.bad_header && x.out_of_range == y.out_of_range &&
+        x.bad_mac == y.bad_mac && x.wrong_step == y.wrong_step && x.unknown_sender == y.unknown_sender &&
+        x.unknown_source == y.unknown_source && x.source_mismatch == y.source_mismatch);
+}
+
+void same_result(const StepResult& x, const StepResult& y) {
+  CHECK(x.reason == y.reason && x.datagrams == y.datagrams && x.workers.size() == y.workers.size());
+  same_counts(x.unattributed, y.unattributed);
+  for (std::size_t i = 0; i < x.workers.size() && i < y.workers.size(); ++i) {
+    const WorkerStats &a = x.workers[i], &b = y.workers[i];
+    CHECK(a.chunks_received == b.chunks_received && a.chunks_filled == b.chunks_filled &&
+          a.duplicates == b.duplicates && a.late == b.late && a.end_markers == b.end_markers &&
+          a.end_replays == b.end_replays && a.bytes_received == b.bytes_received && a.complete == b.complete);
+    same_counts(a.rejected, b.rejected);
+  }
+}
+
+// A source that hands out a prepared list of datagrams in one batch, then nothing.
+class ListSource final : public DatagramSource {
+ public:
+  explicit ListSource(std::vector<std::vector<uint8_t>> dgs) : dgs_(std::move(dgs)) {}
+  Status recv_batch(int timeout_ms, std::vector<DatagramView>* out) override {
+    out->clear();
+    if (go_.load() && !given_) {
+      given_ = true;
+      for (auto& x : dgs_) out->push_back({x.data(), x.size(), false, -2, nullptr, 0});
+      return Status::Ok();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(timeout_ms, 1)));
+    return Status::Ok();
+  }
+  void wake() override {}
+  std::string describe() const override { return "list"; }
+  std::atomic<bool> go_{false};
+
+ private:
+  std::vector<std::vector<uint8_t>> dgs_;
+  bool given_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("preverify: verdicts of a hostile mix; ingest with them = ingest alone (bits and every counter)") {
+  const MacAlgo mac = best();
+  if (mac == MacAlgo::kNone) {
+    std::printf("  (skipped: no MAC in this build)\n");
+    return;
+  }
+  const std::size_t d = 352 * 20 + 17;  // 21 chunks
+  for (uint32_t seed : {1u, 2u, 3u}) {
+    auto mix = hostile_mix(d, seed);
+    ReceiverConfig rc = keyed_config(77, {1, 2}, mac, d);
+    std::unique_ptr<Reassembler> plain, pre;
+    CHECK(Reassembler::create(rc, &plain).ok());
+    CHECK(Reassembler::create(rc, &pre).ok());
+    const auto t0 = Reassembler::Clock::now();
+    CHECK(plain->open(5, t0).ok());
+    CHECK(pre->open(5, t0).ok());
+    std::size_t ok = 0, bad = 0, unchecked = 0;
+    std::vector<uint8_t> verdicts;
+    for (auto& x : mix) verdicts.push_back(pre->preverify(x.data(), x.size(), false, kOriginAny));
+    for (std::size_t i = 0; i < mix.size(); ++i) {
+      auto& x = mix[i];
+      ok += verdicts[i] == Reassembler::kMacOk;
+      bad += verdicts[i] == Reassembler::kMacBad;
+      unchecked += verdicts[i] == Reassembler::kMacUnchecked;
+      plain->ingest(x.data(), x.size(), false, kOriginAny, nullptr, 0, t0);
+      pre->ingest(x.data(), x.size(), false, kOriginAny, nullptr, 0, t0, verdicts[i]);
+    }
+    CHECK(unchecked == 3);  // unknown rank, too short, too long
+    StepResult ra, rb;
+    CHECK(plain->close(5, nullptr, EndReason::kComplete, t0, &ra).ok());
+    CHECK(pre->close(5, nullptr, EndReason::kComplete, t0, &rb).ok());
+    same_result(ra, rb);
+    CHECK(rb.unattributed.bad_mac == bad && bad > 0);
+    CHECK(rb.workers[0].complete && rb.workers[1].complete);
+    CHECK(same_bits(plain->buffer(), pre->buffer(), 2 * d * sizeof(float)));
+    auto g1 = ramp<float>(d, 1), g2 = ramp<float>(d, 2);
+    CHECK(same_bits(pre->buffer(), g1.data(), d * sizeof(float)));
+    CHECK(same_bits(static_cast<const uint8_t*>(pre->buffer()) + d * sizeof(float), g2.data(), d * sizeof(float)));
+    CHECK(ok > 0);
+  }
+  // The verdict is what decides: an authentic datagram handed in as kMacBad is
+  // rejected unattributed and writes nothing; preverify itself counts nothing.
+  ReceiverConfig rc = keyed_config(77, {1, 2}, mac, d);
+  std::unique_ptr<Reassembler> re;
+  CHECK(Reassembler::create(rc, &re).ok());
+  const auto t0 = Reassembler::Clock::now();
+  CHECK(re->open(5, t0).ok());
+  auto g1 = ramp<float>(d, 1);
+  auto a = capture(1, 5, g1.data(), d, DType::kFloat32);
+  CHECK(re->preverify(a[0].data(), a[0].size(), false, kOriginAny) == Reassembler::kMacOk);
+  re->ingest(a[0].data(), a[0].size(), false, kOriginAny, nullptr, 0, t0, Reassembler::kMacBad);
+  StepResult r;
+  CHECK(re->close(5, nullptr, EndReason::kDeadline, t0, &r).ok());
+  CHECK(r.unattributed.bad_mac == 1 && r.workers[0].chunks_received == 0 && r.datagrams == 1);
+}
+
+TEST_CASE("receiver: 1, 2 and 4 verifying threads give the same bits and counters; bad counts refused") {
+  const MacAlgo mac = best();
+  if (mac == MacAlgo::kNone) {
+    std::printf("  (skipped: no MAC in this build)\n");
+    return;
+  }
+  const std::size_t d = 352 * 30 + 3;
+  auto mix = hostile_mix(d, 11);
+  std::vector<StepResult> res;
+  std::vector<std::vector<uint8_t>> bufs;
+  for (int vt : {1, 2, 4}) {
+    ReceiverConfig rc = keyed_config(77, {1, 2}, mac, d);
+    rc.verify_threads = vt;
+    auto* src = new ListSource(mix);
+    std::unique_ptr<GradientReceiver> rx;
+    Status st = GradientReceiver::create(rc, std::unique_ptr<DatagramSource>(src), &rx);
+    CHECK_MSG(st.ok(), st.message());
+    CHECK(rx->expect(5).ok());
+    src->go_.store(true);
+    StepResult r;
+    CHECK(rx->collect(5, 5.0, nullptr, &r).ok());
+    CHECK(r.reason == EndReason::kComplete);
+    const uint8_t* b = static_cast<const uint8_t*>(rx->buffer());
+    bufs.emplace_back(b, b + 2 * d * sizeof(float));
+    res.push_back(r);
+    rx->shutdown();
+  }
+  for (std::size_t i = 1; i < res.size(); ++i) {
+    CHECK(bufs[i] == bufs[0]);
+    CHECK(res[i].unattributed.bad_mac == res[0].unattributed.bad_mac && res[0].unattributed.bad_mac > 0);
+    CHECK(res[i].workers[0].chunks_received == res[0].workers[0].chunks_received);
+    CHECK(res[i].workers[1].duplicates == res[0].workers[1].duplicates);
+  }
+  auto g2 = ramp<float>(d, 2);
+  CHECK(same_bits(bufs[2].data() + d * sizeof(float), g2.data(), d * sizeof(float)));
+  for (int vt : {-1, 17}) {
+    ReceiverConfig rc = keyed_config(77, {1, 2}, mac, d);
+    rc.verify_threads = vt;
+    std::unique_ptr<GradientReceiver> rx;
+    Status st = GradientReceiver::create(rc, std::unique_ptr<DatagramSource>(new ListSource({})), &rx);
+    CHECK(st.code() == StatusCode::kInvalidArgument);
+    CHECK(st.message().find("verify_threads") != std::string::npos);
+  }
+}

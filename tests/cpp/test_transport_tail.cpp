@@ -377,6 +377,43 @@ TEST_CASE("pacing: a stall longer than the credit is forgiven beyond it; the cat
   CHECK_MSG(std::abs(w1 - 1472 / rate) < 1e-9, std::to_string(w1));
 }
 
+TEST_CASE("pacing: forgiven_s counts DATA lag only, never the END copies' spacing waits") {
+  // One chunk leaves on schedule (the first batch never waits), then 2 END
+  // copies each after a 0.3 s spacing wait, beyond the 0.1 s credit: the old
+  // accounting charged ~0.4 s of that idle time as forgiven schedule. Nothing
+  // is forgiven unless the sending thread stalls 100 ms between the start of
+  // the send and its first batch.
+  auto rec = std::make_shared<Recorder>();
+  SenderConfig sc = sender_config(6);
+  sc.rate = 1e6;
+  sc.burst = 2 * 1472;
+  sc.credit = 100000;  // 100 ms of the rate
+  sc.end_copies = 3;
+  sc.end_spacing_s = 0.3;
+  auto tx = make_sender(sc, rec);
+  std::vector<float> g(100, 2.0f);
+  SendStats ss;
+  CHECK(tx->send(1, g.data(), g.size(), DType::kFloat32, &ss).ok());
+  CHECK(ss.chunks_sent == 1 && ss.end_sent == 3 && ss.abandoned == Abandon::kNone);
+  CHECK(ss.paced_s >= 0.6);  // the two spacing waits happened (a lower bound)
+  CHECK_MSG(ss.forgiven_s == 0.0, std::to_string(ss.forgiven_s));
+  // A DATA stall beyond the credit is still counted: the sink stalls 0.3 s in
+  // the first of two batches (one chunk per batch), 0.2 s beyond the credit.
+  auto rec2 = std::make_shared<Recorder>();
+  rec2->stall_at = 0;
+  rec2->stall = std::chrono::milliseconds(300);
+  SenderConfig sc2 = sc;
+  sc2.batch = 1;
+  sc2.end_spacing_s = 0.3;
+  auto tx2 = make_sender(sc2, rec2);
+  std::vector<float> g2(352 * 2, 2.0f);
+  SendStats s2;
+  CHECK(tx2->send(1, g2.data(), g2.size(), DType::kFloat32, &s2).ok());
+  CHECK(s2.chunks_sent == 2 && s2.end_sent == 3);
+  // lag at the 2nd batch >= 0.3 s minus the credit (0.1 s) minus one datagram's share (~1.5 ms)
+  CHECK_MSG(s2.forgiven_s >= 0.19, std::to_string(s2.forgiven_s));
+}
+
 TEST_CASE("pacing: the sender reports its target and achieved rate; config errors at the door") {
   auto rec = std::make_shared<Recorder>();
   SenderConfig sc = sender_config(5);

@@ -363,7 +363,18 @@ class Harness {
                     len - kOverhead);
       }
     }
-    re_->ingest(d, len, truncated, origin, src.empty() ? nullptr : src.data(), src.size(), tick());
+    // Every other datagram goes through preverify() (what the receiver's verifying
+    // threads do) and ingest() with its verdict; the rest through plain ingest().
+    if (window_datagrams_ & 1) {
+      const uint8_t v = re_->preverify(d, len, truncated, origin);
+      ORACLE(v == Reassembler::kMacUnchecked || v == Reassembler::kMacOk || v == Reassembler::kMacBad,
+             "preverify verdict", int(v));
+      ORACLE(v != Reassembler::kMacOk || row_auth >= 0, "preverify said authentic, the reference MAC did not");
+      ORACLE(v != Reassembler::kMacBad || row_auth < 0, "preverify said forged, the reference MAC verified");
+      re_->ingest(d, len, truncated, origin, src.empty() ? nullptr : src.data(), src.size(), tick(), v);
+    } else {
+      re_->ingest(d, len, truncated, origin, src.empty() ? nullptr : src.data(), src.size(), tick());
+    }
     check_buffer("after ingest");
   }
 

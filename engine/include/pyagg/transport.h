@@ -312,6 +312,12 @@ struct ReceiverConfig {
   // counted unattributed.unknown_source without MAC work. make_udp_receiver
   // turns it on when either this or UdpSourceOptions::isolate is set.
   bool isolate = false;
+  // Threads that verify MACs of a received batch (the receive thread + helpers):
+  // 1 = the receive thread alone; 0 = auto (2 when the machine has >= 4 cores
+  // and there are >= 2 senders, else 1); at most 16. Verification is the
+  // receiver's largest CPU cost per byte (AES-GCM GMAC); it runs outside the
+  // receiver's lock and every other check stays on the receive thread.
+  int verify_threads = 0;
 };
 
 // A rank whose REGISTER datagram verified (GradientReceiver::registrations()).
@@ -469,7 +475,8 @@ struct SendStats {
   double data_s = 0.0;         // from the first DATA batch to the last one handed to the sink
   double target_rate = 0.0;    // cfg.rate (0 = unpaced)
   double achieved_rate = 0.0;  // DATA bytes / data_s, measured like the schedule (first batch's bytes excluded)
-  double forgiven_s = 0.0;     // schedule time lost for good in this send (lag beyond the credit)
+  double forgiven_s = 0.0;     // DATA schedule time lost for good in this send (lag beyond the credit); the END
+                               // copies' spacing waits are idle time and never counted
 };
 
 class GradientSender {

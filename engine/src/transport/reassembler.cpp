@@ -97,6 +97,9 @@ Status Reassembler::create(const ReceiverConfig& cfg, std::unique_ptr<Reassemble
     return Status::Invalid("grace_min must be a finite number of seconds in [0, grace=" + std::to_string(cfg.grace_s) +
                            "], got " + std::to_string(cfg.grace_min_s));
   }
+  if (cfg.verify_threads < 0 || cfg.verify_threads > 16) {
+    return Status::Invalid("verify_threads must be in [0, 16] (0 = auto), got " + std::to_string(cfg.verify_threads));
+  }
   if (!(cfg.drop_rate >= 0.0 && cfg.drop_rate <= 1.0)) {
     return Status::Invalid("drop_rate must be in [0, 1], got " + std::to_string(cfg.drop_rate));
   }
@@ -297,44 +300,88 @@ Status Reassembler::close(uint64_t step, const uint8_t* wait, EndReason reason, 
   return Status::Ok();
 }
 
-bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, int origin, const void* src,
-                         std::size_t src_len, Clock::time_point now) {
-  ++datagrams_;
-  // 1. Unauthenticated checks: everything rejected here is unattributed.
+long Reassembler::locate(const uint8_t* data, std::size_t len, bool truncated, int origin, Header* h, int* o,
+                         PreReject* why) const {
   if (data == nullptr || truncated || len < kOverhead || len > cfg_.max_datagram) {
-    ++unattributed_.bad_length;
-    return false;
+    *why = PreReject::kBadLength;
+    return -1;
   }
-  Header h;
-  if (!decode_header(data, &h)) {
-    ++unattributed_.bad_header;
-    return false;
+  if (!decode_header(data, h)) {
+    *why = PreReject::kBadHeader;
+    return -1;
   }
-  int o = origin;
+  *o = origin;
   if (!cfg_.isolate) {
-    o = kOriginAny;
-  } else if (o == kOriginAny || o < kOriginAny || (o >= 0 && std::size_t(o) >= rows())) {
-    o = kOriginUnregistered;
+    *o = kOriginAny;
+  } else if (*o == kOriginAny || *o < kOriginAny || (*o >= 0 && std::size_t(*o) >= rows())) {
+    *o = kOriginUnregistered;
   }
-  if (o == kOriginUnregistered && h.kind != Kind::kRegister) {
-    ++unattributed_.unknown_source;  // no MAC work for a source nobody registered
-    return false;
+  if (*o == kOriginUnregistered && h->kind != Kind::kRegister) {
+    *why = PreReject::kUnknownSource;  // no MAC work for a source nobody registered
+    return -1;
   }
-  const auto it = std::lower_bound(sorted_ranks_.begin(), sorted_ranks_.end(), h.rank);
-  if (it == sorted_ranks_.end() || *it != h.rank) {
-    ++unattributed_.unknown_sender;
-    return false;
+  const auto it = std::lower_bound(sorted_ranks_.begin(), sorted_ranks_.end(), h->rank);
+  if (it == sorted_ranks_.end() || *it != h->rank) {
+    *why = PreReject::kUnknownSender;
+    return -1;
   }
   const std::size_t row = sorted_rows_[std::size_t(it - sorted_ranks_.begin())];
-  if (o >= 0 && std::size_t(o) != row) {
-    ++unattributed_.source_mismatch;
-    return false;
+  if (*o >= 0 && std::size_t(*o) != row) {
+    *why = PreReject::kSourceMismatch;
+    return -1;
   }
-  Row& r = rows_[row];
+  *why = PreReject::kNone;
+  return long(row);
+}
+
+uint8_t Reassembler::preverify(const uint8_t* data, std::size_t len, bool truncated, int origin) const {
+  Header h;
+  int o = origin;
+  PreReject why;
+  const long row = locate(data, len, truncated, origin, &h, &o, &why);
+  if (row < 0) return kMacUnchecked;
   const std::size_t signed_len = len - kTagSize;
   uint8_t nonce[12];
   make_nonce(h, nonce);
-  if (!r.mac.verify(data, signed_len, nonce, data + signed_len)) {
+  return rows_[std::size_t(row)].mac.verify(data, signed_len, nonce, data + signed_len) ? kMacOk : kMacBad;
+}
+
+bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, int origin, const void* src,
+                         std::size_t src_len, Clock::time_point now) {
+  return ingest(data, len, truncated, origin, src, src_len, now, kMacUnchecked);
+}
+
+bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, int origin, const void* src,
+                         std::size_t src_len, Clock::time_point now, uint8_t mac_verdict) {
+  ++datagrams_;
+  // 1. Unauthenticated checks: everything rejected here is unattributed.
+  Header h;
+  int o = origin;
+  PreReject why;
+  const long found = locate(data, len, truncated, origin, &h, &o, &why);
+  if (found < 0) {
+    switch (why) {
+      case PreReject::kBadLength: ++unattributed_.bad_length; break;
+      case PreReject::kBadHeader: ++unattributed_.bad_header; break;
+      case PreReject::kUnknownSource: ++unattributed_.unknown_source; break;
+      case PreReject::kUnknownSender: ++unattributed_.unknown_sender; break;
+      case PreReject::kSourceMismatch: ++unattributed_.source_mismatch; break;
+      case PreReject::kNone: break;
+    }
+    return false;
+  }
+  const std::size_t row = std::size_t(found);
+  Row& r = rows_[row];
+  const std::size_t signed_len = len - kTagSize;
+  bool authentic;
+  if (mac_verdict == kMacOk || mac_verdict == kMacBad) {
+    authentic = mac_verdict == kMacOk;
+  } else {
+    uint8_t nonce[12];
+    make_nonce(h, nonce);
+    authentic = r.mac.verify(data, signed_len, nonce, data + signed_len);
+  }
+  if (!authentic) {
     ++unattributed_.bad_mac;
     return false;
   }

@@ -60,6 +60,21 @@ class Reassembler {
   bool ingest(const uint8_t* data, std::size_t len, bool truncated, int origin, const void* src,
               std::size_t src_len, Clock::time_point now);
 
+  // --- MAC verification ahead of ingest (several threads) ---
+  // preverify() runs the unauthenticated checks of ingest() and, when they
+  // pass, the MAC check of the datagram for the row it names; it changes
+  // nothing (no counters) and reads only what create() fixed (the rank table,
+  // the rows' keys), so any number of threads may call it at once, also while
+  // another thread calls ingest(). Returns kMacOk or kMacBad, or kMacUnchecked
+  // when a check before the MAC fails (ingest counts that rejection itself).
+  static constexpr uint8_t kMacUnchecked = 0, kMacOk = 1, kMacBad = 2;
+  uint8_t preverify(const uint8_t* data, std::size_t len, bool truncated, int origin) const;
+  // ingest() with the verdict preverify() returned for exactly these bytes
+  // and this origin (the caller must not let the bytes change in between):
+  // kMacOk/kMacBad stand for the MAC check, kMacUnchecked = check it here.
+  bool ingest(const uint8_t* data, std::size_t len, bool truncated, int origin, const void* src,
+              std::size_t src_len, Clock::time_point now, uint8_t mac_verdict);
+
   // --- end condition (the threaded receiver's collect loop) ---
   // Marks which rows a collect waits for (wait[i] != 0; nullptr = all).
   void set_wait(const uint8_t* wait);
@@ -107,6 +122,11 @@ class Reassembler {
   Reassembler(const ReceiverConfig& cfg, const Geometry& g);
   Status init();
   void reset_window();
+  // The unauthenticated checks of a datagram (ingest's stage 1, MAC excluded):
+  // the row it claims, or -1 with *why set to the unattributed counter to charge.
+  enum class PreReject { kNone, kBadLength, kBadHeader, kUnknownSource, kUnknownSender, kSourceMismatch };
+  long locate(const uint8_t* data, std::size_t len, bool truncated, int origin, Header* h, int* o,
+              PreReject* why) const;
   bool ingest_register(Row& r, std::size_t row, const Header& h, int origin, const void* src,
                        std::size_t src_len, Clock::time_point now);
 

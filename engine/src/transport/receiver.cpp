@@ -5,6 +5,7 @@
 // rows. collect() ends the step by the spec's rules and fills what is missing.
 // With an isolating source, the thread also gives every rank whose REGISTER
 // verified its own connected socket.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -37,7 +38,15 @@ class ReceiverImpl final : public GradientReceiver {
 
   ~ReceiverImpl() override { shutdown(); }
 
-  void start() { thr_ = std::thread([this] { run(); }); }
+  void start(int verify_threads) {
+    const int helpers = std::max(0, verify_threads - 1);
+    for (int i = 0; i < helpers; ++i) helpers_.emplace_back(new Helper);
+    for (auto& h : helpers_) {
+      Helper* hp = h.get();
+      hp->thr = std::thread([this, hp] { helper_loop(hp); });
+    }
+    thr_ = std::thread([this] { run(); });
+  }
 
   // Lock discipline: mu_ guards the Reassembler, the failure state and the
   // src_ pointer (collect() and describe() read the source under it); the
@@ -55,6 +64,14 @@ class ReceiverImpl final : public GradientReceiver {
     }
     cv_.notify_all();  // a blocked collect() returns now with Status::Io
     if (thr_.joinable()) thr_.join();
+    for (auto& h : helpers_) {  // the receive thread is gone: no job is pending
+      {
+        std::lock_guard<std::mutex> hl(h->mu);
+        h->quit = true;
+      }
+      h->cv.notify_all();
+      if (h->thr.joinable()) h->thr.join();
+    }
     std::lock_guard<std::mutex> lk(mu_);
     src_.reset();
   }
@@ -152,8 +169,73 @@ class ReceiverImpl final : public GradientReceiver {
     }
   }
 
+  // A helper thread verifying one slice of the receive thread's batch.
+  struct Helper {
+    std::mutex mu;
+    std::condition_variable cv;
+    const std::vector<DatagramView>* batch = nullptr;
+    uint8_t* verdicts = nullptr;
+    std::size_t begin = 0, end = 0;
+    uint64_t posted = 0, done = 0;
+    bool quit = false;
+    std::thread thr;
+  };
+
+  void verify_range(const std::vector<DatagramView>& b, std::size_t begin, std::size_t end, uint8_t* out) const {
+    for (std::size_t i = begin; i < end; ++i) out[i] = re_->preverify(b[i].data, b[i].len, b[i].truncated, b[i].origin);
+  }
+
+  void helper_loop(Helper* h) {
+    std::unique_lock<std::mutex> lk(h->mu);
+    while (true) {
+      h->cv.wait(lk, [&] { return h->quit || h->posted != h->done; });
+      if (h->quit) return;
+      const std::vector<DatagramView>* b = h->batch;
+      uint8_t* out = h->verdicts;
+      const std::size_t begin = h->begin, end = h->end;
+      lk.unlock();
+      verify_range(*b, begin, end, out);  // preverify is const and thread-safe (reassembler.h)
+      lk.lock();
+      h->done = h->posted;
+      h->cv.notify_all();
+    }
+  }
+
+  // MAC verdicts of a batch, outside mu_: slices on the helpers and this thread.
+  // Without helpers, or for a small batch, ingest() verifies (kMacUnchecked).
+  void verify(const std::vector<DatagramView>& b, std::vector<uint8_t>* verdicts) {
+    verdicts->assign(b.size(), Reassembler::kMacUnchecked);
+    constexpr std::size_t kMinPerThread = 8;
+    const std::size_t threads = std::min<std::size_t>(helpers_.size() + 1, b.size() / kMinPerThread);
+    if (threads <= 1) return;
+    const std::size_t per = (b.size() + threads - 1) / threads;
+    std::size_t posted = 0;
+    for (std::size_t k = 1; k < threads; ++k) {
+      Helper* h = helpers_[k - 1].get();
+      const std::size_t begin = k * per, end = std::min(b.size(), begin + per);
+      if (begin >= end) break;
+      {
+        std::lock_guard<std::mutex> hl(h->mu);
+        h->batch = &b;
+        h->verdicts = verdicts->data();
+        h->begin = begin;
+        h->end = end;
+        ++h->posted;
+      }
+      h->cv.notify_one();
+      ++posted;
+    }
+    verify_range(b, 0, std::min(b.size(), per), verdicts->data());
+    for (std::size_t k = 0; k < posted; ++k) {  // the batch's bytes must not change before every slice is done
+      Helper* h = helpers_[k].get();
+      std::unique_lock<std::mutex> hl(h->mu);
+      h->cv.wait(hl, [&] { return h->done == h->posted; });
+    }
+  }
+
   void run() {
     std::vector<DatagramView> batch;
+    std::vector<uint8_t> verdicts;
     batch.reserve(4096);
     while (!stop_.load(std::memory_order_relaxed)) {
       Status st = src_->recv_batch(100, &batch);
@@ -169,12 +251,14 @@ class ReceiverImpl final : public GradientReceiver {
         return;
       }
       if (batch.empty()) continue;
+      verify(batch, &verdicts);
       const Clock::time_point now = Clock::now();
       bool notify = false;
       {
         std::lock_guard<std::mutex> lk(mu_);
-        for (const DatagramView& v : batch) {
-          notify |= re_->ingest(v.data, v.len, v.truncated, v.origin, v.src, v.src_len, now);
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+          const DatagramView& v = batch[i];
+          notify |= re_->ingest(v.data, v.len, v.truncated, v.origin, v.src, v.src_len, now, verdicts[i]);
         }
         sync_registrations();
       }
@@ -197,6 +281,7 @@ class ReceiverImpl final : public GradientReceiver {
 
   std::atomic<bool> stop_{false};
   std::thread thr_;
+  std::vector<std::unique_ptr<Helper>> helpers_;
 };
 
 }  // namespace
@@ -214,7 +299,10 @@ Status GradientReceiver::create(const ReceiverConfig& cfg, std::unique_ptr<Datag
   PYAGG_RETURN_IF_ERROR(Reassembler::create(cfg, &re));
   std::unique_ptr<ReceiverImpl> r(new ReceiverImpl(std::move(re), std::move(src)));
   r->isolating_ = cfg.isolate;
-  r->start();
+  int vt = cfg.verify_threads;
+  // auto: a helper only where cores are to spare (on 2 cores the senders and the trainer need the other one)
+  if (vt == 0) vt = (std::thread::hardware_concurrency() >= 4 && cfg.ranks.size() >= 2) ? 2 : 1;
+  r->start(vt);
   *out = std::move(r);
   return Status::Ok();
 }

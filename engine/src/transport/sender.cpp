@@ -134,6 +134,9 @@ class SenderImpl final : public GradientSender {
       s.chunks_sent += nb;
       data_bytes += total;
     }
+    // Forgiven schedule of the DATA only: the END copies' spacing waits below are
+    // deliberate idle time, not time lost to oversleeping.
+    const double forgiven_data = pacer_.forgiven_s() - forgiven0;
     if (why == Abandon::kNone) {
       // END marker: identical copies (same nonce, same bytes), end_spacing_s apart.
       h.kind = Kind::kEnd;
@@ -150,6 +153,8 @@ class SenderImpl final : public GradientSender {
       for (int k = 0; k < cfg_.end_copies; ++k) {
         if (k > 0 && cfg_.end_spacing_s > 0.0) {
           if ((why = wait_for(cfg_.end_spacing_s)) != Abandon::kNone) break;
+          // The spacing is idle time: the copy goes on a fresh schedule (no catch-up, nothing forgiven).
+          if (pacer_.enabled()) pacer_.start(now_s());
         }
         if ((why = should_stop()) != Abandon::kNone) break;
         if ((why = pace(sizeof(end))) != Abandon::kNone) break;
@@ -174,7 +179,7 @@ class SenderImpl final : public GradientSender {
       s.data_s = std::chrono::duration<double>(t_last - t_first).count();
       // The first batch leaves at once (a full bucket); the rate is what followed it.
       if (s.data_s > 0.0) s.achieved_rate = double(data_bytes - first_bytes) / s.data_s;
-      s.forgiven_s = pacer_.forgiven_s() - forgiven0;
+      s.forgiven_s = forgiven_data;
       *out = s;
     }
     return Status::Ok();
