@@ -199,6 +199,11 @@ Run<T> run_rule(const RuleConfig& cfg, const std::vector<T>& x, std::size_t n, s
   cv.d = d;
   cv.dtype = dtype_of<T>();
   cv.device = Device::kCpu;
+  std::size_t hist0 = 0;
+  if (cfg.history) {
+    std::lock_guard<std::mutex> lock(cfg.history->mu);
+    hist0 = cfg.history->norms.size();
+  }
   r.cpu = aggregate(cfg, cv, r.c.data(), state ? state->data() : nullptr);
 
   DevBuf dx(n * d * sizeof(T)), dout(d * sizeof(T)), dst(state ? d * sizeof(T) : 0);
@@ -216,7 +221,15 @@ Run<T> run_rule(const RuleConfig& cfg, const std::vector<T>& x, std::size_t n, s
   gv.data = dx.p;
   gv.device = Device::kCuda;
   gv.device_id = 0;
-  r.gpu = aggregate(cfg, gv, dout.p, state ? dst.p : nullptr);
+  // A rule with state across calls (clipped-clustering's norm history) must start the GPU call
+  // from the state the CPU call started from, not from the CPU call's result.
+  RuleConfig gcfg = cfg;
+  if (cfg.history) {
+    gcfg.history = std::make_shared<NormHistory>();
+    std::lock_guard<std::mutex> lock(cfg.history->mu);
+    gcfg.history->norms.assign(cfg.history->norms.begin(), cfg.history->norms.begin() + std::ptrdiff_t(hist0));
+  }
+  r.gpu = aggregate(gcfg, gv, dout.p, state ? dst.p : nullptr);
   if (r.gpu.ok()) r.gpu = copy_device_to_host(0, r.g.data(), dout.p, d * sizeof(T));
   return r;
 }
