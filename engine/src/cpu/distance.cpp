@@ -115,6 +115,7 @@
 #include "cpu/cpu_backend.h"
 #include "common/select_distance.h"
 #include "cpu/reduce.h"
+#include "cpu/rowmean.h"
 
 // The 64-byte vector-extension values below never cross a function boundary
 // outside this file (internal linkage, inlined): GCC's note that their ABI
@@ -452,37 +453,6 @@ void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std
       }
     }
   *exact += fallbacks;
-}
-
-// Row means. For 32 coordinates at a time, the sum over the selected rows is
-// held in registers (a[32], vectorised by the compiler): per row and
-// coordinate one load, one conversion, one add. Same order as the definition:
-// per coordinate, rows in the order of `sel`, in double, then / cnt, rounded
-// to T once.
-template <typename T>
-void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t cnt, std::size_t c0, std::size_t len,
-                T* out) {
-  constexpr std::size_t kStep = 32;
-  const double dc = double(cnt);
-  std::size_t c = 0;
-  for (; c + kStep <= len; c += kStep) {
-    double a[kStep];
-    const T* r0 = rows[sel[0]] + c0 + c;
-#pragma GCC unroll 32
-    for (std::size_t l = 0; l < kStep; ++l) a[l] = double(r0[l]);
-    for (std::size_t s = 1; s < cnt; ++s) {
-      const T* r = rows[sel[s]] + c0 + c;
-#pragma GCC unroll 32
-      for (std::size_t l = 0; l < kStep; ++l) a[l] += double(r[l]);
-    }
-#pragma GCC unroll 32
-    for (std::size_t l = 0; l < kStep; ++l) out[c + l] = T(a[l] / dc);
-  }
-  for (; c < len; ++c) {
-    double a = double(rows[sel[0]][c0 + c]);
-    for (std::size_t s = 1; s < cnt; ++s) a += double(rows[sel[s]][c0 + c]);
-    out[c] = T(a / dc);
-  }
 }
 
 // Coordinates per chunk of the row means (the parallel grain).
