@@ -12,8 +12,9 @@ n' x d output) followed by ``pyagg.aggregate``, and independently
   nnm's coefficients (D' = -1/2 e^T D e in double) instead of nnm's rounded
   output; on data without near-ties the selection is the same and so are the
   bits. Checked against the reference within a dtype tolerance too.
-- Every other pair (and every pre-aggregator but the last of a chain) runs
-  unfused inside the same call: same bits.
+- Every other pair (and every pre-aggregator but the last of a chain, and a
+  last one whose output has < 2^18 elements) runs unfused inside the same
+  call: same bits. Data sizes here are chosen to reach the fused path.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def _unfused(G, rule, f, pre, params):
 def test_chain_equals_unfused(rule, pre, params, bad, dtype):
     n, f = 13, 2
     f = _f_for(pre, n, f)
-    G = _data(n, 3001, dtype, seed=zlib.crc32(f"{rule} {pre} {bad}".encode()) % 1000, bad=bad)
+    # d: the pre-aggregator's output (7 to 13 rows) has >= 2^18 elements, so the
+    # engine takes the fused path (below that it writes the small intermediate)
+    G = _data(n, 40009, dtype, seed=zlib.crc32(f"{rule} {pre} {bad}".encode()) % 1000, bad=bad)
     want = _unfused(G, rule, f, pre, params)
     got = pyagg.aggregate(G, rule, f, pre=[(pre, params)], **ref.req(rule))
     np.testing.assert_array_equal(got, want)
@@ -91,7 +94,7 @@ def test_nnm_then_distance_rule_on_the_gram_path(rule):
         n, f = 12, 2
     else:
         n, f = 40, 6
-    G = _data(n, 5000, np.float64, seed=3, bad=2)
+    G = _data(n, 30000, np.float64, seed=3, bad=2)
     got = pyagg.aggregate(G, rule, f, pre=["nnm"])
     np.testing.assert_array_equal(got, _unfused(G, rule, f, "nnm", {}))
     if rule == "bulyan":
@@ -116,7 +119,7 @@ def test_nnm_then_krum_selects_the_mixed_row_that_krum_of_the_nnm_output_selects
 
 
 def test_chain_of_several_preaggregators():
-    G = _data(20, 9000, np.float32, seed=11, bad=2)
+    G = _data(20, 30000, np.float32, seed=11, bad=2)
     chain = [("clipping", {}), ("nnm", {}), ("bucketing", {"s": 2, "seed": 9})]
     for rule in ["median", "average", "krum"]:
         f = 2
@@ -155,6 +158,8 @@ def test_fused_coordinate_chains_are_bitwise_on_small_integer_matrices(data):
     pre, params = data.draw(st.sampled_from(PRES[:4]))
     fr = f if pre != "bucketing" else 0
     rule = data.draw(st.sampled_from(COORD))
+    # repeat the columns so that the fused path runs (>= 2^18 output elements)
+    G = np.ascontiguousarray(np.tile(G, (1, -(-(1 << 18) // (((n + 1) // 2) * d)))))
     want = _unfused(G, rule, fr, pre, params)
     np.testing.assert_array_equal(pyagg.aggregate(G, rule, fr, pre=[(pre, params)]), want)
 

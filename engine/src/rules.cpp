@@ -609,6 +609,13 @@ bool chain_fusable(PreId p, RuleId r) {
 
 namespace {
 
+// Below this many elements in the last pre-aggregator's output (n' * d), the
+// intermediate fits in L2 anyway and writing it is cheaper than the fused
+// path's per-span set-up (measured: bucketing > median at n=20, d=1e4, 2
+// cores: 0.11 ms fused, 0.07 ms unfused; at d=1e6 fused is as fast or faster,
+// see docs). Both paths give the same bits for coordinate-wise rules.
+constexpr std::size_t kChainFuseMinElements = std::size_t(1) << 18;
+
 template <typename T>
 void run_cpu_chain(const RuleConfig& r, const std::vector<PreConfig>& pres, const GradView& g, T* out,
                    const T* state) {
@@ -618,7 +625,12 @@ void run_cpu_chain(const RuleConfig& r, const std::vector<PreConfig>& pres, cons
   std::vector<T> buf[2];
   const std::size_t np = pres.size();
   // Every pre-aggregator but a fused last one writes its output (ping-pong buffers).
-  const bool fuse_last = np > 0 && chain_fusable(pres[np - 1].pre, r.rule);
+  bool fuse_last = np > 0 && chain_fusable(pres[np - 1].pre, r.rule);
+  if (fuse_last) {  // size of the last pre-aggregator's output
+    std::size_t m = n;
+    for (const PreConfig& p : pres) m = pre_output_rows(p, m);
+    fuse_last = m * d >= kChainFuseMinElements;
+  }
   for (std::size_t k = 0; k + (fuse_last ? 1 : 0) < np; ++k) {
     const std::size_t m = pre_output_rows(pres[k], n);
     std::vector<T>& b = buf[k % 2];

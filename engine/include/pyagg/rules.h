@@ -185,8 +185,9 @@ Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
 // A chain: pres[0] applied to g, pres[1] to its output, ..., then the rule.
 // Validates every step's input size at the door, then computes the result of
 // preaggregate() into buffers followed by aggregate(), except that the last
-// pre-aggregator is fused with the rule where chain_fusable() says so: its
-// n' x d output is then never written (engine/src/cpu/chain.cpp). Fused
+// pre-aggregator is fused with the rule where chain_fusable() says so and its
+// output has at least 2^18 elements (n' * d; smaller ones stay in cache when
+// written, and are): its n' x d output is then never written (engine/src/cpu/chain.cpp). Fused
 // results: nnm, bucketing or clipping before a coordinate-wise rule (average,
 // average-nan, median, trimmed-mean, averaged-median): the same bits as the
 // unfused chain; nnm before krum, multi-krum, mda or bulyan: the rule's

@@ -62,6 +62,24 @@ struct Producer {
   // clipping: row i = x_i * scale[i] if scale[i] < 1, else x_i
   std::vector<double> scale;
   bool sets() const { return !start.empty(); }
+  // same[b]: the first row whose set equals row b's (nnm: the honest rows
+  // often share one set); its rows are formed once and aliased (same bits).
+  std::vector<std::size_t> same;
+  void find_same() {
+    const std::size_t m = start.size() - 1;
+    same.resize(m);
+    for (std::size_t b = 0; b < m; ++b) {
+      same[b] = b;
+      const std::size_t len = start[b + 1] - start[b];
+      for (std::size_t q = 0; q < b; ++q)
+        if (same[q] == q && start[q + 1] - start[q] == len &&
+            std::equal(idx.begin() + std::ptrdiff_t(start[b]), idx.begin() + std::ptrdiff_t(start[b + 1]),
+                       idx.begin() + std::ptrdiff_t(start[q]))) {
+          same[b] = q;
+          break;
+        }
+    }
+  }
 
   // Row b of the pre-aggregator's output on coordinates [c0, c0 + len) into o.
   void make(const T* const* rows, std::size_t b, std::size_t c0, std::size_t len, T* o) const {
@@ -130,15 +148,34 @@ std::vector<double> mixed_distances(const double* D, std::size_t n, const std::v
 template <typename T, typename Op>
 void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::size_t d,
                const std::vector<std::size_t>& need, T* out, Op&& op) {
-  const std::size_t nb = need.size();
+  // Rows whose set equals an earlier needed row's are not formed: their
+  // buffer row is that row's (a pointer alias).
+  std::vector<std::size_t> form, slot(need.size());
+  for (std::size_t k = 0; k < need.size(); ++k) {
+    std::size_t alias = need.size();
+    if (p.sets())
+      for (std::size_t q = 0; q < k; ++q)
+        if (p.same[need[q]] == p.same[need[k]]) {
+          alias = q;
+          break;
+        }
+    if (alias == need.size()) {
+      slot[k] = form.size();
+      form.push_back(need[k]);
+    } else {
+      slot[k] = slot[alias];
+    }
+  }
+  const std::size_t nb = form.size();
   std::size_t span = kChainBufferBytes / (std::max<std::size_t>(nb, 1) * sizeof(T));
   span = std::max(kReduceBlock, span / kReduceBlock * kReduceBlock);
   span = std::min(span, (d + kReduceBlock - 1) / kReduceBlock * kReduceBlock);
   std::unique_ptr<T[]> buf(new T[nb * span]);
   std::vector<T*> brow(nb);
-  std::vector<const T*> crow(nb);
-  for (std::size_t k = 0; k < nb; ++k) crow[k] = brow[k] = buf.get() + k * span;
-  const std::size_t* nd = need.data();
+  std::vector<const T*> crow(need.size());
+  for (std::size_t k = 0; k < nb; ++k) brow[k] = buf.get() + k * span;
+  for (std::size_t k = 0; k < need.size(); ++k) crow[k] = brow[slot[k]];
+  const std::size_t* nd = form.data();
   T* const* bp = brow.data();
   // Each output row of a set pre-aggregator reads |set| rows; clipping one.
   const std::size_t reads = n;
@@ -185,6 +222,7 @@ void pre_rule_fused(const PreConfig& pc, const RuleConfig& r, const T* const* ro
       p.idx.insert(p.idx.end(), si.begin(), si.end());
     }
     p.start.push_back(p.idx.size());
+    p.find_same();
   } else if (pc.pre == PreId::kBucketing) {
     const std::size_t s = std::size_t(pc.bucket_size);
     m = (n + s - 1) / s;
@@ -192,6 +230,8 @@ void pre_rule_fused(const PreConfig& pc, const RuleConfig& r, const T* const* ro
     for (std::size_t b = 0; b < m; ++b) p.start.push_back(b * s);
     p.start.push_back(n);
     p.zero_start = true;
+    p.same.resize(m);
+    for (std::size_t b = 0; b < m; ++b) p.same[b] = b;  // disjoint sets
   } else {  // clipping
     p.scale.resize(n);
     clipping_scales<T>(rows, n, d, pc.f, pc.tau, p.scale.data());

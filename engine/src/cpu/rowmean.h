@@ -22,6 +22,10 @@ inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t
                        std::size_t len, T* out) {
   constexpr std::size_t kStep = 32;
   const double dc = double(cnt);
+  // For a power-of-two count the product by the reciprocal is the same number
+  // as the quotient (exact scaling) and ~10x cheaper than a vector division.
+  const bool pow2 = (cnt & (cnt - 1)) == 0;
+  const double inv = 1.0 / dc;
   std::size_t c = 0;
   for (; c + kStep <= len; c += kStep) {
     double a[kStep];
@@ -33,13 +37,18 @@ inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t
 #pragma GCC unroll 32
       for (std::size_t l = 0; l < kStep; ++l) a[l] += double(r[l]);
     }
+    if (pow2) {
 #pragma GCC unroll 32
-    for (std::size_t l = 0; l < kStep; ++l) out[c + l] = T(a[l] / dc);
+      for (std::size_t l = 0; l < kStep; ++l) out[c + l] = T(a[l] * inv);
+    } else {
+#pragma GCC unroll 32
+      for (std::size_t l = 0; l < kStep; ++l) out[c + l] = T(a[l] / dc);
+    }
   }
   for (; c < len; ++c) {
     double a = ZeroStart ? 0.0 + double(rows[sel[0]][c0 + c]) : double(rows[sel[0]][c0 + c]);
     for (std::size_t s = 1; s < cnt; ++s) a += double(rows[sel[s]][c0 + c]);
-    out[c] = T(a / dc);
+    out[c] = T(pow2 ? a * inv : a / dc);
   }
 }
 
