@@ -237,6 +237,36 @@ void pre_rule_fused(const PreConfig& pc, const RuleConfig& r, const T* const* ro
     clipping_scales<T>(rows, n, d, pc.f, pc.tau, p.scale.data());
   }
 
+  if (!p.sets() && r.rule == RuleId::kAverage) {
+    // clipping > average without a span buffer: per coordinate, the clipped
+    // value rounded to T (as clipping writes it), summed in double in row
+    // order from +0.0, / n, rounded once (average's definition, coordinate.cpp).
+    const double dn = double(n);
+    const double* sc = p.scale.data();
+    const std::size_t nchunks = (d + kChainChunk - 1) / kChainChunk;
+#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
+    for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
+      const std::size_t c0 = std::size_t(ch) * kChainChunk, len = std::min(kChainChunk, d - c0);
+      double acc[kChainChunk];
+      for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const T* __restrict x = rows[i] + c0;
+        if (c0 + 3 * kChainChunk <= d) reduce::prefetch_span(x + 2 * kChainChunk, kChainChunk * sizeof(T));
+        const double s = sc[i];
+        if (s < 1.0) {
+          // through memory, as clipping writes it (no multiply-add contraction
+          // of the scaling into the sum for double input)
+          T tmp[kChainChunk];
+          scale_block(x, tmp, len, s);
+          for (std::size_t l = 0; l < len; ++l) acc[l] += double(tmp[l]);
+        } else {
+          for (std::size_t l = 0; l < len; ++l) acc[l] += double(x[l]);
+        }
+      }
+      for (std::size_t l = 0; l < len; ++l) out[c0 + l] = T(acc[l] / dn);
+    }
+    return;
+  }
   if (coordinate_rule(r.rule)) {
     std::vector<std::size_t> all(m);
     for (std::size_t b = 0; b < m; ++b) all[b] = b;
