@@ -29,6 +29,10 @@ Skipped: mda at n = 100 (C(100, 20) subsets: refused by design); n = 100 with
 d = 1e7 unless ``--big`` (4 GB of input, 8+ GB with an nnm output, and ~15
 minutes of timing on 2 cores).
 
+``--chains``: only the pre-aggregator > rule chains, each fused (one
+``pyagg.aggregate(..., pre=[...])`` call) and unfused (``preaggregate`` then
+``aggregate``) in the same run; the roofline of a chain is its rule's on G.
+
 ``--small``: per-call latency, p50 and p99 of 1000 calls, of the
 coordinate-wise rules (and krum) at n = 20, d in {1e2, 1e3, 1e4}, with the
 same numbers for a numpy ``G.mean(axis=0)`` as the baseline.
@@ -63,6 +67,14 @@ RULES = [
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "bulyan-multikrum", "mda", "geometric-median",
                   "centered-clipping", "nnm"}
 PRES = ["nnm", "clipping (ARC)", "clipping (static)", "bucketing"]
+# Pre-aggregator > rule chains: "fused" = pyagg.aggregate(G, rule, f, pre=[...]) (one engine call,
+# pyagg::aggregate_chain), "(unfused)" = pyagg.preaggregate then pyagg.aggregate (the n' x d
+# intermediate written and read back: what an Aggregator did before the chain call).
+# Roofline of a chain: that of its rule on G (one pass; max(pass, gemm) after nnm).
+CHAIN_PAIRS = [("nnm", "average"), ("nnm", "median"), ("nnm", "krum"), ("nnm", "multi-krum"), ("nnm", "bulyan"),
+               ("bucketing", "median"), ("bucketing", "trimmed-mean"), ("clipping (ARC)", "median"),
+               ("clipping (static)", "average")]
+CHAINS = [f"{p} > {r}{u}" for p, r in CHAIN_PAIRS for u in ("", " (unfused)")]
 
 
 # ---------------------------------------------------------------- machine ---
@@ -124,6 +136,16 @@ def case_fn(name: str, G: np.ndarray, f: int):
         return (lambda: pyagg.preaggregate(G, "clipping", f, tau=tau)), n
     if name == "bucketing":
         return (lambda: pyagg.preaggregate(G, "bucketing", f, s=2)), (n + 1) // 2
+    if name in CHAINS:
+        pre, rule = name.replace(" (unfused)", "").split(" > ")
+        params = {"s": 2} if pre == "bucketing" else {}
+        if pre == "clipping (static)":
+            tau = float(np.median(np.linalg.norm(G[:, : min(G.shape[1], 100000)], axis=1)))
+            params = {"tau": tau * math.sqrt(G.shape[1] / min(G.shape[1], 100000))}
+        pre = pre.split(" ")[0]
+        if name.endswith("(unfused)"):
+            return (lambda: pyagg.aggregate(pyagg.preaggregate(G, pre, f, **params), rule, f)), 1
+        return (lambda: pyagg.aggregate(G, rule, f, pre=[(pre, params)])), 1
     raise KeyError(name)
 
 
@@ -146,9 +168,11 @@ def run_cell(n: int, d: int, bw: float, gemm: float, budget: float, only: list[s
     f = n // 5
     G = make_data(n, f, d)
     rows = []
-    for name in RULES + PRES:
-        if only and name not in only:
+    for name in RULES + PRES + CHAINS:
+        if only and name not in only and name.replace(" (unfused)", "") not in only:
             continue
+        if name in CHAINS and not only:
+            continue  # chains: only when asked (--only or --chains)
         if name == "mda" and math.comb(n, f) > 1e7:
             rows.append({"name": name, "skip": f"C({n},{f}) subsets: refused"})
             continue
@@ -157,7 +181,7 @@ def run_cell(n: int, d: int, bw: float, gemm: float, budget: float, only: list[s
         t_pass = n * d * 4 / (bw * 1e9)
         t_gemm = n * n * d / (gemm * 1e9)
         roof = t_pass
-        if name in DISTANCE_RULES:
+        if name in DISTANCE_RULES or (name in CHAINS and name.startswith("nnm")):
             roof = max(roof, t_gemm)
         if name in PRES:
             roof += out_rows * d * 4 / (bw * 1e9)
@@ -228,7 +252,11 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="also the per-call latency table")
     ap.add_argument("--only-small", action="store_true", help="only the per-call latency table")
     ap.add_argument("--only", nargs="*", help="rule / pre-aggregator names (default: all)")
+    ap.add_argument("--chains", action="store_true",
+                    help="only the pre-aggregator > rule chains, fused and unfused (same run)")
     args = ap.parse_args(argv)
+    if args.chains:
+        args.only = (args.only or []) + CHAINS
     print(f"# pyagg from {os.path.dirname(pyagg.__file__)}", file=sys.stderr)
     if not args.only_small:
         bw = read_bandwidth()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/run_bench.py [--n 20] [--f 4] [--d 1000000] [--budget 4]
+    python bench/run_bench.py [--n 20] [--f 4] [--d 1000000 [...]] [--budget 4] [--no-byzfl]
 
 For each rule (and each pre-aggregator in front of ``average``) both sides
 are run once on the same input (n=20, f=4, d=1e6 float32 by default: 80 MB)
@@ -18,6 +18,20 @@ is reported, as a markdown table:
   (one thread per core, on disjoint slices) ``numpy.copyto`` of a 400 MB
   float32 array, counting the bytes read + written (2 * 400 MB) / time,
   median of 5 after a warm-up copy (which also faults the pages in).
+
+ByzFL (``pip install byzfl``, a torch library; optional): where it has the
+rule or pre-aggregator, its torch implementation is timed on the same data
+(a torch view of G, no copy) and reported as an extra "(byzfl)" row with
+pyagg's speed-up over it; the mapping and which definitions are identical
+(those results are checked against numpy too) are in ``byzfl_cases``. The
+package's ``__init__`` imports torchvision (training utilities); only its
+``byzfl.aggregators`` modules are loaded here, so torchvision is not needed.
+Without byzfl the rows are simply absent (a line on stderr says so).
+Pre-aggregators are timed as ``pyagg.aggregate(G, "average", f, pre=[...])``
+(one engine call, fused where the engine can).
+
+Several ``--d`` values give one table each (the issue's comparison: d in
+{1e3, 1e4, 1e6}).
 
 The shared pieces (data, bandwidth, cases, verification, timing, table) are
 imported by bench/bench_rules.py and bench/conftest.py.
@@ -116,9 +130,79 @@ def cases(G: np.ndarray, f: int) -> dict[str, dict[str, Callable[[], np.ndarray]
     for pre, np_fn in numpy_rules.PRE.items():
         req = numpy_rules.REQUIRED.get(pre, {})
         out[f"{pre} + average"] = {
-            "pyagg": (lambda p=pre, q=req: pyagg.aggregate(pyagg.preaggregate(G, p, f, **q), "average")),
+            "pyagg": (lambda p=pre, q=req: pyagg.aggregate(G, "average", f, pre=[(p, q)])),
             "numpy": (lambda fn=np_fn, q=req: fn(G, f, **q).mean(axis=0)),
         }
+    return out
+
+
+def load_byzfl():
+    """ByzFL's aggregator modules (byzfl.aggregators.aggregators, .preaggregators),
+    or None when byzfl is not installed. The package's own __init__ (which
+    imports torchvision for its training framework) is bypassed: a bare
+    package module is registered and only the aggregator modules are imported."""
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("byzfl")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if "byzfl" not in sys.modules:
+        pkg = types.ModuleType("byzfl")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["byzfl"] = pkg
+    try:
+        agg = importlib.import_module("byzfl.aggregators.aggregators")
+        pre = importlib.import_module("byzfl.aggregators.preaggregators")
+    except ImportError as exc:
+        print(f"# byzfl installed but its aggregators do not import ({exc}): skipped", file=sys.stderr)
+        return None
+    return agg, pre
+
+
+# Cases where ByzFL's definition is the same as pyagg's (result checked):
+BYZFL_SAME = {"average", "trimmed-mean", "krum", "multi-krum", "mda", "centered-clipping", "nnm + average",
+              "clipping + average"}
+
+
+def byzfl_cases(G: np.ndarray, f: int, mods) -> dict[str, tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]]:
+    """name -> (byzfl fn, the pyagg fn with the matching parameters): ByzFL's torch
+    implementation on a torch view of G (no copy). Differences from pyagg's
+    definitions, where not in BYZFL_SAME: median (torch.median: the lower of
+    the two middle values for an even count), averaged-median ~ Meamed(f),
+    geometric-median (ByzFL: T = 3 fixed iterations from its own start; pyagg
+    timed with max_iter = 3, tol = 0), bucketing (ByzFL shuffles with its own
+    generator), clipping ARC (ByzFL's ARC)."""
+    import torch
+
+    agg, pre = mods
+    T = torch.from_numpy(G)
+    n = G.shape[0]
+
+    def seq(p, r):
+        return lambda: r(p(T))
+
+    out = {
+        "average": (lambda: agg.Average()(T), lambda: pyagg.aggregate(G, "average", f)),
+        "median": (lambda: agg.Median()(T), lambda: pyagg.aggregate(G, "median", f)),
+        "trimmed-mean": (lambda: agg.TrMean(f)(T), lambda: pyagg.aggregate(G, "trimmed-mean", f)),
+        "averaged-median": (lambda: agg.Meamed(f)(T), lambda: pyagg.aggregate(G, "averaged-median", f)),
+        "krum": (lambda: agg.Krum(f)(T), lambda: pyagg.aggregate(G, "krum", f)),
+        "multi-krum": (lambda: agg.MultiKrum(f)(T), lambda: pyagg.aggregate(G, "multi-krum", f, m=n - f)),
+        "mda": (lambda: agg.MDA(f)(T), lambda: pyagg.aggregate(G, "mda", f)),
+        "geometric-median": (lambda: agg.GeometricMedian(nu=1e-6, T=3)(T),
+                             lambda: pyagg.aggregate(G, "geometric-median", f, max_iter=3, tol=0.0)),
+        "centered-clipping": (lambda: agg.CenteredClipping(L=1, tau=10.0)(T),
+                              lambda: pyagg.aggregate(G, "centered-clipping", f, tau=10.0, L=1)),
+        "nnm + average": (seq(pre.NNM(f), agg.Average()), lambda: pyagg.aggregate(G, "average", f, pre=["nnm"])),
+        "bucketing + average": (seq(pre.Bucketing(2), agg.Average()),
+                                lambda: pyagg.aggregate(G, "average", f, pre=[("bucketing", {"s": 2})])),
+        "clipping + average": (seq(pre.Clipping(c=100.0), agg.Average()),
+                               lambda: pyagg.aggregate(G, "average", f, pre=[("clipping", {"tau": 100.0})])),
+        "clipping(ARC) + average": (seq(pre.ARC(f), agg.Average()),
+                                    lambda: pyagg.aggregate(G, "average", f, pre=["clipping"])),
+    }
     return out
 
 
@@ -177,11 +261,15 @@ def markdown_table(results: dict[str, dict[str, float]], n: int, d: int, itemsiz
             continue
         gbs = nbytes / p / 1e9
         lines.append(
-            f"| {name} | {p * 1e3:.1f} | {q * 1e3:.1f} | {q / p:.1f}x | {gbs:.2f} | {100 * gbs / bw['best']:.0f}% |"
+            f"| {name} | {p * 1e3:.3g} | {q * 1e3:.3g} | {q / p:.1f}x | {gbs:.2f} | {100 * gbs / bw['best']:.0f}% |"
         )
         for extra, t in r.items():
-            if extra not in ("pyagg", "numpy"):
-                lines.append(f"| {name} ({extra}) | | {t * 1e3:.1f} | {t / p:.1f}x | | |")
+            if extra == "byzfl":
+                # speed-up over ByzFL: against pyagg run with ByzFL's parameters
+                pb = r.get("pyagg, byzfl's parameters", p)
+                lines.append(f"| {name} (byzfl; pyagg {pb * 1e3:.3g} ms) | | {t * 1e3:.3g} | {t / pb:.1f}x | | |")
+            elif extra not in ("pyagg", "numpy", "pyagg, byzfl's parameters"):
+                lines.append(f"| {name} ({extra}) | | {t * 1e3:.3g} | {t / p:.1f}x | | |")
     return "\n".join(lines)
 
 
@@ -189,29 +277,45 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=N)
     ap.add_argument("--f", type=int, default=F)
-    ap.add_argument("--d", type=int, default=D)
+    ap.add_argument("--d", type=float, nargs="*", default=[D], help="one table per value")
     ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds of timing per side and case")
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    ap.add_argument("--no-byzfl", action="store_true", help="do not time ByzFL even when installed")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     bw = measure_bandwidth()
-    G = make_data(args.n, args.f, args.d)
+    mods = None if args.no_byzfl else load_byzfl()
+    if mods is None and not args.no_byzfl:
+        print("# byzfl not available: no (byzfl) rows (pip install byzfl)", file=sys.stderr)
     print(f"# pyagg {pyagg.build_info()['version']} ({pyagg.build_info()})", file=sys.stderr)
-    results: dict[str, dict[str, float]] = {}
-    for name, impls in cases(G, args.f).items():
-        if args.only and name not in args.only:
-            continue
-        expected, t_np = timed_first_call(impls["numpy"])
-        row = {}
-        for impl, fn in impls.items():
-            out, t_first = (expected, t_np) if impl == "numpy" else timed_first_call(fn)
-            if impl != "numpy":
-                verify(name, out, expected, G)
-            row[impl] = time_fn(fn, reps_for(t_first, args.budget))
-        results[name] = row
-        print(f"  {name}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row.items()), file=sys.stderr)
-    print(markdown_table(results, args.n, args.d, G.itemsize, bw))
+    for d in args.d:
+        d = int(d)
+        G = make_data(args.n, args.f, d)
+        results: dict[str, dict[str, float]] = {}
+        bz = byzfl_cases(G, args.f, mods) if mods else {}
+        for name, impls in cases(G, args.f).items():
+            if args.only and name not in args.only:
+                continue
+            expected, t_np = timed_first_call(impls["numpy"])
+            row = {}
+            for impl, fn in impls.items():
+                out, t_first = (expected, t_np) if impl == "numpy" else timed_first_call(fn)
+                if impl != "numpy":
+                    verify(name, out, expected, G)
+                row[impl] = time_fn(fn, reps_for(t_first, args.budget))
+            if name in bz:
+                b_fn, p_fn = bz[name]
+                b_out, t_first = timed_first_call(b_fn)
+                if name in BYZFL_SAME:
+                    p_out = p_fn()
+                    verify(name + " (byzfl)", np.asarray(b_out, dtype=np.float32), p_out, G)
+                row["byzfl"] = time_fn(b_fn, reps_for(t_first, args.budget))
+                row["pyagg, byzfl's parameters"] = time_fn(p_fn, reps_for(t_first, args.budget))
+            results[name] = row
+            print(f"  d={d} {name}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in row.items()), file=sys.stderr)
+        print(markdown_table(results, args.n, d, G.itemsize, bw))
+        print()
     print(f"\n(total {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return 0
 

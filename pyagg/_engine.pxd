@@ -96,6 +96,8 @@ cdef extern from "pyagg/rules.h" namespace "pyagg" nogil:
     size_t pre_output_rows(const CPreConfig& cfg, size_t n)
     CStatus aggregate(const CRuleConfig& cfg, const CGradView& g, void* out, const void* state)
     CStatus preaggregate(const CPreConfig& cfg, const CGradView& g, void* out)
+    CStatus aggregate_chain(const CRuleConfig& cfg, const vector[CPreConfig]& pres, const CGradView& g, void* out,
+                            const void* state)
     CBuildInfo build_info()
     CStatus cuda_device_count(int* count)
 

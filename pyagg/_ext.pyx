@@ -15,7 +15,7 @@ from libcpp.vector cimport vector
 
 from pyagg._engine cimport (
     CBuildInfo, CDevice, CDType, CGradView, CNamedParam, CParamSpec, CPreConfig,
-    CPreInfo, CRuleConfig, CRuleInfo, CStatus, aggregate, build_info, check_pre_input,
+    CPreInfo, CRuleConfig, CRuleInfo, CStatus, aggregate, aggregate_chain, build_info, check_pre_input,
     check_rule_input, copy_device_to_host, copy_host_to_device, cuda_device_count,
     device_free, device_malloc, device_synchronize, make_pre, make_rule, pre_output_rows,
     pre_table, preaggregate, rule_history, rule_table, set_rule_history,
@@ -198,6 +198,28 @@ cdef class Pre:
 
     def __repr__(self):
         return f"Pre({self.name!r}, f={self.f}, params={dict(self.params)!r})"
+
+
+def run_chain(Rule rule, list pres, list seeds, uintptr_t data, uintptr_t rows, size_t n, size_t d, int dtype,
+              int device, int device_id, uintptr_t out, uintptr_t state):
+    """Pre-aggregators `pres` (Pre objects, in order) then `rule`, in one engine call (fused where the engine
+    can: pyagg::aggregate_chain); seeds[k] (or None) overrides the bucketing seed of pres[k]."""
+    if len(seeds) != len(pres):
+        raise ValueError(f"run_chain: {len(pres)} pre-aggregators but {len(seeds)} seeds")
+    cdef vector[CPreConfig] cp
+    cdef Pre p
+    cdef CPreConfig c
+    for k in range(len(pres)):
+        p = pres[k]
+        c = p.cfg
+        if seeds[k] is not None:
+            c.seed = <uint64_t>seeds[k]
+        cp.push_back(c)
+    cdef CGradView g = make_view(data, rows, n, d, dtype, device, device_id)
+    cdef CStatus st
+    with nogil:
+        st = aggregate_chain(rule.cfg, cp, g, <void*>out, <const void*>state)
+    raise_status(st)
 
 
 cdef dict _param_dict(const vector[CParamSpec]& specs):

@@ -192,8 +192,50 @@ def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None, fw: str = _
     return out
 
 
+def _parse_pre(pre: Any, f: int) -> list[_ext.Pre]:
+    """A pre-aggregator list: names or (name, params) pairs (a single one is accepted bare)."""
+    if isinstance(pre, str) or (isinstance(pre, tuple) and len(pre) == 2 and isinstance(pre[1], Mapping)):
+        pre = [pre]
+    out: list[_ext.Pre] = []
+    for p in pre:
+        if isinstance(p, str):
+            out.append(_ext.Pre(p, f, []))
+        elif isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], Mapping):
+            out.append(_ext.Pre(p[0], f, _split_params(p[1])))
+        else:
+            raise InvalidArgumentError(f"pre-aggregator must be a name or (name, params), got {p!r}")
+    return out
+
+
+def _runs_on_cpu(gradients: Any, device: str | None) -> bool:
+    """Whether _run_rule would aggregate these gradients with the CPU backend."""
+    dev, _ = _parse_device(device)
+    if dev == _CUDA:
+        return False
+    if dev is None and not isinstance(gradients, (list, tuple)) and _on_gpu(gradients):
+        return False
+    return True
+
+
+def _run_chain(rule: _ext.Rule, pres: list[_ext.Pre], seeds: list[int | None], gradients: Any,
+               state: np.ndarray | None, fw: str) -> np.ndarray:
+    """Pre-aggregators then the rule in one engine call on the CPU (pyagg::aggregate_chain: the
+    last pre-aggregator is fused with the rule where the engine can)."""
+    b = _Batch(gradients, fw)
+    if isinstance(gradients, (list, tuple)) and any(_on_gpu(g) for g in gradients):
+        raise InvalidArgumentError(
+            "gradients: a list of GPU tensors is not supported; stack them into one (n, d) GPU array"
+        )
+    out = np.empty(b.d, dtype=b.dtype)
+    st, keep = _state_address(state, b.d, b.dtype)
+    _ext.run_chain(rule, pres, seeds, b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if b.d else 1, st)
+    del keep
+    return out
+
+
 @_fw.graph_safe
-def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = None, **params: Any) -> Any:
+def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = None, pre: Sequence[Any] = (),
+              **params: Any) -> Any:
     """Aggregate n gradients into one with a robust rule.
 
     Parameters
@@ -211,6 +253,16 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
     device : {None, "cpu", "cuda", "cuda:<id>"}
         None: where the data lives. "cuda": copy host data to the GPU,
         aggregate there and return a numpy array.
+    pre : sequence
+        Pre-aggregators applied in order before the rule, each a name
+        (``"nnm"``) or a ``(name, {param: value})`` pair (see
+        :func:`pre_aggregators`). On the CPU the whole chain is one engine
+        call and the last pre-aggregator is fused with the rule where the
+        engine can (its output is never written): nnm, bucketing or clipping
+        before average, average-nan, median, trimmed-mean or averaged-median
+        (same bits as applying them in turn), nnm before krum, multi-krum,
+        mda or bulyan (distances from nnm's own; see ``aggregate_chain`` in
+        ``engine/include/pyagg/rules.h``).
     **params
         Rule parameters (e.g. ``m`` for multi-krum); see :func:`rules`.
 
@@ -233,9 +285,30 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
         CUDA requested but not available.
     """
     fw = _fw.framework(gradients)
+    pres = _parse_pre(pre, f)
     if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
+        if pres and fw == _fw.JAX:
+            from .jax import aggregate as jax_aggregate
+
+            if device is not None:
+                raise InvalidArgumentError(
+                    f"device={device!r} cannot be used inside a traced function; place the inputs instead"
+                )
+            return jax_aggregate(gradients, rule, f, pre=pre, **params)
+        if pres:
+            raise InvalidArgumentError(
+                "pyagg.aggregate(..., pre=[...]) cannot run inside tf.function; use pyagg.tf_bridge.ServerAggregator"
+            )
         return _traced_aggregate(gradients, rule, f, device, fw, params)
-    out = _run_rule(_ext.Rule(rule, f, _split_params(params)), gradients, None, device, fw)
+    r = _ext.Rule(rule, f, _split_params(params))
+    if pres and _runs_on_cpu(gradients, device):
+        out = _run_chain(r, pres, [None] * len(pres), gradients, None, fw)
+    else:
+        g, gfw = gradients, fw
+        for p in pres:
+            g = _run_pre(p, g, fw=gfw)
+            gfw = _fw.framework(g)
+        out = _run_rule(r, g, None, device, gfw)
     return _fw.wrap(out, gradients, fw)
 
 
@@ -306,16 +379,7 @@ class Aggregator:
         self.f = int(f)
         self.device = device
         _parse_device(device)
-        self.pre: list[_ext.Pre] = []
-        if isinstance(pre, str) or (isinstance(pre, tuple) and len(pre) == 2 and isinstance(pre[1], Mapping)):
-            pre = [pre]
-        for p in pre:
-            if isinstance(p, str):
-                self.pre.append(_ext.Pre(p, f, []))
-            elif isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], Mapping):
-                self.pre.append(_ext.Pre(p[0], f, _split_params(p[1])))
-            else:
-                raise InvalidArgumentError(f"pre-aggregator must be a name or (name, params), got {p!r}")
+        self.pre: list[_ext.Pre] = _parse_pre(pre, f)
         self._stateful = _meta.is_stateful(rule)
         self.reset()
 
@@ -336,14 +400,19 @@ class Aggregator:
                 "Aggregator keeps state in Python and cannot run inside jax.jit/tf.function; use "
                 "pyagg.jax.aggregate under jax.jit, or pyagg.tf_bridge.ServerAggregator with TensorFlow"
             )
-        g = gradients
-        gfw = fw
-        for p in self.pre:
-            g = _run_pre(p, g, seed=(p.seed + self.calls) if p.name == "bucketing" else None, fw=gfw)
-            gfw = _fw.framework(g)
         # _run_rule checks that the state still matches (d, dtype); reset() clears it.
         state = self.state if self._stateful else None
-        out = _run_rule(self.rule, g, state, self.device, gfw)
+        seeds = [(p.seed + self.calls) if p.name == "bucketing" else None for p in self.pre]
+        if self.pre and _runs_on_cpu(gradients, self.device):
+            # One engine call for the whole chain (fused where the engine can).
+            out = _run_chain(self.rule, self.pre, seeds, gradients, state, fw)
+        else:
+            g = gradients
+            gfw = fw
+            for p, seed in zip(self.pre, seeds):
+                g = _run_pre(p, g, seed=seed, fw=gfw)
+                gfw = _fw.framework(g)
+            out = _run_rule(self.rule, g, state, self.device, gfw)
         if self._stateful:
             self.state = out.copy() if isinstance(out, np.ndarray) else out
         self.calls += 1

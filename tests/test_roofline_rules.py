@@ -164,3 +164,28 @@ def test_geometric_median_init_option():
     assert not np.allclose(one_mean, one_median)  # the two starts differ after one step
     with pytest.raises(pyagg.InvalidArgumentError, match="init must be one of mean, median"):
         pyagg.aggregate(G, "geometric-median", 2, init="zero")
+
+
+# ------------------------------------------- centered clipping, coefficient space ---
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, bad", [(1, 0), (5, 0), (11, 2), (20, 3), (40, 5)])
+@pytest.mark.parametrize("L", [2, 4, 25])
+@pytest.mark.parametrize("tau_scale", [0.05, 0.5, 1e9])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_centered_clipping_coefficient_space_vs_direct(n, bad, L, tau_scale, with_state, dtype):
+    """L >= 2 runs in coefficient space (one distance pass over the rows and
+    v0, L iterations on the (n+1)^2 matrix, one combination pass): the same
+    result as the direct iteration (tests/reference.py) within the dtype's
+    tolerance, non-finite rows counted in n, with and without a start state."""
+    d = 2 * 4096 + 77
+    G = ref.make_data("nonfinite" if bad else "random", n, d, dtype, seed=n * L, bad=bad)
+    state = (np.random.default_rng(L).standard_normal(d) * 0.4).astype(dtype) if with_state else None
+    tau = tau_scale * np.sqrt(d)
+    agg = pyagg.Aggregator("centered-clipping", bad, tau=tau, L=L)
+    if with_state:
+        agg.state = state
+    out = agg(G)
+    want = ref.centered_clipping(G, bad, tau=tau, L=L, state=state)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(out, want, rtol=0, atol=rtol * scale)

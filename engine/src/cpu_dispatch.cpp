@@ -159,6 +159,11 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
   PYAGG_FWD(bucketing, rows, n, d, s, seed, out);
 }
 template <typename T>
+void pre_rule_fused(const PreConfig& p, const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d,
+                    T* out) {
+  PYAGG_FWD(pre_rule_fused, p, r, rows, n, d, out);
+}
+template <typename T>
 void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, T* out) {
   PYAGG_FWD(clipping, rows, n, d, f, tau, out);
 }
@@ -196,6 +201,7 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   template void nnm<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                     \
   template void bucketing<T>(const T* const*, std::size_t, std::size_t, std::size_t, std::uint64_t, T*); \
   template void clipping<T>(const T* const*, std::size_t, std::size_t, std::size_t, double, T*);        \
+  template void pre_rule_fused<T>(const PreConfig&, const RuleConfig&, const T* const*, std::size_t, std::size_t, T*); \
   template void rule_next<T>(const RuleConfig&, const T* const*, std::size_t, std::size_t, T*);         \
   template void zeroing_pre<T>(const T* const*, std::size_t, std::size_t, double, int, T*);
 

@@ -598,6 +598,86 @@ Status aggregate(const RuleConfig& cfg, const GradView& g, void* out, const void
   }
 }
 
+bool chain_fusable(PreId p, RuleId r) {
+  const bool coordinate = r == RuleId::kAverage || r == RuleId::kAverageNan || r == RuleId::kMedian ||
+                          r == RuleId::kTrimmedMean || r == RuleId::kAveragedMedian;
+  if (p == PreId::kNnm)
+    return coordinate || r == RuleId::kKrum || r == RuleId::kMultiKrum || r == RuleId::kMda || r == RuleId::kBulyan;
+  if (p == PreId::kBucketing || p == PreId::kClipping) return coordinate;
+  return false;
+}
+
+namespace {
+
+// Below this many elements in the last pre-aggregator's output (n' * d), the
+// intermediate fits in L2 anyway and writing it is cheaper than the fused
+// path's per-span set-up (measured: bucketing > median at n=20, d=1e4, 2
+// cores: 0.11 ms fused, 0.07 ms unfused; at d=1e6 fused is as fast or faster,
+// see docs). Both paths give the same bits for coordinate-wise rules.
+constexpr std::size_t kChainFuseMinElements = std::size_t(1) << 18;
+
+template <typename T>
+void run_cpu_chain(const RuleConfig& r, const std::vector<PreConfig>& pres, const GradView& g, T* out,
+                   const T* state) {
+  std::vector<const T*> rows = row_pointers<T>(g);
+  std::size_t n = g.n;
+  const std::size_t d = g.d;
+  std::vector<T> buf[2];
+  const std::size_t np = pres.size();
+  // Every pre-aggregator but a fused last one writes its output (ping-pong buffers).
+  bool fuse_last = np > 0 && chain_fusable(pres[np - 1].pre, r.rule);
+  if (fuse_last) {  // size of the last pre-aggregator's output
+    std::size_t m = n;
+    for (const PreConfig& p : pres) m = pre_output_rows(p, m);
+    fuse_last = m * d >= kChainFuseMinElements;
+  }
+  for (std::size_t k = 0; k + (fuse_last ? 1 : 0) < np; ++k) {
+    const std::size_t m = pre_output_rows(pres[k], n);
+    std::vector<T>& b = buf[k % 2];
+    b.resize(m * d);
+    run_cpu_pre<T>(pres[k], rows.data(), n, d, b.data());
+    rows.resize(m);
+    for (std::size_t i = 0; i < m; ++i) rows[i] = b.data() + i * d;
+    n = m;
+  }
+  if (fuse_last)
+    cpu::pre_rule_fused<T>(pres[np - 1], r, rows.data(), n, d, out);
+  else
+    run_cpu_rule<T>(r, rows.data(), n, d, out, state);
+}
+
+}  // namespace
+
+Status aggregate_chain(const RuleConfig& cfg, const std::vector<PreConfig>& pres, const GradView& g, void* out,
+                       const void* state) {
+  try {
+    PYAGG_RETURN_IF_ERROR(check_view(g, out));
+    std::size_t n = g.n;
+    for (const PreConfig& p : pres) {
+      PYAGG_RETURN_IF_ERROR(check_pre_input(p, n, g.d));
+      n = pre_output_rows(p, n);
+    }
+    PYAGG_RETURN_IF_ERROR(check_rule_input(cfg, n, g.d));
+    RuleConfig r;
+    PYAGG_RETURN_IF_ERROR(resolve(cfg, n, &r));
+    if (g.device == Device::kCuda)
+      return Status::Unsupported("aggregate_chain runs on the CPU; on CUDA apply preaggregate() then aggregate()");
+    PYAGG_RETURN_IF_ERROR(cpu::isa_status());
+    if (g.dtype == DType::kFloat32)
+      run_cpu_chain<float>(r, pres, g, static_cast<float*>(out), static_cast<const float*>(state));
+    else
+      run_cpu_chain<double>(r, pres, g, static_cast<double*>(out), static_cast<const double*>(state));
+    return Status::Ok();
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory("out of memory while aggregating (with pre-aggregators) n=" + std::to_string(g.n) +
+                               " d=" + std::to_string(g.d));
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("internal error: ") + e.what());
+  } catch (...) {
+    return Status::Internal("internal error: unknown exception");
+  }
+}
+
 Status preaggregate(const PreConfig& cfg, const GradView& g, void* out) {
   try {
     PYAGG_RETURN_IF_ERROR(check_view(g, out));

@@ -24,6 +24,7 @@
 #include "testdata.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
+#include "common/select_iterative.h"
 #include "pyagg/rules.h"
 
 using namespace pyagg;
@@ -320,6 +321,72 @@ TEST_CASE("centered-clipping: random data vs the scalar reference, state, tails"
         CHECK_MSG(ed < 1e-12, "f64 n=" + std::to_string(n) + " d=" + std::to_string(d) + " err " + fmtv(ed));
         CHECK_MSG(ef < 1e-6, "f32 n=" + std::to_string(n) + " d=" + std::to_string(d) + " err " + fmtv(ef));
         for (double v : od) CHECK(std::isfinite(v));
+      }
+    }
+  }
+}
+
+TEST_CASE("centered-clipping in coefficient space: hand case, guard, fallback") {
+  // One row x = (3, 4), v0 = 0, n = 1, tau = 1, L = 2 (hand): points p0 = v0,
+  // p1 = x, Dx = [[0, 25], [25, 0]]. Step 1: ||x - v|| = 5, c = 1/5, w = (0.8,
+  // 0.2). Step 2: ||x - v||^2 = 20 - 8/2 = 16, c = 1/4, w = (0.6, 0.4):
+  // v = 0.4 x = (1.2, 1.6).
+  const double Dx[4] = {0, 25, 25, 0};
+  std::vector<double> w;
+  CHECK(selection::centered_clipping_coefficients(Dx, 1, 1, 1.0, 2, 1e-14, 1e3, &w));
+  CHECK(w.size() == 2 && std::fabs(w[0] - 0.6) < 1e-15 && std::fabs(w[1] - 0.4) < 1e-15);
+
+  // Cancellation: two rows near (1000, 0), eight NaN rows (they count in n:
+  // each step keeps 1 - S/10 of v), v0 = 0, tau = 100: v approaches the rows
+  // while w_0 (v0's weight) stays large, so ||x - v||^2 is the difference of
+  // terms ~1e6 * w_0; at step 40 they are 8.1x ||x - v||^2 (> 8: float
+  // input's limit): the guard refuses (simulated in numpy when the test was
+  // written: L = 39 accepted, L = 40 refused).
+  const std::size_t d = 2, n = 10;
+  Rows<float> r(n, d);
+  r.data[0] = {1000.0f, 0.5f};
+  r.data[1] = {1000.5f, 0.0f};
+  for (std::size_t i = 2; i < n; ++i) r.data[i] = {float(NaN), 0.0f};
+  auto sq = [](double a, double b) { return a * a + b * b; };
+  const double D3[9] = {0, sq(1000, 0.5), sq(1000.5, 0), sq(1000, 0.5), 0, sq(0.5, 0.5), sq(1000.5, 0),
+                        sq(0.5, 0.5), 0};
+  CHECK(selection::centered_clipping_coefficients(D3, 2, n, 100.0, 39, 1e-6, 8.0, &w));
+  CHECK(!selection::centered_clipping_coefficients(D3, 2, n, 100.0, 40, 1e-6, 8.0, &w));
+  // Either way the kernel gives the reference result (L >= 40: direct iteration).
+  for (int L : {2, 39, 40, 60}) {
+    std::vector<float> of(d);
+    const float* none = nullptr;
+    cpu::centered_clipping(r.p(), n, d, 100.0, std::int64_t(L), none, of.data());
+    const double e = max_rel_err(of, ref_centered_clipping(r, n, d, 100.0, L, none));
+    CHECK_MSG(e < 1e-6, "L=" + std::to_string(L) + " err " + fmtv(e));
+  }
+}
+
+TEST_CASE("centered-clipping, L >= 2 (coefficient space) vs the scalar reference, n up to 40") {
+  for (std::size_t d : std::vector<std::size_t>{3, 1013, 2 * cpu::kReduceBlock + 5}) {
+    for (std::size_t n : {2, 9, 20, 40}) {
+      Rows<double> rd = gaussian_rows<double>(n, d, 11 + n * d);
+      Rows<float> rf = gaussian_rows<float>(n, d, 11 + n * d);
+      if (n >= 9) rd.data[2][0] = -Inf, rf.data[4][d - 1] = float(NaN);
+      std::vector<double> sd(d, 0.25);
+      std::vector<float> sf(d, -0.5f);
+      std::vector<double> od(d);
+      std::vector<float> of(d);
+      for (double tau : {0.1 * std::sqrt(double(d)), 0.7 * std::sqrt(double(d)), 1e9}) {
+        for (int L : {2, 5, 30}) {
+          for (bool st : {false, true}) {
+            const double* std_ = st ? sd.data() : nullptr;
+            const float* stf = st ? sf.data() : nullptr;
+            cpu::centered_clipping(rd.p(), n, d, tau, L, std_, od.data());
+            cpu::centered_clipping(rf.p(), n, d, tau, L, stf, of.data());
+            const double ed = max_rel_err(od, ref_centered_clipping(rd, n, d, tau, L, std_));
+            const double ef = max_rel_err(of, ref_centered_clipping(rf, n, d, tau, L, stf));
+            const std::string at = " n=" + std::to_string(n) + " d=" + std::to_string(d) + " L=" + std::to_string(L) +
+                                   " tau=" + fmtv(tau) + " state=" + std::to_string(st);
+            CHECK_MSG(ed < 1e-12, "f64" + at + " err " + fmtv(ed));
+            CHECK_MSG(ef < 1e-6, "f32" + at + " err " + fmtv(ef));
+          }
+        }
       }
     }
   }

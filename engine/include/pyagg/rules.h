@@ -182,6 +182,26 @@ Status aggregate(const RuleConfig& cfg, const GradView& g, void* out,
 // row-major, into `out` (same dtype/device as g).
 Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
 
+// A chain: pres[0] applied to g, pres[1] to its output, ..., then the rule.
+// Validates every step's input size at the door, then computes the result of
+// preaggregate() into buffers followed by aggregate(), except that the last
+// pre-aggregator is fused with the rule where chain_fusable() says so and its
+// output has at least 2^18 elements (n' * d; smaller ones stay in cache when
+// written, and are): its n' x d output is then never written (engine/src/cpu/chain.cpp). Fused
+// results: nnm, bucketing or clipping before a coordinate-wise rule (average,
+// average-nan, median, trimmed-mean, averaged-median): the same bits as the
+// unfused chain; nnm before krum, multi-krum, mda or bulyan: the rule's
+// distances come from nnm's distance matrix in double (the unfused chain
+// computes them from nnm's output rounded to the dtype), so the selection
+// can differ between rows whose scores differ by less than that rounding;
+// the same selection gives the same bits. CPU only: a CUDA view is refused
+// (Unsupported; run preaggregate() and aggregate() in turn there).
+Status aggregate_chain(const RuleConfig& cfg, const std::vector<PreConfig>& pres, const GradView& g, void* out,
+                       const void* state = nullptr);
+// Whether aggregate_chain() fuses pre-aggregator p (the last of the chain)
+// with rule r.
+bool chain_fusable(PreId p, RuleId r);
+
 // A rule's state kept across calls besides centered-clipping's momentum:
 // clipped-clustering's norm history (norm_history = all). `has` is false for
 // every other rule (and for norm_history = call). Used to checkpoint an

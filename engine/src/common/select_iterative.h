@@ -82,5 +82,61 @@ inline Combo geometric_median_coefficients(const double* D, const double* sqnorm
   return out;
 }
 
+// Centered clipping in coefficient space (iters >= 2 pays for it: one distance
+// pass + one combination pass instead of iters + 1 passes).
+// Points p_0 = v0 (the start), p_1..p_m = the finite rows; Dx: (m+1) x (m+1)
+// squared distances between them (row-major, Dx[0][t+1] = ||x_t - v0||^2).
+// Every iterate is an affine combination v = sum_k w_k p_k (sum_k w_k = 1):
+//   ||x_t - v||^2 = sum_k w_k Dx[t+1][k] - 1/2 w^T Dx w,
+//   v <- v + (1/n) sum_t c_t (x_t - v)  =>  w <- (1 - S/n) w + c/n (on p_1..),
+// with c_t = min(1, tau / ||x_t - v||) (1 when the norm is 0), S = sum c_t,
+// n the row count including non-finite rows (shared/spec/rules.md).
+// Accuracy guard: `rel` is the relative accuracy of Dx's entries; a norm whose
+// clipping decision matters (not surely <= tau) must have bound_t <=
+// max_cancel * ||x_t - v||^2 with bound_t = sum_k |w_k| Dx[t+1][k] + 1/2
+// |w|^T Dx |w| (the size of the terms that cancel); otherwise returns false
+// and the caller runs the direct iteration. On success *w = the final weights.
+inline bool centered_clipping_coefficients(const double* Dx, std::size_t m, std::size_t n, double tau,
+                                           std::int64_t iters, double rel, double max_cancel,
+                                           std::vector<double>* w_out) {
+  const std::size_t p = m + 1;
+  std::vector<double> w(p, 0.0), aw(p), Dw(p), Daw(p), c(m);
+  w[0] = 1.0;
+  const double inv_n = 1.0 / static_cast<double>(n);
+  const double tau2 = tau * tau;
+  for (std::int64_t it = 0; it < iters; ++it) {
+    double q = 0.0, qa = 0.0;
+    for (std::size_t k = 0; k < p; ++k) aw[k] = std::fabs(w[k]);
+    for (std::size_t k = 0; k < p; ++k) {
+      double a = 0.0, b = 0.0;
+      for (std::size_t l = 0; l < p; ++l) {
+        a += Dx[k * p + l] * w[l];
+        b += Dx[k * p + l] * aw[l];
+      }
+      Dw[k] = a;
+      Daw[k] = b;
+      q += w[k] * a;
+      qa += aw[k] * b;
+    }
+    double S = 0.0;
+    for (std::size_t t = 0; t < m; ++t) {
+      const double nrm2 = std::max(0.0, Dw[t + 1] - 0.5 * q);
+      const double bound = Daw[t + 1] + 0.5 * qa;
+      if (nrm2 + rel * bound <= tau2) {
+        c[t] = 1.0;  // surely within tau
+      } else {
+        if (nrm2 == 0.0 || !(bound <= max_cancel * nrm2)) return false;
+        c[t] = std::min(1.0, tau / std::sqrt(nrm2));
+      }
+      S += c[t];
+    }
+    const double keep = 1.0 - inv_n * S;
+    for (std::size_t k = 0; k < p; ++k) w[k] *= keep;
+    for (std::size_t t = 0; t < m; ++t) w[t + 1] += inv_n * c[t];
+  }
+  *w_out = w;
+  return true;
+}
+
 }  // namespace selection
 }  // namespace pyagg

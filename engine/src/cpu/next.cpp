@@ -53,7 +53,7 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
   const std::size_t nb = (d + kReduceBlock - 1) / kReduceBlock;
   std::vector<double> sq(n * nb), l1(abs_norms ? n * nb : 0), li(abs_norms ? n * nb : 0);
   std::vector<unsigned char> fin(n * nb);
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(reduce::threads_for(n * d))
   for (std::ptrdiff_t k = 0; k < std::ptrdiff_t(n * nb); ++k) {
     const std::size_t i = std::size_t(k) / nb, b = std::size_t(k) % nb;
     const std::size_t c0 = b * kReduceBlock, len = std::min(kReduceBlock, d - c0);
@@ -123,7 +123,7 @@ void combine(const T* const* rows, std::size_t d, const selection::Combo& c, T* 
   const std::size_t cnt = c.idx.size();
   const double den = c.den;
   const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(cnt * d))
   for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
     const std::size_t c0 = std::size_t(ch) * kCombineChunk, len = std::min(kCombineChunk, d - c0);
     constexpr std::size_t kStep = 32;
@@ -160,7 +160,7 @@ void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const 
   std::vector<T> buf(n * b);
   std::vector<const T*> brows(n);
   const std::size_t* cs = coords->data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * b))
   for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) {
     const T* x = rows[i];
     T* o = buf.data() + std::size_t(i) * b;
@@ -215,7 +215,7 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   row_stats(rows, n, d, norm_order != 2, &st);
   const auto keep = selection::zeroing_keep(st, tau, norm_order);
   const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(n * d))
   for (std::ptrdiff_t k = 0; k < std::ptrdiff_t(n * nchunks); ++k) {
     const std::size_t i = std::size_t(k) / nchunks, c0 = (std::size_t(k) % nchunks) * kCombineChunk;
     const std::size_t len = std::min(kCombineChunk, d - c0);

@@ -55,18 +55,13 @@
 #include "common/splitmix.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
+#include "cpu/rowmean.h"
 
 namespace pyagg {
 namespace cpu {
 namespace {
 
 constexpr std::size_t kBucketTile = 512;  // coordinates per accumulator tile (4 KiB of doubles)
-
-// o = (T)((double)x * s), element-wise (o may equal x: in-place rescaling).
-template <typename T>
-inline void scale_block(const T* x, T* o, std::size_t len, double s) {
-  for (std::size_t j = 0; j < len; ++j) o[j] = static_cast<T>(static_cast<double>(x[j]) * s);
-}
 
 }  // namespace
 
@@ -111,6 +106,27 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
 }
 
 // ----------------------------------------------------------------- clipping ---
+// ARC: k = floor(2f(n-f)/n); C = the (k+1)-th largest norm (non-finite rows
+// count as +inf; ties: lower index first). Returns the rows to clip (finite,
+// norm > C) and sets scale[i] = C / norm[i] for them.
+static std::vector<std::size_t> arc_clipped(const double* norm, const unsigned char* finite, std::size_t n, std::size_t f,
+                                     double* scale) {
+  std::vector<std::size_t> clip;
+  const std::size_t k = (2 * f * (n - f)) / n;
+  if (k == 0) return clip;
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return norm[a] > norm[b]; });
+  const double C = norm[order[k]];
+  if (!std::isfinite(C)) return clip;
+  for (std::size_t i = 0; i < n; ++i)
+    if (finite[i] && norm[i] > C) {
+      clip.push_back(i);
+      scale[i] = C / norm[i];
+    }
+  return clip;
+}
+
 // Per row: squared-norm partials over the fixed blocks, combined in block
 // order; static: then out row = scaled (or copied) x while x is still in cache
 // (one read from memory, one write); ARC: the row is copied to out while its
@@ -192,21 +208,7 @@ void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f,
   }
   if (!adaptive) return;
 
-  // ARC: k = floor(2f(n-f)/n); C = the (k+1)-th largest norm (non-finite rows
-  // count as +inf; ties: lower index first).
-  const std::size_t k = (2 * f * (n - f)) / n;
-  if (k == 0) return;
-  std::vector<std::size_t> order(n);
-  std::iota(order.begin(), order.end(), std::size_t(0));
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return norm[a] > norm[b]; });
-  const double C = norm[order[k]];
-  if (!std::isfinite(C)) return;
-  std::vector<std::size_t> clip;
-  for (std::size_t i = 0; i < n; ++i)
-    if (finite[i] && norm[i] > C) {
-      clip.push_back(i);
-      scale[i] = C / norm[i];
-    }
+  const std::vector<std::size_t> clip = arc_clipped(np_, fin, n, f, sp);
   const std::size_t* cl = clip.data();
   const std::int64_t total = static_cast<std::int64_t>(clip.size() * nb);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -217,6 +219,39 @@ void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f,
   }
 }
 
+// Per-row scale of clipping(f, tau) without writing anything: the same norms
+// (same blocked sums, same bits) and the same decisions; a row with
+// scale[i] < 1 is clipped to x * scale[i] (scale_block), the others are
+// copied. One read of G (fused chains, chain.cpp).
+template <typename T>
+void clipping_scales(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, double* scale) {
+  const std::size_t nb = reduce::num_blocks(d);
+  const int threads = reduce::threads_for(n * d);
+  std::vector<double> part(n * nb), norm(n);
+  std::vector<unsigned char> fpart(n * nb), finite(n);
+  double* pp = part.data();
+  unsigned char* fp = fpart.data();
+  const std::int64_t total = static_cast<std::int64_t>(n * nb);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t t = 0; t < total; ++t) {
+    const std::size_t i = std::size_t(t) / nb, b = std::size_t(t) % nb;
+    const std::size_t lo = reduce::block_begin(b), len = reduce::block_len(b, d);
+    bool ok = true;
+    pp[i * nb + b] = reduce::block_sumsq_finite(rows[i] + lo, len, &ok);
+    fp[i * nb + b] = ok ? 1 : 0;
+  }
+  const bool adaptive = !(tau > 0.0);
+  const double inf = std::numeric_limits<double>::infinity();
+  for (std::size_t i = 0; i < n; ++i) {
+    unsigned char ok = 1;
+    for (std::size_t b = 0; b < nb; ++b) ok &= fp[i * nb + b];
+    finite[i] = ok;
+    norm[i] = ok ? std::sqrt(reduce::combine_blocks(pp + i * nb, nb)) : inf;
+    scale[i] = (ok && !adaptive) ? tau / norm[i] : 1.0;
+  }
+  if (adaptive) arc_clipped(norm.data(), finite.data(), n, f, scale);
+}
+
 template void bucketing<float>(const float* const* rows, std::size_t n, std::size_t d, std::size_t s,
                                std::uint64_t seed, float* out);
 template void bucketing<double>(const double* const* rows, std::size_t n, std::size_t d, std::size_t s,
@@ -225,6 +260,8 @@ template void clipping<float>(const float* const* rows, std::size_t n, std::size
                               float* out);
 template void clipping<double>(const double* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau,
                                double* out);
+template void clipping_scales<float>(const float* const*, std::size_t, std::size_t, std::size_t, double, double*);
+template void clipping_scales<double>(const double* const*, std::size_t, std::size_t, std::size_t, double, double*);
 
 }  // namespace cpu
 }  // namespace pyagg
