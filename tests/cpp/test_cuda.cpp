@@ -532,11 +532,20 @@ void next_rules() {
         // distances' precision (~1e-7 of 1e12): genuine ties, decided
         // differently by the two backends' summation orders. Not compared.
         const bool ill = sizeof(T) == 4 && kind == Kind::kByzBig;
+        // d = 1: every pair of rows is collinear, so every cosine distance is exactly 0 or 2 and
+        // the linkage merges exact ties in an order that rounding decides (e.g. rows 2.44, 0.99,
+        // 2.69: any two of them form "the largest cluster"). Not compared (the Python property
+        // test accepts every tie outcome there: tests/reference.py tie_outputs).
+        const bool collinear = d == 1;
         if (!ill) {
           check_rule<T>("dnc", f, {}, kind, s.n, d, seed++);
           check_rule<T>("dnc", f, {{"b", 29}, {"niters", 3}, {"seed", double(seed)}}, kind, s.n, d, seed++);
+        }
+        if (!ill && !collinear) {
           check_rule<T>("clipped-clustering", f, {}, kind, s.n, d, seed++);
           check_rule<T>("clipped-clustering", f, {{"linkage", 0, "single"}}, kind, s.n, d, seed++);
+        } else if (!ill) {
+          seed += 2;  // the cases after keep their data
         }
         if (s.n <= 20) check_rule<T>("smea", f, {}, kind, s.n, d, seed++);
         check_rule<T>("caf", f, {}, kind, s.n, d, seed++);
