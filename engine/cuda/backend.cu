@@ -25,6 +25,7 @@
 #include <new>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common.cuh"
@@ -290,8 +291,29 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
       PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, false, ws, &st));
       std::vector<double> sq(n);
       for (std::size_t i = 0; i < n; ++i) sq[i] = st[i].sumsq;
-      const selection::Combo c =
-          selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol);
+      // The accuracy check of the CPU (cpu/iterative.cpp): float partial sums
+      // (float input, n <= kGramMinN) or double accumulation, then exact D,
+      // then the direct iteration from the mean of the finite rows.
+      constexpr bool is_float = std::is_same<T, float>::value;
+      selection::DistanceAccuracy acc;
+      acc.rel_pair = (is_float && n <= kGramMinN) ? 1e-6 : 1e-14;
+      const double target = is_float ? 1e-5 : 1e-10;
+      bool trusted = true;
+      selection::Combo c = selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol,
+                                                                    &acc, target, &trusted);
+      if (!trusted && is_float && n <= kGramMinN) {
+        PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D, /*exact_double=*/true));
+        acc.rel_pair = 1e-14;
+        c = selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol, &acc, target,
+                                                     &trusted);
+      }
+      if (!trusted) {
+        std::vector<std::size_t> live;
+        for (std::size_t i = 0; i < n; ++i)
+          if (D[i * n + i] == 0.0) live.push_back(i);
+        PYAGG_RETURN_IF_ERROR(combine_rows<T>(x, d, selection::combo_mean(live), out, ws));  // the start, as T
+        return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream, /*start_in_out=*/true);
+      }
       return combine_rows<T>(x, d, c, out, ws);
     }
     case RuleId::kCenteredClipping: return run_centered_clipping<T>(r, x, n, d, state, out, ws, kStream);

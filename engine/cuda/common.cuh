@@ -272,10 +272,12 @@ Status run_combine(const double* part, const unsigned char* fin, std::size_t nb,
 
 std::size_t reduce_blocks(std::size_t d);  // ceil(d / cpu::kReduceBlock)
 
-// Iterative rules (iterative.cu).
+// Iterative rules (iterative.cu). The geometric median's direct iteration
+// starts from the coordinate-wise median, or, with start_in_out, from the
+// point the caller left in out (the mean start's fallback, backend.cu).
 template <typename T>
 Status run_geometric_median(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out,
-                            const DeviceInfo& dev, Workspace& ws, cudaStream_t stream);
+                            const DeviceInfo& dev, Workspace& ws, cudaStream_t stream, bool start_in_out = false);
 template <typename T>
 Status run_centered_clipping(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, const T* state,
                              T* out, Workspace& ws, cudaStream_t stream);

@@ -242,7 +242,7 @@ Status run_scale_rows(const T* x, std::size_t n, std::size_t d, const double* sc
 // ------------------------------------------------------------ geometric median --
 template <typename T>
 Status run_geometric_median(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out,
-                            const DeviceInfo& dev, Workspace& ws, cudaStream_t stream) {
+                            const DeviceInfo& dev, Workspace& ws, cudaStream_t stream, bool start_in_out) {
   const std::size_t nb = reduce_blocks(d);
   double *z = nullptr, *z2 = nullptr, *part = nullptr, *dpart = nullptr, *zpart = nullptr, *res = nullptr,
          *w_d = nullptr;
@@ -264,8 +264,10 @@ Status run_geometric_median(const RuleConfig& r, const T* x, std::size_t n, std:
   arena.add(&cscratch, coord_scratch_bytes(n, d, sizeof(T)));
   PYAGG_RETURN_IF_ERROR(arena.commit(ws));
 
-  // z0: coordinate-wise median (into out, as T), then in double.
-  PYAGG_RETURN_IF_ERROR(run_coordinate<T>(CoordOp::kMedian, x, d, n, WireSource{}, 0, out, cscratch, dev, stream));
+  // z0: coordinate-wise median (into out, as T), or the caller's start
+  // already in out, then in double.
+  if (!start_in_out)
+    PYAGG_RETURN_IF_ERROR(run_coordinate<T>(CoordOp::kMedian, x, d, n, WireSource{}, 0, out, cscratch, dev, stream));
   PYAGG_RETURN_IF_ERROR(launch("to double kernel", to_double_kernel<T>, dim3(grid1d(d)), dim3(256), 0, stream, out,
                                (long long)d, z));
   // Pass 0: distances to z0 and the finiteness of every row.
@@ -423,7 +425,7 @@ Status run_clipping(const PreConfig& cfg, const T* x, std::size_t n, std::size_t
                                     double*, unsigned char*, cudaStream_t);                                      \
   template Status run_scale_rows<T>(const T*, std::size_t, std::size_t, const double*, T*, cudaStream_t);        \
   template Status run_geometric_median<T>(const RuleConfig&, const T*, std::size_t, std::size_t, T*,             \
-                                          const DeviceInfo&, Workspace&, cudaStream_t);                          \
+                                          const DeviceInfo&, Workspace&, cudaStream_t, bool);                    \
   template Status run_centered_clipping<T>(const RuleConfig&, const T*, std::size_t, std::size_t, const T*, T*,  \
                                            Workspace&, cudaStream_t);                                            \
   template Status run_clipping<T>(const PreConfig&, const T*, std::size_t, std::size_t, T*, Workspace&,          \

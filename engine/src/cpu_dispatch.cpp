@@ -122,6 +122,10 @@ void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d,
   PYAGG_FWD(pairwise_sqdist_counted, rows, n, d, D, exact);
 }
 template <typename T>
+void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D) {
+  PYAGG_FWD(pairwise_sqdist_exact_double, rows, n, d, D);
+}
+template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
                       double tol, T* out) {
   PYAGG_FWD(geometric_median, rows, n, d, nu, max_iter, tol, out);
@@ -189,6 +193,7 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   template void averaged_upper_median<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);   \
   template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*,          \
                                            std::size_t*);                                               \
+  template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);    \
   template void centered_clipping<T>(const T* const*, std::size_t, std::size_t, double, std::int64_t,   \
                                      const T*, T*);                                                     \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);                 \

@@ -71,6 +71,11 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 // guard; for tests and benchmarks).
 template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact);
+// The same D from the difference form in double for every n (float rows
+// converted to double): ~1e-15 relative per entry, at the cost of ~n^2/2
+// double differences per coordinate (the geometric median's refinement).
+template <typename T>
+void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D);
 
 template <typename T> void krum(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* out);
 template <typename T>

@@ -353,6 +353,31 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
           part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
 }
 
+// Combines per-block pair sums (npairs per block, block order: deterministic)
+// and per-block non-finite flags into D (n x n): +inf to and from a
+// non-finite row, D[i][i] = 0 for a finite row.
+void combine_distance_blocks(const std::vector<double>& part, const std::vector<unsigned char>& bad,
+                             std::size_t nblocks, std::size_t n, double* D) {
+  const std::size_t npairs = n * (n - 1) / 2;
+  std::vector<double> sum(npairs, 0.0);
+  std::vector<unsigned char> nonfinite(n, 0);
+  for (std::size_t blk = 0; blk < nblocks; ++blk) {
+    const double* pb = part.data() + blk * npairs;
+    for (std::size_t p = 0; p < npairs; ++p) sum[p] += pb[p];
+    for (std::size_t i = 0; i < n; ++i) nonfinite[i] |= bad[blk * n + i];
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  std::size_t p = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    D[i * n + i] = nonfinite[i] ? inf : 0.0;
+    for (std::size_t j = i + 1; j < n; ++j, ++p) {
+      const double v = (nonfinite[i] || nonfinite[j]) ? inf : sum[p];
+      D[i * n + j] = v;
+      D[j * n + i] = v;
+    }
+  }
+}
+
 // ---- Gram distance kernel ---------------------------------------------------
 //
 // Per block of kReduceBlock coordinates, the block's Gram matrix in double,
@@ -543,24 +568,52 @@ void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d,
     *exact = 0;
     for (std::size_t v : nexact) *exact += v;
   }
-  // Combine the blocks in block order (deterministic).
-  std::vector<double> sum(npairs, 0.0);
-  std::vector<unsigned char> nonfinite(n, 0);
-  for (std::size_t blk = 0; blk < nblocks; ++blk) {
-    const double* pb = part.data() + blk * npairs;
-    for (std::size_t p = 0; p < npairs; ++p) sum[p] += pb[p];
-    for (std::size_t i = 0; i < n; ++i) nonfinite[i] |= bad[blk * n + i];
-  }
-  const double inf = std::numeric_limits<double>::infinity();
-  std::size_t p = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    D[i * n + i] = nonfinite[i] ? inf : 0.0;
-    for (std::size_t j = i + 1; j < n; ++j, ++p) {
-      const double v = (nonfinite[i] || nonfinite[j]) ? inf : sum[p];
-      D[i * n + j] = v;
-      D[j * n + i] = v;
+  combine_distance_blocks(part, bad, nblocks, n, D);
+}
+
+// ---- pairwise_sqdist_exact_double --------------------------------------------
+// The difference form in double lanes for every n and both dtypes (float rows
+// are converted to double per block, which is exact): every D_ij to ~1e-15
+// relative. Used by the coefficient-space geometric median when its quadratic
+// forms cancel too much for pairwise_sqdist's accuracy (iterative.cpp). Same
+// blocks, non-finite semantics and determinism as pairwise_sqdist.
+template <typename T>
+void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D) {
+  const std::size_t npairs = n * (n - 1) / 2;
+  const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
+  std::vector<double> part(nblocks * npairs, 0.0);
+  std::vector<unsigned char> bad(nblocks * n, 0);
+  const int nthreads = reduce::threads_for(n * d);
+  constexpr bool is_double = std::is_same<T, double>::value;
+  const std::size_t conv = is_double ? 0 : n * kReduceBlock;  // this thread's block of rows in double
+  const std::size_t per_thread = npairs * kDoubleLanes + conv;
+  std::vector<double> scratch(std::size_t(nthreads) * per_thread);
+  std::vector<const double*> ptrs(std::size_t(nthreads) * n);
+  const std::size_t tile = distance_tile<double>(n);
+#pragma omp parallel for schedule(dynamic, 2) num_threads(nthreads)
+  for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
+    const std::size_t c0 = std::size_t(blk) * kReduceBlock;
+    const std::size_t c1 = std::min(d, c0 + kReduceBlock);
+    const int t = reduce::thread_num();
+    double* sc = scratch.data() + std::size_t(t) * per_thread;
+    double* pb = part.data() + std::size_t(blk) * npairs;
+    unsigned char* bb = bad.data() + std::size_t(blk) * n;
+    if constexpr (is_double) {
+      distance_block_exact<double>(rows, n, d, c0, c1, tile, sc, pb, bb);
+    } else {
+      const std::size_t len = c1 - c0;
+      double* cv = sc + npairs * kDoubleLanes;
+      const double** rp = ptrs.data() + std::size_t(t) * n;
+      for (std::size_t i = 0; i < n; ++i) {
+        const T* x = rows[i] + c0;
+        double* y = cv + i * kReduceBlock;
+        for (std::size_t c = 0; c < len; ++c) y[c] = static_cast<double>(x[c]);
+        rp[i] = y;
+      }
+      distance_block_exact<double>(rp, n, len, 0, len, tile, sc, pb, bb);
     }
   }
+  combine_distance_blocks(part, bad, nblocks, n, D);
 }
 
 // ---- krum -------------------------------------------------------------------
@@ -668,6 +721,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
 #define PYAGG_DISTANCE_INSTANTIATE(T)                                                                   \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);               \
   template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*, std::size_t*); \
+  template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);     \
   template void krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                   \
   template void multi_krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, std::size_t, T*); \
   template void bulyan<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                 \

@@ -17,7 +17,10 @@
 // geometric_median_mean_start(nu, max_iter, tol) (the default, init="mean"):
 //   the same iteration from z = mean of the finite rows, run in coefficient
 //   space on the distance matrix (common/select_iterative.h): distance pass,
-//   row-norm pass, then out = (T) sum_t c_t x_t (double, row order).
+//   row-norm pass, then out = (T) sum_t c_t x_t (double, row order). When the
+//   iteration's quadratic forms cancel beyond D's accuracy (a far row keeping
+//   a small weight), D is recomputed exactly in double (one more pass) and the
+//   iteration runs again on it.
 // geometric_median(nu, max_iter, tol) (init="median"):
 //   z = median<T>(rows) (coordinate-wise median of the finite values,
 //   coordinate.cpp), then in double. Rows are classified finite / non-finite
@@ -53,8 +56,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "common/blocks.h"
 #include "common/select_iterative.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
@@ -98,9 +103,13 @@ inline std::vector<std::size_t> finite_rows(const unsigned char* fin_part, std::
 }  // namespace
 
 // --------------------------------------------------------- geometric-median ---
+namespace {
+
+// The direct iteration from z0 = start (n >= 1 values in double) or, when
+// start is null, from the coordinate-wise median.
 template <typename T>
-void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
-                      double tol, T* out) {
+void geometric_median_direct(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
+                             double tol, const double* start, T* out) {
   const std::size_t nb = reduce::num_blocks(d);
   const int threads = reduce::threads_for(n * d);
   std::unique_ptr<double[]> z(new double[d]);  // first touched in pass 0, by the threads
@@ -110,17 +119,21 @@ void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double
   double* zp = z.get();
   double* dp = dist_part.data();
 
-  // z0: coordinate-wise median (into out), in double; pass 0: ||x_i - z0||^2
-  // partials and the finiteness of every row.
-  median<T>(rows, n, d, out);
+  // z0: the given start, or the coordinate-wise median (into out), in double;
+  // pass 0: ||x_i - z0||^2 partials and the finiteness of every row.
+  if (!start) median<T>(rows, n, d, out);
   {
     unsigned char* fp = fin_part.data();
     const T* z0 = out;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (std::int64_t b = 0; b < as_i64(nb); ++b) {
       const std::size_t bb = std::size_t(b);
-      first_pass_block(rows, n, reduce::block_begin(bb), reduce::block_len(bb, d), zp,
-                       [z0](std::size_t j) { return static_cast<double>(z0[j]); }, dp + bb * n, fp + bb * n);
+      if (start)
+        first_pass_block(rows, n, reduce::block_begin(bb), reduce::block_len(bb, d), zp,
+                         [start](std::size_t j) { return start[j]; }, dp + bb * n, fp + bb * n);
+      else
+        first_pass_block(rows, n, reduce::block_begin(bb), reduce::block_len(bb, d), zp,
+                         [z0](std::size_t j) { return static_cast<double>(z0[j]); }, dp + bb * n, fp + bb * n);
     }
   }
   const std::vector<std::size_t> live = finite_rows(fin_part.data(), n, nb);
@@ -196,6 +209,14 @@ void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double
   for (std::int64_t j = 0; j < as_i64(d); ++j) out[j] = static_cast<T>(zp[j]);
 }
 
+}  // namespace
+
+template <typename T>
+void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
+                      double tol, T* out) {
+  geometric_median_direct<T>(rows, n, d, nu, max_iter, tol, nullptr, out);
+}
+
 // ------------------------------- geometric-median, mean start (coefficients) ---
 template <typename T>
 void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_t d, double nu,
@@ -203,7 +224,47 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
   std::vector<double> D(n * n), sq(n);
   pairwise_sqdist<T>(rows, n, d, D.data());                // pass 1 (finiteness: D's diagonal)
   reduce::row_sqnorms<T>(rows, n, d, sq.data(), nullptr);  // pass 2
-  const selection::Combo c = selection::geometric_median_coefficients(D.data(), sq.data(), n, nu, max_iter, tol);
+  // pairwise_sqdist's accuracy (distance.cpp): n <= kGramMinN the difference
+  // form in float lanes (float input; partial sums of up to a tile, folded into
+  // double) or double lanes; above, the double Gram form (error ~ the summed
+  // norms times the double rounding of a block's sums). Conservative figures.
+  selection::DistanceAccuracy acc;
+  constexpr bool is_float = std::is_same<T, float>::value;
+  if (n > kGramMinN)
+    acc.rel_norm = 1e-12;
+  else
+    acc.rel_pair = is_float ? 1e-6 : 1e-14;
+  const double target = is_float ? 1e-5 : 1e-10;  // relative error allowed on ||x_t - z||^2
+  bool trusted = true;
+  selection::Combo c =
+      selection::geometric_median_coefficients(D.data(), sq.data(), n, nu, max_iter, tol, &acc, target, &trusted);
+  if (!trusted) {
+    // The quadratic forms cancel (a far row with a small weight): D exactly
+    // (one more pass, difference form in double), then the same iteration.
+    pairwise_sqdist_exact_double<T>(rows, n, d, D.data());
+    selection::DistanceAccuracy exact;
+    exact.rel_pair = 1e-14;  // double lanes, partial sums of a tile, folded in double
+    c = selection::geometric_median_coefficients(D.data(), sq.data(), n, nu, max_iter, tol, &exact, target,
+                                                 &trusted);
+  }
+  if (!trusted) {
+    // Even exact distances cancel beyond the target (rows ~1e9 times the
+    // others): the direct iteration from the same start, the mean of the
+    // finite rows (D's diagonal says which), one pass per iteration.
+    std::vector<std::size_t> live;
+    for (std::size_t i = 0; i < n; ++i)
+      if (D[i * n + i] == 0.0) live.push_back(i);
+    std::vector<double> z0(d, 0.0);
+    const double cnt = static_cast<double>(live.size());  // not empty: some row's weight failed the check
+#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
+    for (std::int64_t j = 0; j < as_i64(d); ++j) {
+      double acc = 0.0;
+      for (std::size_t t : live) acc += static_cast<double>(rows[t][j]);
+      z0[std::size_t(j)] = acc / cnt;
+    }
+    geometric_median_direct<T>(rows, n, d, nu, max_iter, tol, z0.data(), out);
+    return;
+  }
   // Pass 3: out = sum_t a[t] x_idx[t], in double, rows in index order.
   const std::size_t cnt = c.idx.size();
   std::vector<const T*> lr(cnt);
