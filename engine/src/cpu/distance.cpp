@@ -378,6 +378,32 @@ void combine_distance_blocks(const std::vector<double>& part, const std::vector<
   }
 }
 
+// The blocked distance pass both pairwise_sqdist forms share: blocks of
+// kReduceBlock coordinates (fixed, independent of the thread count), OpenMP
+// threads take whole blocks (dynamic schedule); block(c0, c1, thread,
+// scratch, pair sums, bad flags) fills one block's npairs sums and n
+// non-finite flags; per_thread scratch doubles per thread; blocks combined
+// in block order into D.
+template <typename Block>
+void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, Block&& block, double* D) {
+  const std::size_t npairs = n * (n - 1) / 2;
+  const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
+  // Scratch before the parallel region (bad_alloc is caught by the engine).
+  std::vector<double> part(nblocks * npairs, 0.0);
+  std::vector<unsigned char> bad(nblocks * n, 0);
+  const int nthreads = reduce::threads_for(n * d);
+  std::vector<double> scratch(std::size_t(nthreads) * per_thread);
+#pragma omp parallel for schedule(dynamic, 2) num_threads(nthreads)
+  for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
+    const std::size_t c0 = std::size_t(blk) * kReduceBlock;
+    const std::size_t c1 = std::min(d, c0 + kReduceBlock);
+    const int t = reduce::thread_num();
+    block(c0, c1, t, scratch.data() + std::size_t(t) * per_thread, part.data() + std::size_t(blk) * npairs,
+          bad.data() + std::size_t(blk) * n);
+  }
+  combine_distance_blocks(part, bad, nblocks, n, D);
+}
+
 // ---- Gram distance kernel ---------------------------------------------------
 //
 // Per block of kReduceBlock coordinates, the block's Gram matrix in double,
@@ -540,35 +566,24 @@ using ::pyagg::kGramMinN;  // common/blocks.h (the CUDA geometric median reads i
 template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {
   const std::size_t npairs = n * (n - 1) / 2;
-  const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
   const bool gram = n > kGramMinN;
   const std::size_t np = gram_np(n);
-  // Scratch before the parallel region (bad_alloc is caught by the engine).
-  std::vector<double> part(nblocks * npairs, 0.0);
-  std::vector<unsigned char> bad(nblocks * n, 0);
-  const int nthreads = reduce::threads_for(n * d);
   const std::size_t per_thread = gram ? kGramTile * np + np * np : npairs * kDoubleLanes;
-  std::vector<double> scratch(std::size_t(nthreads) * per_thread);
-  std::vector<std::size_t> nexact(std::size_t(nthreads), 0);
+  std::vector<std::size_t> nexact(std::size_t(reduce::threads_for(n * d)), 0);
   const std::size_t tile = distance_tile<T>(n);
-#pragma omp parallel for schedule(dynamic, 2) num_threads(nthreads)
-  for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
-    const std::size_t c0 = std::size_t(blk) * kReduceBlock;
-    const std::size_t c1 = std::min(d, c0 + kReduceBlock);
-    const int t = reduce::thread_num();
-    double* sc = scratch.data() + std::size_t(t) * per_thread;
-    double* pb = part.data() + std::size_t(blk) * npairs;
-    unsigned char* bb = bad.data() + std::size_t(blk) * n;
-    if (gram)
-      distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)]);
-    else
-      distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
-  }
+  run_distance_blocks(
+      n, d, per_thread,
+      [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
+        if (gram)
+          distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)]);
+        else
+          distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
+      },
+      D);
   if (exact) {
     *exact = 0;
     for (std::size_t v : nexact) *exact += v;
   }
-  combine_distance_blocks(part, bad, nblocks, n, D);
 }
 
 // ---- pairwise_sqdist_exact_double --------------------------------------------
@@ -580,40 +595,29 @@ void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d,
 template <typename T>
 void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D) {
   const std::size_t npairs = n * (n - 1) / 2;
-  const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
-  std::vector<double> part(nblocks * npairs, 0.0);
-  std::vector<unsigned char> bad(nblocks * n, 0);
-  const int nthreads = reduce::threads_for(n * d);
   constexpr bool is_double = std::is_same<T, double>::value;
-  const std::size_t conv = is_double ? 0 : n * kReduceBlock;  // this thread's block of rows in double
-  const std::size_t per_thread = npairs * kDoubleLanes + conv;
-  std::vector<double> scratch(std::size_t(nthreads) * per_thread);
-  std::vector<const double*> ptrs(std::size_t(nthreads) * n);
+  const std::size_t conv = is_double ? 0 : n * kReduceBlock;  // a thread's block of rows in double
+  std::vector<const double*> ptrs(std::size_t(reduce::threads_for(n * d)) * n);
   const std::size_t tile = distance_tile<double>(n);
-#pragma omp parallel for schedule(dynamic, 2) num_threads(nthreads)
-  for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
-    const std::size_t c0 = std::size_t(blk) * kReduceBlock;
-    const std::size_t c1 = std::min(d, c0 + kReduceBlock);
-    const int t = reduce::thread_num();
-    double* sc = scratch.data() + std::size_t(t) * per_thread;
-    double* pb = part.data() + std::size_t(blk) * npairs;
-    unsigned char* bb = bad.data() + std::size_t(blk) * n;
-    if constexpr (is_double) {
-      distance_block_exact<double>(rows, n, d, c0, c1, tile, sc, pb, bb);
-    } else {
-      const std::size_t len = c1 - c0;
-      double* cv = sc + npairs * kDoubleLanes;
-      const double** rp = ptrs.data() + std::size_t(t) * n;
-      for (std::size_t i = 0; i < n; ++i) {
-        const T* x = rows[i] + c0;
-        double* y = cv + i * kReduceBlock;
-        for (std::size_t c = 0; c < len; ++c) y[c] = static_cast<double>(x[c]);
-        rp[i] = y;
-      }
-      distance_block_exact<double>(rp, n, len, 0, len, tile, sc, pb, bb);
-    }
-  }
-  combine_distance_blocks(part, bad, nblocks, n, D);
+  run_distance_blocks(
+      n, d, npairs * kDoubleLanes + conv,
+      [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
+        if constexpr (is_double) {
+          distance_block_exact<double>(rows, n, d, c0, c1, tile, sc, pb, bb);
+        } else {
+          const std::size_t len = c1 - c0;
+          double* cv = sc + npairs * kDoubleLanes;
+          const double** rp = ptrs.data() + std::size_t(t) * n;
+          for (std::size_t i = 0; i < n; ++i) {
+            const T* x = rows[i] + c0;
+            double* y = cv + i * kReduceBlock;
+            for (std::size_t c = 0; c < len; ++c) y[c] = static_cast<double>(x[c]);
+            rp[i] = y;
+          }
+          distance_block_exact<double>(rp, n, len, 0, len, tile, sc, pb, bb);
+        }
+      },
+      D);
 }
 
 // ---- krum -------------------------------------------------------------------

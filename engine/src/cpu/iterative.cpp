@@ -105,6 +105,25 @@ inline std::vector<std::size_t> finite_rows(const unsigned char* fin_part, std::
 // --------------------------------------------------------- geometric-median ---
 namespace {
 
+// out = (T) sum_t a[t] x_t over the given rows, in double, rows in the given
+// order for every coordinate (deterministic); parallel over chunks.
+template <typename T>
+void weighted_row_sum(const T* const* lr, const double* a, std::size_t cnt, std::size_t d, int threads, T* out) {
+  const std::size_t nch = (d + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
+    const std::size_t lo = std::size_t(ch) * kChunk, len = std::min(kChunk, d - lo);
+    double acc[kChunk];
+    for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
+    for (std::size_t t = 0; t < cnt; ++t) {
+      const T* __restrict x = lr[t] + lo;
+      const double at = a[t];
+      for (std::size_t l = 0; l < len; ++l) acc[l] += at * static_cast<double>(x[l]);
+    }
+    for (std::size_t l = 0; l < len; ++l) out[lo + l] = static_cast<T>(acc[l]);
+  }
+}
+
 // The direct iteration from z0 = start (n >= 1 values in double) or, when
 // start is null, from the coordinate-wise median.
 template <typename T>
@@ -266,23 +285,9 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
     return;
   }
   // Pass 3: out = sum_t a[t] x_idx[t], in double, rows in index order.
-  const std::size_t cnt = c.idx.size();
-  std::vector<const T*> lr(cnt);
-  for (std::size_t t = 0; t < cnt; ++t) lr[t] = rows[c.idx[t]];
-  const double* a = c.a.data();
-  const std::size_t nch = (d + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
-  for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
-    const std::size_t lo = std::size_t(ch) * kChunk, len = std::min(kChunk, d - lo);
-    double acc[kChunk];
-    for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
-    for (std::size_t t = 0; t < cnt; ++t) {
-      const T* __restrict x = lr[t] + lo;
-      const double at = a[t];
-      for (std::size_t l = 0; l < len; ++l) acc[l] += at * static_cast<double>(x[l]);
-    }
-    for (std::size_t l = 0; l < len; ++l) out[lo + l] = static_cast<T>(acc[l]);
-  }
+  std::vector<const T*> lr(c.idx.size());
+  for (std::size_t t = 0; t < lr.size(); ++t) lr[t] = rows[c.idx[t]];
+  weighted_row_sum<T>(lr.data(), c.a.data(), lr.size(), d, reduce::threads_for(n * d), out);
 }
 
 // -------------------------------------------------------- centered-clipping ---
@@ -343,22 +348,7 @@ bool centered_clipping_coef(const T* const* rows, std::size_t n, std::size_t d, 
     pr.push_back(rows[live[t]]);
     a.push_back(w[t + 1]);
   }
-  const std::size_t cnt = pr.size();
-  const T* const* lr = pr.data();
-  const double* ap = a.data();
-  const std::size_t nch = (d + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
-  for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
-    const std::size_t lo = std::size_t(ch) * kChunk, len = std::min(kChunk, d - lo);
-    double acc[kChunk];
-    for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
-    for (std::size_t t = 0; t < cnt; ++t) {
-      const T* __restrict x = lr[t] + lo;
-      const double at = ap[t];
-      for (std::size_t l = 0; l < len; ++l) acc[l] += at * static_cast<double>(x[l]);
-    }
-    for (std::size_t l = 0; l < len; ++l) out[lo + l] = static_cast<T>(acc[l]);
-  }
+  weighted_row_sum<T>(pr.data(), a.data(), pr.size(), d, reduce::threads_for(n * d), out);
   return true;
 }
 
