@@ -43,11 +43,7 @@ template <int P>
 struct Batcher {
   static constexpr int count() {
     int c = 0;
-    for (int p = 1; p < P; p <<= 1)
-      for (int k = p; k >= 1; k >>= 1)
-        for (int j = k % p; j + k < P; j += 2 * k)
-          for (int i = 0; i < k && i + j + k < P; ++i)
-            if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) ++c;
+    netbuild::for_each_batcher_comparator(std::size_t(P), [&c](std::size_t, std::size_t) { ++c; });
     return c;
   }
   static constexpr int N = count();
@@ -58,15 +54,11 @@ struct Batcher {
   static constexpr Arr make() {
     Arr r{};
     int c = 0;
-    for (int p = 1; p < P; p <<= 1)
-      for (int k = p; k >= 1; k >>= 1)
-        for (int j = k % p; j + k < P; j += 2 * k)
-          for (int i = 0; i < k && i + j + k < P; ++i)
-            if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
-              r.a[c] = static_cast<unsigned char>(i + j);
-              r.b[c] = static_cast<unsigned char>(i + j + k);
-              ++c;
-            }
+    netbuild::for_each_batcher_comparator(std::size_t(P), [&r, &c](std::size_t a, std::size_t b) {
+      r.a[c] = static_cast<unsigned char>(a);
+      r.b[c] = static_cast<unsigned char>(b);
+      ++c;
+    });
     return r;
   }
   static constexpr Arr net = make();

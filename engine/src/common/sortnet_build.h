@@ -40,19 +40,27 @@ enum Want : unsigned char { kDead = 0, kBag = 1, kExact = 2 };
 constexpr std::size_t kStaticSortN = 32;
 constexpr std::size_t kMaxNetworkN = 4096;
 
-// Batcher's odd-even merge sort network for n wires (n >= 0).
-inline std::vector<Comparator> batcher_network(std::size_t n) {
-  std::vector<Comparator> net;
+// Batcher's odd-even merge sort network on P = the next power of two >= n
+// wires, in its order, restricted to the comparators whose wires are both
+// < n: calls f(a, b) for each (a < b). constexpr, so the compile-time
+// networks (cpu/sortnet.h, cuda/sortnet.cuh) enumerate it too.
+template <typename F>
+constexpr void for_each_batcher_comparator(std::size_t n, F&& f) {
   std::size_t P = 1;
   while (P < n) P <<= 1;
   for (std::size_t p = 1; p < P; p <<= 1)
     for (std::size_t k = p; k >= 1; k >>= 1)
       for (std::size_t j = k % p; j + k < P; j += 2 * k)
         for (std::size_t i = 0; i < k && i + j + k < P; ++i)
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
-            const std::size_t a = i + j, b = i + j + k;
-            if (b < n) net.push_back({std::uint32_t(a), std::uint32_t(b)});
-          }
+          if ((i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < n) f(i + j, i + j + k);
+}
+
+// Batcher's odd-even merge sort network for n wires (n >= 0).
+inline std::vector<Comparator> batcher_network(std::size_t n) {
+  std::vector<Comparator> net;
+  for_each_batcher_comparator(n, [&net](std::size_t a, std::size_t b) {
+    net.push_back({std::uint32_t(a), std::uint32_t(b)});
+  });
   return net;
 }
 

@@ -156,14 +156,9 @@ constexpr FixedNet<N> make_fixed_net() {
   static_assert(N <= kMaxStaticN, "static networks are for small n");
   Comparator full[kMaxStaticComparators] = {};
   std::size_t nf = 0;
-  std::size_t P = 1;
-  while (P < N) P <<= 1;
-  for (std::size_t p = 1; p < P; p <<= 1)
-    for (std::size_t k = p; k >= 1; k >>= 1)
-      for (std::size_t j = k % p; j + k < P; j += 2 * k)
-        for (std::size_t i = 0; i < k && i + j + k < P; ++i)
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < N)
-            full[nf++] = Comparator{std::uint32_t(i + j), std::uint32_t(i + j + k)};
+  netbuild::for_each_batcher_comparator(N, [&full, &nf](std::size_t a, std::size_t b) {
+    full[nf++] = Comparator{std::uint32_t(a), std::uint32_t(b)};
+  });
   unsigned char want[kMaxStaticN + 1] = {};
   for (std::size_t w = 0; w < N; ++w)
     want[w] = (Kind == kSortAll || (Kind == kMiddle && w >= (N - 1) / 2 && w <= N / 2) ||
