@@ -12,6 +12,7 @@ released while the engine runs.
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libcpp.string cimport string
 from libcpp.vector cimport vector
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 
 from pyagg._engine cimport (
     CBuildInfo, CDevice, CDType, CGradView, CNamedParam, CParamSpec, CPreConfig,
@@ -42,6 +43,17 @@ def _numeric_text(str value):
     except ValueError:
         return False
     return True
+
+
+def address(obj):
+    """The address of the first element of a contiguous buffer (a numpy array that pyagg.api has
+    validated), read through the buffer protocol: ~0.1 us where numpy's ``.ctypes.data`` costs ~1 us
+    (it builds a ctypes object), which was a fifth of a small call's overhead."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
+    cdef uintptr_t a = <uintptr_t>view.buf
+    PyBuffer_Release(&view)
+    return a
 
 
 cdef vector[CNamedParam] to_params(params) except *:

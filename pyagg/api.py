@@ -92,7 +92,7 @@ def _state_address(state: Any, d: int, dtype: np.dtype) -> tuple[int, Any]:
             f"state must have shape ({d},) and dtype {dtype}, got {a.shape} {a.dtype}"
         )
     _check_array(a, 1, "state")
-    return (a.ctypes.data if d else 1), a
+    return (_ext.address(a) if d else 1), a
 
 
 class _Batch:
@@ -108,7 +108,7 @@ class _Batch:
             self.code = _check_array(a, 2, "gradients", fw)
             self.n, self.d = a.shape
             self.dtype = a.dtype
-            self.data = a.ctypes.data if a.size else 0
+            self.data = _ext.address(a) if a.size else 0
             self.rows = 0
             self.keep = (a,)
             if a.size == 0:
@@ -133,9 +133,9 @@ class _Batch:
         self.n, self.d = len(arrays), d
         self.dtype = arrays[0].dtype
         self.code = codes[0]
-        addrs = np.array([a.ctypes.data if d else 1 for a in arrays], dtype=np.uintp)
+        addrs = np.array([_ext.address(a) if d else 1 for a in arrays], dtype=np.uintp)
         self.data = 0
-        self.rows = addrs.ctypes.data
+        self.rows = _ext.address(addrs)
         self.keep = (arrays, addrs)
 
 
@@ -178,7 +178,7 @@ def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device:
     b = _Batch(gradients, fw)
     out = np.empty(b.d, dtype=b.dtype)
     st, keep = _state_address(state, b.d, b.dtype)
-    rule.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if b.d else 1, st)
+    rule.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, _ext.address(out) if b.d else 1, st)
     del keep
     return out
 
@@ -188,7 +188,7 @@ def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None, fw: str = _
         return _cuda_module().preaggregate_cuda(pre, gradients, seed)
     b = _Batch(gradients, fw)
     out = np.empty((pre.output_rows(b.n) if b.n else 0, b.d), dtype=b.dtype)
-    pre.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if out.size else 1, seed)
+    pre.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, _ext.address(out) if out.size else 1, seed)
     return out
 
 
@@ -228,7 +228,7 @@ def _run_chain(rule: _ext.Rule, pres: list[_ext.Pre], seeds: list[int | None], g
         )
     out = np.empty(b.d, dtype=b.dtype)
     st, keep = _state_address(state, b.d, b.dtype)
-    _ext.run_chain(rule, pres, seeds, b.data, b.rows, b.n, b.d, b.code, _CPU, 0, out.ctypes.data if b.d else 1, st)
+    _ext.run_chain(rule, pres, seeds, b.data, b.rows, b.n, b.d, b.code, _CPU, 0, _ext.address(out) if b.d else 1, st)
     del keep
     return out
 
@@ -258,7 +258,7 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
         (``"nnm"``) or a ``(name, {param: value})`` pair (see
         :func:`pre_aggregators`). On the CPU the whole chain is one engine
         call and the last pre-aggregator is fused with the rule where the
-        engine can (its output is never written): nnm, bucketing or clipping
+        engine can (its output is never written): nnm, bucketing, clipping or zeroing
         before average, average-nan, median, trimmed-mean or averaged-median
         (same bits as applying them in turn), nnm before krum, multi-krum,
         mda or bulyan (distances from nnm's own; see ``aggregate_chain`` in
@@ -336,7 +336,7 @@ def _traced_aggregate(gradients: Any, rule: str, f: int, device: str | None, fw:
 
 @_fw.graph_safe
 def preaggregate(gradients: Any, name: str, f: int = 0, **params: Any) -> Any:
-    """Apply one pre-aggregator (nnm, bucketing, clipping); returns (n', d) rows in the caller's framework."""
+    """Apply one pre-aggregator (nnm, bucketing, clipping, zeroing); returns (n', d) rows in the caller's framework."""
     fw = _fw.framework(gradients)
     if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
         raise InvalidArgumentError(

@@ -5,7 +5,7 @@ gives: the unfused chain here is ``pyagg.preaggregate`` (which writes the
 n' x d output) followed by ``pyagg.aggregate``, and independently
 ``tests/reference.py`` (numpy, written from the spec).
 
-- nnm / bucketing / clipping before a coordinate-wise rule: the same bits
+- nnm / bucketing / clipping / zeroing before a coordinate-wise rule: the same bits
   (the fused path forms the pre-aggregator's rows per span with the same
   arithmetic and runs the same kernels).
 - nnm before krum / multi-krum / mda / bulyan: the rule's distances come from
@@ -36,7 +36,9 @@ COORD = ["average", "average-nan", "median", "trimmed-mean", "averaged-median"]
 DIST = ["krum", "multi-krum", "mda", "bulyan"]
 OTHER = ["geometric-median", "centered-clipping", "bulyan-multikrum"]
 PRES = [("nnm", {}), ("bucketing", {"s": 2, "seed": 5}), ("clipping", {}), ("clipping", {"tau": 40.0}),
-        ("zeroing", {"tau": 4.0})]
+        ("zeroing", {"tau": 4.0}), ("zeroing", {"tau": 200.0, "norm_order": 2}), ("zeroing", {"tau": 3.2e4, "norm_order": 1})]
+# The fused ones (every pre-aggregator above: zeroing's tau values keep some rows and zero others at d = 40009..70001)
+FUSED = PRES
 TOL = {np.float32: 2e-6, np.float64: 1e-13}
 
 
@@ -71,7 +73,7 @@ def test_chain_equals_unfused(rule, pre, params, bad, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("pre, params", PRES[:4], ids=[f"{p}{q}" for p, q in PRES[:4]])
+@pytest.mark.parametrize("pre, params", FUSED, ids=[f"{p}{q}" for p, q in FUSED])
 @pytest.mark.parametrize("rule", COORD + DIST)
 def test_chain_matches_reference_over_several_spans(rule, pre, params, dtype):
     """d = 70001: several spans of the fused path (span = 2 MiB / (n' * itemsize),
@@ -155,7 +157,7 @@ def test_fused_coordinate_chains_are_bitwise_on_small_integer_matrices(data):
     G = np.array(vals, dtype=np.float32).reshape(n, d)
     if data.draw(st.booleans()):
         G[data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))] = np.nan
-    pre, params = data.draw(st.sampled_from(PRES[:4]))
+    pre, params = data.draw(st.sampled_from(PRES[:4] + [("zeroing", {"tau": 2.5}), ("zeroing", {"tau": 6.0, "norm_order": 2})]))
     fr = f if pre != "bucketing" else 0
     rule = data.draw(st.sampled_from(COORD))
     # repeat the columns so that the fused path runs (>= 2^18 output elements)

@@ -603,7 +603,7 @@ bool chain_fusable(PreId p, RuleId r) {
                           r == RuleId::kTrimmedMean || r == RuleId::kAveragedMedian;
   if (p == PreId::kNnm)
     return coordinate || r == RuleId::kKrum || r == RuleId::kMultiKrum || r == RuleId::kMda || r == RuleId::kBulyan;
-  if (p == PreId::kBucketing || p == PreId::kClipping) return coordinate;
+  if (p == PreId::kBucketing || p == PreId::kClipping || p == PreId::kZeroing) return coordinate;
   return false;
 }
 

@@ -95,7 +95,11 @@ void check_all(std::size_t n, std::size_t d, std::uint64_t seed) {
     std::vector<NamedParam> params;
   };
   const std::vector<P> pres = {{"nnm", {}}, {"bucketing", {{"s", 2, ""}, {"seed", 7, ""}}},
-                               {"clipping", {}}, {"clipping", {{"tau", 30.0, ""}}}};
+                               {"clipping", {}}, {"clipping", {{"tau", 30.0, ""}}},
+                               // zeroing: L-inf (default) and L2 thresholds that keep some rows and
+                               // zero others at d = 1001 (every row zeroed or kept at other sizes)
+                               {"zeroing", {{"tau", 3.3, ""}}},
+                               {"zeroing", {{"tau", 31.7, ""}, {"norm_order", 2, ""}}}};
   const char* coord[] = {"average", "average-nan", "median", "trimmed-mean", "averaged-median"};
   const char* dist[] = {"krum", "multi-krum", "mda", "bulyan"};
   for (const P& pp : pres) {
@@ -138,7 +142,9 @@ TEST_CASE("pairs the fused kernel takes") {
   CHECK(!chain_fusable(PreId::kBucketing, RuleId::kKrum));
   CHECK(!chain_fusable(PreId::kClipping, RuleId::kKrum));
   CHECK(!chain_fusable(PreId::kNnm, RuleId::kGeometricMedian));
-  CHECK(!chain_fusable(PreId::kZeroing, RuleId::kAverage));
+  CHECK(chain_fusable(PreId::kZeroing, RuleId::kAverage));
+  CHECK(chain_fusable(PreId::kZeroing, RuleId::kMedian));
+  CHECK(!chain_fusable(PreId::kZeroing, RuleId::kKrum));
 }
 
 TEST_CASE("aggregate_chain: CUDA views refused, bad sizes named") {

@@ -188,7 +188,7 @@ Status preaggregate(const PreConfig& cfg, const GradView& g, void* out);
 // pre-aggregator is fused with the rule where chain_fusable() says so and its
 // output has at least 2^18 elements (n' * d; smaller ones stay in cache when
 // written, and are): its n' x d output is then never written (engine/src/cpu/chain.cpp). Fused
-// results: nnm, bucketing or clipping before a coordinate-wise rule (average,
+// results: nnm, bucketing, clipping or zeroing before a coordinate-wise rule (average,
 // average-nan, median, trimmed-mean, averaged-median): the same bits as the
 // unfused chain; nnm before krum, multi-krum, mda or bulyan: the rule's
 // distances come from nnm's distance matrix in double (the unfused chain

@@ -9,7 +9,8 @@
 //   whole rows); for each span the pre-aggregator's rows that the rule needs
 //   are computed into an L2-resident n'' x L buffer (nnm, bucketing: the mean
 //   of each row's set, by mean_chunk with the pre-aggregator's own order and
-//   arithmetic; clipping: the row scaled or copied), then the rule runs on the
+//   arithmetic; clipping: the row scaled or copied; zeroing: the row copied or
+//   zero), then the rule runs on the
 //   buffer and writes its output span. Per span, G's slice is read from memory
 //   once. Every rule here computes each output coordinate from that
 //   coordinate's values alone (or from row means whose per-coordinate order is
@@ -61,6 +62,8 @@ struct Producer {
   bool zero_start = false;  // bucketing's sum starts at 0.0
   // clipping: row i = x_i * scale[i] if scale[i] < 1, else x_i
   std::vector<double> scale;
+  // zeroing: row i = x_i if keep[i], else a zero row
+  std::vector<unsigned char> keep;
   bool sets() const { return !start.empty(); }
   // same[b]: the first row whose set equals row b's (nnm: the honest rows
   // often share one set); its rows are formed once and aliased (same bits).
@@ -90,6 +93,11 @@ struct Producer {
         mean_chunk<T, true>(rows, s, cnt, c0, len, o);
       else
         mean_chunk<T, false>(rows, s, cnt, c0, len, o);
+    } else if (!keep.empty()) {
+      if (keep[b])
+        std::memcpy(o, rows[b] + c0, len * sizeof(T));
+      else
+        std::fill(o, o + len, T(0));
     } else if (scale[b] < 1.0) {
       scale_block(rows[b] + c0, o, len, scale[b]);
     } else {
@@ -177,7 +185,7 @@ void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::s
   for (std::size_t k = 0; k < need.size(); ++k) crow[k] = brow[slot[k]];
   const std::size_t* nd = form.data();
   T* const* bp = brow.data();
-  // Each output row of a set pre-aggregator reads |set| rows; clipping one.
+  // Each output row of a set pre-aggregator reads |set| rows; clipping and zeroing one.
   const std::size_t reads = n;
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
@@ -232,39 +240,19 @@ void pre_rule_fused(const PreConfig& pc, const RuleConfig& r, const T* const* ro
     p.zero_start = true;
     p.same.resize(m);
     for (std::size_t b = 0; b < m; ++b) p.same[b] = b;  // disjoint sets
+  } else if (pc.pre == PreId::kZeroing) {
+    p.keep = zeroing_keep_rows<T>(rows, n, d, pc.tau, pc.norm_order);
   } else {  // clipping
     p.scale.resize(n);
     clipping_scales<T>(rows, n, d, pc.f, pc.tau, p.scale.data());
   }
 
   if (!p.sets() && r.rule == RuleId::kAverage) {
-    // clipping > average without a span buffer: per coordinate, the clipped
-    // value rounded to T (as clipping writes it), summed in double in row
-    // order from +0.0, / n, rounded once (average's definition, coordinate.cpp).
-    const double dn = double(n);
-    const double* sc = p.scale.data();
-    const std::size_t nchunks = (d + kChainChunk - 1) / kChainChunk;
-#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
-    for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-      const std::size_t c0 = std::size_t(ch) * kChainChunk, len = std::min(kChainChunk, d - c0);
-      double acc[kChainChunk];
-      for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
-      for (std::size_t i = 0; i < n; ++i) {
-        const T* __restrict x = rows[i] + c0;
-        if (c0 + 3 * kChainChunk <= d) reduce::prefetch_span(x + 2 * kChainChunk, kChainChunk * sizeof(T));
-        const double s = sc[i];
-        if (s < 1.0) {
-          // through memory, as clipping writes it (no multiply-add contraction
-          // of the scaling into the sum for double input)
-          T tmp[kChainChunk];
-          scale_block(x, tmp, len, s);
-          for (std::size_t l = 0; l < len; ++l) acc[l] += double(tmp[l]);
-        } else {
-          for (std::size_t l = 0; l < len; ++l) acc[l] += double(x[l]);
-        }
-      }
-      for (std::size_t l = 0; l < len; ++l) out[c0 + l] = T(acc[l] / dn);
-    }
+    // clipping or zeroing > average: one more pass over G, no span buffer
+    // (coordinate.cpp average_scaled: average's arithmetic on the rows as
+    // clipping or zeroing writes them).
+    average_scaled<T>(rows, n, d, p.scale.empty() ? nullptr : p.scale.data(), p.keep.empty() ? nullptr : p.keep.data(),
+                      out);
     return;
   }
   if (coordinate_rule(r.rule)) {

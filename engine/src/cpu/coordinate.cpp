@@ -75,6 +75,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX__)
@@ -83,6 +84,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
+#include "cpu/rowmean.h"
 #include "cpu/sortnet.h"
 
 #if !defined(__GNUC__)
@@ -170,6 +172,27 @@ inline __attribute__((always_inline)) void store_d<float>(float* p, VD v) {
   _mm_storeu_ps(p, _mm256_cvtpd_ps(reinterpret_cast<__m256d>(v)));
 }
 #endif
+// v rounded to T and widened back to double (a float value's round trip;
+// the identity for double). For float no multiply before it can be contracted
+// with an add after it.
+template <typename T>
+inline __attribute__((always_inline)) VD round_through(VD v) {
+  if constexpr (std::is_same<T, double>::value) {
+    return v;
+  } else {
+#if defined(__AVX512F__)
+    // maskz: the same instructions, without GCC 12's -Wmaybe-uninitialized false positive
+    return reinterpret_cast<VD>(
+        _mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm512_maskz_cvtpd_ps(__mmask8(0xFF), reinterpret_cast<__m512d>(v))));
+#elif defined(__AVX__)
+    return reinterpret_cast<VD>(_mm256_cvtps_pd(_mm256_cvtpd_ps(reinterpret_cast<__m256d>(v))));
+#else
+    T tmp[G];
+    store_d(tmp, v);
+    return load_d(tmp);
+#endif
+  }
+}
 // G lane integers at p, widened to int64.
 template <typename T>
 inline __attribute__((always_inline)) VI load_i(const LaneInt<T>* p) {
@@ -396,6 +419,58 @@ void average(const T* const* rows, std::size_t n, std::size_t d, T* out) {
     write_out<W>(out + j0, res, wl);
   });
 }
+
+// ------------------------------------------- average after clipping/zeroing ---
+// chain.cpp's fused clipping > average and zeroing > average: the average of
+// the rows clipping or zeroing would write, with average's order and
+// arithmetic (sum in double from +0.0 in row order, / n, rounded once).
+// Row i adds T(double(x) * scale[i]) when scale[i] < 1 (clipping's written
+// value: formed in a scratch tile, so the scaling is rounded to T and never
+// contracted into the sum), nothing when keep[i] == 0 (the zero row adds +0.0,
+// which leaves a sum that started at +0.0 unchanged: it is never -0.0), and
+// x itself otherwise. scale / keep may be null (no scaling / every row kept).
+template <typename T>
+void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const double* scale,
+                    const unsigned char* keep, T* out) {
+  constexpr std::size_t W = kSumTileBytes / sizeof(double);
+  constexpr std::size_t NG = W / G;
+  const double dn = double(n);
+  parallel_tiles<W>(n, d, W * sizeof(T), [&](std::size_t j0, std::size_t wl, void* scratch) {
+    T* pad = static_cast<T*>(scratch);
+    VD acc[NG];
+    for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
+    for (std::size_t i = 0; i < n; ++i) {
+      if (keep && !keep[i]) continue;
+      const T* src = rows[i] + j0;
+      const double s = scale ? scale[i] : 1.0;
+      if (j0 + 3 * W <= d) reduce::prefetch_span(src + 2 * W, W * sizeof(T));
+      if (s < 1.0 && wl == W && std::is_same<T, float>::value) {
+        // float: T(double(x) * s) in registers (the rounding to float keeps
+        // the product from being contracted into the sum)
+        const VD sv = VD{} + s;
+        for (std::size_t g = 0; g < NG; ++g) acc[g] += round_through<T>(load_d(src + g * G) * sv);
+        continue;
+      }
+      if (s < 1.0) {
+        for (std::size_t l = 0; l < wl; ++l) pad[l] = static_cast<T>(static_cast<double>(src[l]) * s);
+        for (std::size_t l = wl; l < W; ++l) pad[l] = T(0);
+        src = pad;
+      } else if (wl < W) {
+        for (std::size_t l = 0; l < wl; ++l) pad[l] = src[l];
+        for (std::size_t l = wl; l < W; ++l) pad[l] = T(0);
+        src = pad;
+      }
+      for (std::size_t g = 0; g < NG; ++g) acc[g] += load_d(src + g * G);
+    }
+    alignas(64) T res[W];
+    for (std::size_t g = 0; g < NG; ++g) store_d(res + g * G, acc[g] / dn);
+    write_out<W>(out + j0, res, wl);
+  });
+}
+template void average_scaled<float>(const float* const*, std::size_t, std::size_t, const double*,
+                                    const unsigned char*, float*);
+template void average_scaled<double>(const double* const*, std::size_t, std::size_t, const double*,
+                                     const unsigned char*, double*);
 
 // ------------------------------------------------------------ average-nan ---
 template <typename T>

@@ -99,7 +99,7 @@ void clipping(const T* const* rows, std::size_t n, std::size_t d, std::size_t f,
 // ---- a pre-aggregator fused with the rule that follows it (chain.cpp) --------
 // The rule r (resolved for pre_output_rows(p, n) rows) applied to the output
 // of pre-aggregator p on the n rows, without writing that output: for the
-// pairs rules.cpp's chain_fusable() accepts (nnm, bucketing, clipping before a
+// pairs rules.cpp's chain_fusable() accepts (nnm, bucketing, clipping, zeroing before a
 // coordinate-wise rule: the same bits as the unfused chain; nnm before krum,
 // multi-krum, mda, bulyan: the rule's distances from nnm's, see chain.cpp).
 template <typename T>

@@ -63,30 +63,39 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
       sq[k] = reduce::block_sumsq_finite(x, len, &ok);
     } else {
       // One loop for everything zeroing reads (sum of squares, finiteness,
-      // L1 in double, L-inf in T: exact), 16 lanes each, folded in a fixed order.
-      double s2[16] = {}, a1[16] = {}, fn[16] = {};
-      T mx[16] = {};
+      // L1 and L-inf, all in double: |x| and max are exact), 16 lanes each in
+      // reduce.h's native-width units, the lanes then folded in order.
+      using reduce::RedUnit;
+      using reduce::kRedUnits;
+      using reduce::kUnitDoubles;
+      typedef long long RedBits __attribute__((vector_size(sizeof(RedUnit))));
+      const RedBits abs_mask = RedBits{} + 0x7fffffffffffffffLL;
+      RedUnit s2u[kRedUnits] = {}, a1u[kRedUnits] = {}, fnu[kRedUnits] = {}, mxu[kRedUnits] = {};
       std::size_t c = 0;
       for (; c + 16 <= len; c += 16)
-        for (int l = 0; l < 16; ++l) {
-          const double v = double(x[c + l]);
-          s2[l] += v * v;
-          fn[l] += v - v;
-          a1[l] += std::fabs(v);
-          const T av = std::fabs(x[c + l]);
-          mx[l] = mx[l] < av ? av : mx[l];
+        for (std::size_t u = 0; u < kRedUnits; ++u) {
+          const RedUnit v = reduce::load_unit(x + c + u * kUnitDoubles);
+          s2u[u] += v * v;
+          fnu[u] += v - v;
+          const RedUnit av = (RedUnit)((RedBits)v & abs_mask);
+          a1u[u] += av;
+          mxu[u] = mxu[u] < av ? av : mxu[u];
         }
+      double s2[16], a1[16], fn[16], mx[16];
+      reduce::unpack_units(s2u, s2);
+      reduce::unpack_units(a1u, a1);
+      reduce::unpack_units(fnu, fn);
+      reduce::unpack_units(mxu, mx);
       for (; c < len; ++c) {
         const double v = double(x[c]);
         const int l = int(c % 16);
         s2[l] += v * v;
         fn[l] += v - v;
-        a1[l] += std::fabs(v);
-        const T av = std::fabs(x[c]);
+        const double av = std::fabs(v);
+        a1[l] += av;
         mx[l] = mx[l] < av ? av : mx[l];
       }
-      double ssum = 0, asum = 0;
-      T m = 0;
+      double ssum = 0, asum = 0, m = 0;
       for (int l = 0; l < 16; ++l) {
         ssum += s2[l];
         asum += a1[l];
@@ -95,7 +104,7 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
       }
       sq[k] = ssum;
       l1[k] = asum;
-      li[k] = double(m);
+      li[k] = m;
     }
     fin[k] = ok;
   }
@@ -210,10 +219,16 @@ void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::si
 }
 
 template <typename T>
-void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau, int norm_order, T* out) {
+std::vector<unsigned char> zeroing_keep_rows(const T* const* rows, std::size_t n, std::size_t d, double tau,
+                                             int norm_order) {
   std::vector<selection::RowStat> st;
   row_stats(rows, n, d, norm_order != 2, &st);
-  const auto keep = selection::zeroing_keep(st, tau, norm_order);
+  return selection::zeroing_keep(st, tau, norm_order);
+}
+
+template <typename T>
+void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau, int norm_order, T* out) {
+  const auto keep = zeroing_keep_rows(rows, n, d, tau, norm_order);
   const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
 #pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(n * d))
   for (std::ptrdiff_t k = 0; k < std::ptrdiff_t(n * nchunks); ++k) {
@@ -228,6 +243,10 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
 
 template void rule_next<float>(const RuleConfig&, const float* const*, std::size_t, std::size_t, float*);
 template void rule_next<double>(const RuleConfig&, const double* const*, std::size_t, std::size_t, double*);
+template std::vector<unsigned char> zeroing_keep_rows<float>(const float* const*, std::size_t, std::size_t, double,
+                                                             int);
+template std::vector<unsigned char> zeroing_keep_rows<double>(const double* const*, std::size_t, std::size_t, double,
+                                                              int);
 template void zeroing_pre<float>(const float* const*, std::size_t, std::size_t, double, int, float*);
 template void zeroing_pre<double>(const double* const*, std::size_t, std::size_t, double, int, double*);
 

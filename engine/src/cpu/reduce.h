@@ -47,6 +47,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/cpu_backend.h"
 
@@ -146,10 +149,18 @@ inline RedUnit load_unit(const double* p) {
   return v;
 }
 inline RedUnit load_unit(const float* p) {
+#if defined(__AVX512F__)
+  // GCC 12 lowers the generic conversion below to split / convert / merge on
+  // AVX-512 and AVX: use the one-instruction widening loads there.
+  return reinterpret_cast<RedUnit>(_mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_loadu_ps(p)));
+#elif defined(__AVX__)
+  return reinterpret_cast<RedUnit>(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+#else
   typedef float Half __attribute__((vector_size(kRedUnitBytes / 2)));
   Half h;
   std::memcpy(&h, p, sizeof h);
   return __builtin_convertvector(h, RedUnit);
+#endif
 }
 
 // The accumulator units as kLanes scalars (lane order), for the tail and fold.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 namespace pyagg {
 namespace cpu {
@@ -64,6 +65,19 @@ inline void scale_block(const T* x, T* o, std::size_t len, double s) {
 // as clipping(); writes nothing else.
 template <typename T>
 void clipping_scales(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, double tau, double* scale);
+
+// The average of the rows clipping (scale) or zeroing (keep) would write,
+// bit for bit as average() of that output (coordinate.cpp; chain.cpp's fused
+// clipping/zeroing > average). scale / keep may be null.
+template <typename T>
+void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const double* scale,
+                    const unsigned char* keep, T* out);
+
+// The zeroing pre-aggregator's decisions (next.cpp): keep[i] = 1 -> row i is
+// copied, 0 -> it becomes a zero row. Same norms and decisions as zeroing_pre().
+template <typename T>
+std::vector<unsigned char> zeroing_keep_rows(const T* const* rows, std::size_t n, std::size_t d, double tau,
+                                             int norm_order);
 
 }  // namespace cpu
 }  // namespace pyagg
