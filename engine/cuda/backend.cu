@@ -311,8 +311,8 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
         std::vector<std::size_t> live;
         for (std::size_t i = 0; i < n; ++i)
           if (D[i * n + i] == 0.0) live.push_back(i);
-        PYAGG_RETURN_IF_ERROR(combine_rows<T>(x, d, selection::combo_mean(live), out, ws));  // the start, as T
-        return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream, /*start_in_out=*/true);
+        // The direct iteration from the mean of the finite rows, in double (the CPU's z0).
+        return run_geometric_median<T>(r, x, n, d, out, dev, ws, kStream, &live);
       }
       return combine_rows<T>(x, d, c, out, ws);
     }

@@ -121,6 +121,26 @@ __global__ void from_double_kernel(const double* __restrict__ src, long long d, 
   for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < d; k += step) dst[k] = T(src[k]);
 }
 
+// z[k] = (sum over the given rows, in order, of (double)x) / cnt: the mean
+// start of the direct iteration, in double as the CPU computes it
+// (cpu/iterative.cpp, geometric_median_mean_start's fallback), never rounded
+// to T.
+template <typename T>
+__global__ void mean_start_kernel(const T* __restrict__ x, long long d, const int* __restrict__ rows, int cnt,
+                                  double* __restrict__ z) {
+  const long long step = (long long)gridDim.x * blockDim.x;
+  const double den = double(cnt);
+  for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < d; k += step) {
+    double acc = 0.0;
+    for (int t = 0; t < cnt; ++t) acc = add_d(acc, double(x[(long long)rows[t] * d + k]));
+#if defined(__CUDA_ARCH__)
+    z[k] = __ddiv_rn(acc, den);
+#else
+    z[k] = acc / den;
+#endif
+  }
+}
+
 // z_new[k] = (sum over live rows, in order, of fma(w_t, x)) / wsum.
 template <typename T>
 __global__ void gm_update_kernel(const T* __restrict__ x, long long d, const int* __restrict__ live, int nlive,
@@ -242,7 +262,8 @@ Status run_scale_rows(const T* x, std::size_t n, std::size_t d, const double* sc
 // ------------------------------------------------------------ geometric median --
 template <typename T>
 Status run_geometric_median(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T* out,
-                            const DeviceInfo& dev, Workspace& ws, cudaStream_t stream, bool start_in_out) {
+                            const DeviceInfo& dev, Workspace& ws, cudaStream_t stream,
+                            const std::vector<std::size_t>* mean_rows) {
   const std::size_t nb = reduce_blocks(d);
   double *z = nullptr, *z2 = nullptr, *part = nullptr, *dpart = nullptr, *zpart = nullptr, *res = nullptr,
          *w_d = nullptr;
@@ -264,12 +285,22 @@ Status run_geometric_median(const RuleConfig& r, const T* x, std::size_t n, std:
   arena.add(&cscratch, coord_scratch_bytes(n, d, sizeof(T)));
   PYAGG_RETURN_IF_ERROR(arena.commit(ws));
 
-  // z0: coordinate-wise median (into out, as T), or the caller's start
-  // already in out, then in double.
-  if (!start_in_out)
+  // z0: the coordinate-wise median (into out, as T, then in double), or the
+  // mean of the caller's rows computed in double (the CPU's start: rounding
+  // it to T moved the float32 1-D byz-big results by up to 5e-3, see
+  // run_geometric_median's declaration).
+  std::vector<int> rows_h;  // the start's rows (host copy kept until return: the upload is asynchronous)
+  if (!mean_rows) {
     PYAGG_RETURN_IF_ERROR(run_coordinate<T>(CoordOp::kMedian, x, d, n, WireSource{}, 0, out, cscratch, dev, stream));
-  PYAGG_RETURN_IF_ERROR(launch("to double kernel", to_double_kernel<T>, dim3(grid1d(d)), dim3(256), 0, stream, out,
-                               (long long)d, z));
+    PYAGG_RETURN_IF_ERROR(launch("to double kernel", to_double_kernel<T>, dim3(grid1d(d)), dim3(256), 0, stream,
+                                 out, (long long)d, z));
+  } else {
+    if (mean_rows->size() > n) return Status::Invalid("geometric median: more start rows than rows");
+    rows_h.assign(mean_rows->begin(), mean_rows->end());
+    PYAGG_RETURN_IF_ERROR(to_device(live_d, rows_h, stream));  // overwritten below by the finite rows
+    PYAGG_RETURN_IF_ERROR(launch("geometric median mean start kernel", mean_start_kernel<T>, dim3(grid1d(d)),
+                                 dim3(256), 0, stream, x, (long long)d, (const int*)live_d, int(rows_h.size()), z));
+  }
   // Pass 0: distances to z0 and the finiteness of every row.
   PYAGG_RETURN_IF_ERROR(run_row_blocks<T>(x, n, d, z, nullptr, part, fin, stream));
   PYAGG_RETURN_IF_ERROR(run_combine(part, fin, nb, n, n, res, fin_out, stream));
@@ -425,7 +456,8 @@ Status run_clipping(const PreConfig& cfg, const T* x, std::size_t n, std::size_t
                                     double*, unsigned char*, cudaStream_t);                                      \
   template Status run_scale_rows<T>(const T*, std::size_t, std::size_t, const double*, T*, cudaStream_t);        \
   template Status run_geometric_median<T>(const RuleConfig&, const T*, std::size_t, std::size_t, T*,             \
-                                          const DeviceInfo&, Workspace&, cudaStream_t, bool);                    \
+                                          const DeviceInfo&, Workspace&, cudaStream_t,                           \
+                                          const std::vector<std::size_t>*);                                      \
   template Status run_centered_clipping<T>(const RuleConfig&, const T*, std::size_t, std::size_t, const T*, T*,  \
                                            Workspace&, cudaStream_t);                                            \
   template Status run_clipping<T>(const PreConfig&, const T*, std::size_t, std::size_t, T*, Workspace&,          \
