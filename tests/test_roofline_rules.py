@@ -68,6 +68,18 @@ def test_bulyan_multikrum_vs_reference_random(n, f, dtype):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype, d", [(np.float32, 230001), (np.float64, 110001)], ids=["f32", "f64"])
+def test_bulyan_multikrum_over_several_spans(dtype, d):
+    """The rounds' means are formed span by span in a ~4 MiB buffer (n = 20:
+    102400 float / 49152 double coordinates per span): three spans, the last
+    one ragged, give the reference's bits."""
+    n, f = 20, 4
+    G = np.random.default_rng(d).standard_normal((n, d)).astype(dtype)
+    G[:f] *= 3.0
+    for m in (n - 2 * f - 2, n - f - 2):
+        np.testing.assert_array_equal(pyagg.aggregate(G, "bulyan-multikrum", f, m=m), ref.bulyan_multikrum(G, f, m))
+
+
 @pytest.mark.parametrize("nbad", [1, 2])
 def test_bulyan_multikrum_nonfinite_rows_never_selected(nbad):
     rng = np.random.default_rng(3)
