@@ -354,10 +354,66 @@ bool centered_clipping_coef(const T* const* rows, std::size_t n, std::size_t d, 
 
 }  // namespace
 
+// Centered clipping with v0 = 0 (no state) and L = 1, the defaults: the same
+// arithmetic as the general loop below with v = 0 substituted (x - 0.0 is x,
+// including -0.0; 0.0 + y is the general loop's v + y/n), without the d-sized
+// v array (8 MB of double at d = 1e6, written, read and page-faulted per call).
+// Pass 0: the rows' squared norms and finiteness; pass 1: the clipped sum.
+template <typename T>
+void centered_clipping_once_from_zero(const T* const* rows, std::size_t n, std::size_t d, double tau, T* out) {
+  const std::size_t nb = reduce::num_blocks(d);
+  const int threads = reduce::threads_for(n * d);
+  std::vector<double> norm_part(nb * n), c(n);
+  std::vector<unsigned char> fin_part(nb * n);
+  std::vector<double> chunk_acc(std::size_t(threads) * kChunk);
+  double* np_ = norm_part.data();
+  unsigned char* fp = fin_part.data();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t b = 0; b < as_i64(nb); ++b) {
+    const std::size_t bb = std::size_t(b), lo = reduce::block_begin(bb), len = reduce::block_len(bb, d);
+    for (std::size_t i = 0; i < n; ++i) {
+      bool ok = true;
+      np_[bb * n + i] = reduce::block_sumsq_finite(rows[i] + lo, len, &ok);
+      fp[bb * n + i] = ok ? 1 : 0;
+    }
+  }
+  const std::vector<std::size_t> live = finite_rows(fp, n, nb);
+  const std::size_t nlive = live.size();
+  std::vector<const T*> live_rows(nlive);
+  for (std::size_t t = 0; t < nlive; ++t) {
+    live_rows[t] = rows[live[t]];
+    const double nrm = std::sqrt(reduce::combine_blocks(np_ + live[t], nb, n));
+    c[t] = nrm == 0.0 ? 1.0 : std::min(1.0, tau / nrm);
+  }
+  const T* const* lr = live_rows.data();
+  const double* cp = c.data();
+  const double inv_n = 1.0 / static_cast<double>(n);
+  double* accs = chunk_acc.data();
+#pragma omp parallel num_threads(threads)
+  {
+    double* acc = accs + std::size_t(reduce::thread_num()) * kChunk;
+    const std::size_t nch = (d + kChunk - 1) / kChunk;
+#pragma omp for schedule(static)
+    for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
+      const std::size_t lo = std::size_t(ch) * kChunk, cl = std::min(kChunk, d - lo);
+      for (std::size_t l = 0; l < cl; ++l) acc[l] = 0.0;
+      for (std::size_t t = 0; t < nlive; ++t) {
+        const T* __restrict x = lr[t] + lo;
+        if (lo + 3 * kChunk <= d) reduce::prefetch_span(x + 2 * kChunk, kChunk * sizeof(T));
+        const double ct = cp[t];
+        for (std::size_t l = 0; l < cl; ++l) acc[l] += ct * static_cast<double>(x[l]);
+      }
+      T* __restrict o = out + lo;
+      for (std::size_t l = 0; l < cl; ++l) o[l] = static_cast<T>(0.0 + inv_n * acc[l]);
+    }
+  }
+}
+
 template <typename T>
 void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, double tau, std::int64_t iters,
                        const T* state, T* out) {
   if (iters >= kCcCoefMinIters && centered_clipping_coef(rows, n, d, tau, iters, state, out)) return;
+  if (!state && iters == 1) return centered_clipping_once_from_zero(rows, n, d, tau, out);
   const std::size_t nb = reduce::num_blocks(d);
   const int threads = reduce::threads_for(n * d);
   std::unique_ptr<double[]> v(new double[d]);  // first touched in pass 0, by the threads
