@@ -122,6 +122,10 @@ void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d,
   PYAGG_FWD(pairwise_sqdist_counted, rows, n, d, D, exact);
 }
 template <typename T>
+void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, double* D, double* sq) {
+  PYAGG_FWD(pairwise_sqdist_norms, rows, n, d, D, sq);
+}
+template <typename T>
 void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D) {
   PYAGG_FWD(pairwise_sqdist_exact_double, rows, n, d, D);
 }
@@ -193,6 +197,7 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   template void averaged_upper_median<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);   \
   template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*,          \
                                            std::size_t*);                                               \
+  template void pairwise_sqdist_norms<T>(const T* const*, std::size_t, std::size_t, double*, double*);  \
   template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);    \
   template void centered_clipping<T>(const T* const*, std::size_t, std::size_t, double, std::int64_t,   \
                                      const T*, T*);                                                     \

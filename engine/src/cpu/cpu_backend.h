@@ -71,6 +71,10 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 // guard; for tests and benchmarks).
 template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact);
+// The same D and, from the same pass over G, sq[i] = ||x_i||^2 with the bits of
+// reduce.h's row_sqnorms (the coefficient-space geometric median needs both).
+template <typename T>
+void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, double* D, double* sq);
 // The same D from the difference form in double for every n (float rows
 // converted to double): ~1e-15 relative per entry, at the cost of ~n^2/2
 // double differences per coordinate (the geometric median's refinement).

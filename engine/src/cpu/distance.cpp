@@ -563,8 +563,13 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 // 16 ms at d = 1e6); at n = 100 the Gram kernel is 4x faster (138 vs 589 ms).
 using ::pyagg::kGramMinN;  // common/blocks.h (the CUDA geometric median reads it too)
 
+namespace {
+// The distance pass; with norm_part (nblocks * n doubles) also every row's
+// block sum of squares, reduce.h's block_sumsq_finite of the block just
+// processed (from cache): row_sqnorms's partials, in its layout.
 template <typename T>
-void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {
+void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
+                   double* norm_part) {
   const std::size_t npairs = n * (n - 1) / 2;
   const bool gram = n > kGramMinN;
   const std::size_t np = gram_np(n);
@@ -578,12 +583,35 @@ void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d,
           distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)]);
         else
           distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
+        if (norm_part) {
+          double* np_b = norm_part + (c0 / kReduceBlock) * n;
+          for (std::size_t i = 0; i < n; ++i) {
+            bool ok = true;
+            np_b[i] = reduce::block_sumsq_finite(rows[i] + c0, c1 - c0, &ok);
+          }
+        }
       },
       D);
   if (exact) {
     *exact = 0;
     for (std::size_t v : nexact) *exact += v;
   }
+}
+}  // namespace
+
+template <typename T>
+void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {
+  distance_pass<T>(rows, n, d, D, exact, nullptr);
+}
+
+// pairwise_sqdist and, in the same pass over G, sq[i] = ||x_i||^2 with the
+// bits of reduce::row_sqnorms (each block's norms from the block in cache).
+template <typename T>
+void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, double* D, double* sq) {
+  const std::size_t nb = reduce::num_blocks(d);
+  std::vector<double> part(nb * n);
+  distance_pass<T>(rows, n, d, D, nullptr, part.data());
+  for (std::size_t i = 0; i < n; ++i) sq[i] = reduce::combine_blocks(part.data() + i, nb, n);
 }
 
 // ---- pairwise_sqdist_exact_double --------------------------------------------
@@ -729,6 +757,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
 #define PYAGG_DISTANCE_INSTANTIATE(T)                                                                   \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);               \
   template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*, std::size_t*); \
+  template void pairwise_sqdist_norms<T>(const T* const*, std::size_t, std::size_t, double*, double*);           \
   template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);     \
   template void krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                   \
   template void multi_krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, std::size_t, T*); \

@@ -241,8 +241,7 @@ template <typename T>
 void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_t d, double nu,
                                  std::int64_t max_iter, double tol, T* out) {
   std::vector<double> D(n * n), sq(n);
-  pairwise_sqdist<T>(rows, n, d, D.data());                // pass 1 (finiteness: D's diagonal)
-  reduce::row_sqnorms<T>(rows, n, d, sq.data(), nullptr);  // pass 2
+  pairwise_sqdist_norms<T>(rows, n, d, D.data(), sq.data());  // pass 1 (finiteness: D's diagonal; norms too)
   // pairwise_sqdist's accuracy (distance.cpp): n <= kGramMinN the difference
   // form in float lanes (float input; partial sums of up to a tile, folded into
   // double) or double lanes; above, the double Gram form (error ~ the summed
@@ -284,7 +283,7 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
     geometric_median_direct<T>(rows, n, d, nu, max_iter, tol, z0.data(), out);
     return;
   }
-  // Pass 3: out = sum_t a[t] x_idx[t], in double, rows in index order.
+  // Pass 2: out = sum_t a[t] x_idx[t], in double, rows in index order.
   std::vector<const T*> lr(c.idx.size());
   for (std::size_t t = 0; t < lr.size(); ++t) lr[t] = rows[c.idx[t]];
   weighted_row_sum<T>(lr.data(), c.a.data(), lr.size(), d, reduce::threads_for(n * d), out);
