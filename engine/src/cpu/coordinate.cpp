@@ -95,7 +95,6 @@ namespace pyagg {
 namespace cpu {
 namespace {
 
-using sortnet::kVecBytes;
 
 // Tuned on a 2-core Cascade Lake VM (n = 20, d = 1e6): 128-byte tile rows
 // (two cache lines per row and tile) beat 256; prefetching each row 1 KiB
@@ -394,32 +393,6 @@ std::size_t sort_scratch_bytes(std::size_t n) {
 
 }  // namespace
 
-// ---------------------------------------------------------------- average ---
-template <typename T>
-void average(const T* const* rows, std::size_t n, std::size_t d, T* out) {
-  constexpr std::size_t W = kSumTileBytes / sizeof(double);
-  constexpr std::size_t NG = W / G;
-  const double dn = double(n);
-  parallel_tiles<W>(n, d, W * sizeof(T), [&](std::size_t j0, std::size_t wl, void* scratch) {
-    T* pad = static_cast<T*>(scratch);
-    VD acc[NG];
-    for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
-    for (std::size_t i = 0; i < n; ++i) {
-      const T* src = rows[i] + j0;
-      if (wl < W) {
-        for (std::size_t l = 0; l < W; ++l) pad[l] = l < wl ? src[l] : T(0);
-        src = pad;
-      } else if (j0 + 3 * W <= d) {
-        reduce::prefetch_span(src + 2 * W, W * sizeof(T));
-      }
-      for (std::size_t g = 0; g < NG; ++g) acc[g] += load_d(src + g * G);
-    }
-    alignas(64) T res[W];
-    for (std::size_t g = 0; g < NG; ++g) store_d(res + g * G, acc[g] / dn);
-    write_out<W>(out + j0, res, wl);
-  });
-}
-
 // ------------------------------------------- average after clipping/zeroing ---
 // chain.cpp's fused clipping > average and zeroing > average: the average of
 // the rows clipping or zeroing would write, with average's order and
@@ -467,6 +440,13 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
     write_out<W>(out + j0, res, wl);
   });
 }
+// ---------------------------------------------------------------- average ---
+// average_scaled with every row kept and unscaled.
+template <typename T>
+void average(const T* const* rows, std::size_t n, std::size_t d, T* out) {
+  average_scaled<T>(rows, n, d, nullptr, nullptr, out);
+}
+
 template void average_scaled<float>(const float* const*, std::size_t, std::size_t, const double*,
                                     const unsigned char*, float*);
 template void average_scaled<double>(const double* const*, std::size_t, std::size_t, const double*,

@@ -26,6 +26,19 @@ namespace cpu {
 // common/blocks.h, shared with the CUDA backend).
 using ::pyagg::kReduceBlock;
 
+// Bytes of one native SIMD register of this copy's ISA level (each level is
+// compiled separately, see CMakeLists.txt): the unit of every explicit-vector
+// kernel (sortnet.h's comparators, reduce.h's accumulators, distance.cpp's
+// tiles), so that no kernel holds vector-extension values wider than the
+// registers (GCC then keeps them in memory).
+#if defined(__AVX512F__)
+constexpr std::size_t kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr std::size_t kVecBytes = 32;
+#else
+constexpr std::size_t kVecBytes = 16;
+#endif
+
 // ---- coordinate-wise rules (coordinate.cpp) --------------------------------
 template <typename T> void average(const T* const* rows, std::size_t n, std::size_t d, T* out);
 template <typename T> void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out);

@@ -171,16 +171,8 @@ inline void store_vd(double* p, const VD& v) { std::memcpy(p, &v, sizeof v); }
 // 38 ms with AVX2 vs 11 ms with AVX-512, no faster than SSE2).
 // Rows processed together against one row x_i: 8 accumulator units per group
 // (4 pairs x 2 zmm, 2 pairs x 4 ymm, 1 pair x 8 xmm), plus x_i's units.
-#if defined(__AVX512F__)
-constexpr int kUnitBytes = 64;
-constexpr int kPairGroup = 4;
-#elif defined(__AVX2__)
-constexpr int kUnitBytes = 32;
-constexpr int kPairGroup = 2;
-#else
-constexpr int kUnitBytes = 16;
-constexpr int kPairGroup = 1;
-#endif
+constexpr int kUnitBytes = int(kVecBytes);       // cpu_backend.h: 64, 32 or 16
+constexpr int kPairGroup = int(kVecBytes / 16);  // 4, 2 or 1
 
 // Coordinates per tile: the n rows' slices of a tile fit a ~24 KiB L1 budget.
 // Depends on n and sizeof(T) only (never on the thread count).

@@ -130,13 +130,7 @@ inline double combine_blocks(const double* p, std::size_t nblocks, std::size_t s
 // those of the scalar form acc[t % kLanes] += term(t) (the contract above);
 // written as a scalar lane loop, GCC 12 left these kernels scalar (vcvtss2sd,
 // one lane at a time, accumulators spilled): 12.5 GB/s for a norm pass.
-#if defined(__AVX512F__)
-constexpr std::size_t kRedUnitBytes = 64;
-#elif defined(__AVX2__)
-constexpr std::size_t kRedUnitBytes = 32;
-#else
-constexpr std::size_t kRedUnitBytes = 16;
-#endif
+constexpr std::size_t kRedUnitBytes = kVecBytes;  // cpu_backend.h
 typedef double RedUnit __attribute__((vector_size(kRedUnitBytes)));
 constexpr std::size_t kUnitDoubles = kRedUnitBytes / sizeof(double);
 constexpr std::size_t kRedUnits = kLanes / kUnitDoubles;

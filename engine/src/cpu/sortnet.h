@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "common/sortnet_build.h"
+#include "cpu/cpu_backend.h"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -70,14 +71,8 @@ inline std::vector<Offsets> to_offsets(const std::vector<Comparator>& net, std::
   return o;
 }
 
-// Bytes of one SIMD register for the element-wise comparators.
-#if defined(__AVX512F__)
-constexpr std::size_t kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr std::size_t kVecBytes = 32;
-#else
-constexpr std::size_t kVecBytes = 16;
-#endif
+// Bytes of one SIMD register for the element-wise comparators (cpu_backend.h).
+using ::pyagg::cpu::kVecBytes;
 
 // SIMD register types (GCC/Clang vector extensions): A, aligned to a full
 // vector (tile buffers); U, aligned to the element only (caller's rows). Both
