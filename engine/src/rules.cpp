@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <new>
 #include <sstream>
 
@@ -622,7 +623,10 @@ void run_cpu_chain(const RuleConfig& r, const std::vector<PreConfig>& pres, cons
   std::vector<const T*> rows = row_pointers<T>(g);
   std::size_t n = g.n;
   const std::size_t d = g.d;
-  std::vector<T> buf[2];
+  // Ping-pong buffers, default-initialised (no memset: every pre-aggregator
+  // writes its whole output; a zeroed std::vector cost a memset of the n' x d
+  // output per call, ~40% of a small unfused chain).
+  std::unique_ptr<T[]> buf[2];
   const std::size_t np = pres.size();
   // Every pre-aggregator but a fused last one writes its output (ping-pong buffers).
   bool fuse_last = np > 0 && chain_fusable(pres[np - 1].pre, r.rule);
@@ -633,11 +637,11 @@ void run_cpu_chain(const RuleConfig& r, const std::vector<PreConfig>& pres, cons
   }
   for (std::size_t k = 0; k + (fuse_last ? 1 : 0) < np; ++k) {
     const std::size_t m = pre_output_rows(pres[k], n);
-    std::vector<T>& b = buf[k % 2];
-    b.resize(m * d);
-    run_cpu_pre<T>(pres[k], rows.data(), n, d, b.data());
+    buf[k % 2].reset(new T[m * d]);
+    T* b = buf[k % 2].get();
+    run_cpu_pre<T>(pres[k], rows.data(), n, d, b);
     rows.resize(m);
-    for (std::size_t i = 0; i < m; ++i) rows[i] = b.data() + i * d;
+    for (std::size_t i = 0; i < m; ++i) rows[i] = b + i * d;
     n = m;
   }
   if (fuse_last)
