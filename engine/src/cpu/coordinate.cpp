@@ -440,6 +440,46 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
     write_out<W>(out + j0, res, wl);
   });
 }
+// ------------------------------------------------ weighted sums of rows ---
+// out = T(sum_t a[t] * x_t) (post = 0: the geometric median's and centered
+// clipping's combination) or T(0.0 + post * sum_t a[t] * x_t) (post != 0:
+// centered clipping from v = 0), the sum in double over the rows in the given
+// order for every coordinate, from +0.0; each term a multiply-add where the
+// target has FMA (as the scalar loop it replaces was compiled). Accumulators
+// in registers over 256-coordinate tiles, like average.
+template <typename T>
+void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out) {
+  constexpr std::size_t W = kSumTileBytes / sizeof(double);
+  constexpr std::size_t NG = W / G;
+  parallel_tiles<W>(cnt, d, W * sizeof(T), [&](std::size_t j0, std::size_t wl, void* scratch) {
+    T* pad = static_cast<T*>(scratch);
+    VD acc[NG];
+    for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
+    for (std::size_t t = 0; t < cnt; ++t) {
+      const T* src = rows[t] + j0;
+      if (wl < W) {
+        for (std::size_t l = 0; l < wl; ++l) pad[l] = src[l];
+        for (std::size_t l = wl; l < W; ++l) pad[l] = T(0);
+        src = pad;
+      } else if (j0 + 3 * W <= d) {
+        reduce::prefetch_span(src + 2 * W, W * sizeof(T));
+      }
+      const VD av = VD{} + a[t];
+      for (std::size_t g = 0; g < NG; ++g) acc[g] += av * load_d(src + g * G);
+    }
+    alignas(64) T res[W];
+    if (post != 0.0) {
+      const VD pv = VD{} + post;
+      for (std::size_t g = 0; g < NG; ++g) store_d(res + g * G, VD{} + pv * acc[g]);
+    } else {
+      for (std::size_t g = 0; g < NG; ++g) store_d(res + g * G, acc[g]);
+    }
+    write_out<W>(out + j0, res, wl);
+  });
+}
+template void weighted_sum<float>(const float* const*, const double*, std::size_t, std::size_t, double, float*);
+template void weighted_sum<double>(const double* const*, const double*, std::size_t, std::size_t, double, double*);
+
 // ---------------------------------------------------------------- average ---
 // average_scaled with every row kept and unscaled.
 template <typename T>

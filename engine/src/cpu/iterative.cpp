@@ -63,6 +63,7 @@
 #include "common/select_iterative.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/reduce.h"
+#include "cpu/rowmean.h"
 
 namespace pyagg {
 namespace cpu {
@@ -104,25 +105,6 @@ inline std::vector<std::size_t> finite_rows(const unsigned char* fin_part, std::
 
 // --------------------------------------------------------- geometric-median ---
 namespace {
-
-// out = (T) sum_t a[t] x_t over the given rows, in double, rows in the given
-// order for every coordinate (deterministic); parallel over chunks.
-template <typename T>
-void weighted_row_sum(const T* const* lr, const double* a, std::size_t cnt, std::size_t d, int threads, T* out) {
-  const std::size_t nch = (d + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
-    const std::size_t lo = std::size_t(ch) * kChunk, len = std::min(kChunk, d - lo);
-    double acc[kChunk];
-    for (std::size_t l = 0; l < len; ++l) acc[l] = 0.0;
-    for (std::size_t t = 0; t < cnt; ++t) {
-      const T* __restrict x = lr[t] + lo;
-      const double at = a[t];
-      for (std::size_t l = 0; l < len; ++l) acc[l] += at * static_cast<double>(x[l]);
-    }
-    for (std::size_t l = 0; l < len; ++l) out[lo + l] = static_cast<T>(acc[l]);
-  }
-}
 
 // The direct iteration from z0 = start (n >= 1 values in double) or, when
 // start is null, from the coordinate-wise median.
@@ -286,7 +268,7 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
   // Pass 2: out = sum_t a[t] x_idx[t], in double, rows in index order.
   std::vector<const T*> lr(c.idx.size());
   for (std::size_t t = 0; t < lr.size(); ++t) lr[t] = rows[c.idx[t]];
-  weighted_row_sum<T>(lr.data(), c.a.data(), lr.size(), d, reduce::threads_for(n * d), out);
+  weighted_sum<T>(lr.data(), c.a.data(), lr.size(), d, 0.0, out);
 }
 
 // -------------------------------------------------------- centered-clipping ---
@@ -347,7 +329,7 @@ bool centered_clipping_coef(const T* const* rows, std::size_t n, std::size_t d, 
     pr.push_back(rows[live[t]]);
     a.push_back(w[t + 1]);
   }
-  weighted_row_sum<T>(pr.data(), a.data(), pr.size(), d, reduce::threads_for(n * d), out);
+  weighted_sum<T>(pr.data(), a.data(), pr.size(), d, 0.0, out);
   return true;
 }
 
@@ -364,13 +346,15 @@ void centered_clipping_once_from_zero(const T* const* rows, std::size_t n, std::
   const int threads = reduce::threads_for(n * d);
   std::vector<double> norm_part(nb * n), c(n);
   std::vector<unsigned char> fin_part(nb * n);
-  std::vector<double> chunk_acc(std::size_t(threads) * kChunk);
   double* np_ = norm_part.data();
   unsigned char* fp = fin_part.data();
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (std::int64_t b = 0; b < as_i64(nb); ++b) {
     const std::size_t bb = std::size_t(b), lo = reduce::block_begin(bb), len = reduce::block_len(bb, d);
     for (std::size_t i = 0; i < n; ++i) {
+      // The next row's block is a new stream for the hardware prefetcher:
+      // hint its start (measured n=20, d=1e7: 81-100 -> 77 ms for the rule).
+      if (i + 1 < n) reduce::prefetch_span(rows[i + 1] + lo, std::min<std::size_t>(len, 512) * sizeof(T));
       bool ok = true;
       np_[bb * n + i] = reduce::block_sumsq_finite(rows[i] + lo, len, &ok);
       fp[bb * n + i] = ok ? 1 : 0;
@@ -384,28 +368,8 @@ void centered_clipping_once_from_zero(const T* const* rows, std::size_t n, std::
     const double nrm = std::sqrt(reduce::combine_blocks(np_ + live[t], nb, n));
     c[t] = nrm == 0.0 ? 1.0 : std::min(1.0, tau / nrm);
   }
-  const T* const* lr = live_rows.data();
-  const double* cp = c.data();
-  const double inv_n = 1.0 / static_cast<double>(n);
-  double* accs = chunk_acc.data();
-#pragma omp parallel num_threads(threads)
-  {
-    double* acc = accs + std::size_t(reduce::thread_num()) * kChunk;
-    const std::size_t nch = (d + kChunk - 1) / kChunk;
-#pragma omp for schedule(static)
-    for (std::int64_t ch = 0; ch < as_i64(nch); ++ch) {
-      const std::size_t lo = std::size_t(ch) * kChunk, cl = std::min(kChunk, d - lo);
-      for (std::size_t l = 0; l < cl; ++l) acc[l] = 0.0;
-      for (std::size_t t = 0; t < nlive; ++t) {
-        const T* __restrict x = lr[t] + lo;
-        if (lo + 3 * kChunk <= d) reduce::prefetch_span(x + 2 * kChunk, kChunk * sizeof(T));
-        const double ct = cp[t];
-        for (std::size_t l = 0; l < cl; ++l) acc[l] += ct * static_cast<double>(x[l]);
-      }
-      T* __restrict o = out + lo;
-      for (std::size_t l = 0; l < cl; ++l) o[l] = static_cast<T>(0.0 + inv_n * acc[l]);
-    }
-  }
+  // Pass 1: out = T(0.0 + (1/n) * sum_t c_t x_t) (the general loop's v + acc/n, v = 0).
+  weighted_sum<T>(live_rows.data(), c.data(), nlive, d, 1.0 / static_cast<double>(n), out);
 }
 
 template <typename T>

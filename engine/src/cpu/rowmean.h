@@ -73,6 +73,12 @@ template <typename T>
 void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const double* scale,
                     const unsigned char* keep, T* out);
 
+// out = T(sum_t a[t] x_t) (post = 0) or T(0.0 + post * sum_t a[t] x_t), the
+// sum in double in row order (coordinate.cpp; the geometric median's and
+// centered clipping's combination pass).
+template <typename T>
+void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out);
+
 // The zeroing pre-aggregator's decisions (next.cpp): keep[i] = 1 -> row i is
 // copied, 0 -> it becomes a zero row. Same norms and decisions as zeroing_pre().
 template <typename T>
