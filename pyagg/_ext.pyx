@@ -12,7 +12,9 @@ released while the engine runs.
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libcpp.string cimport string
 from libcpp.vector cimport vector
-from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (
+    PyBUF_ANY_CONTIGUOUS, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
+)
 
 from pyagg._engine cimport (
     CBuildInfo, CDevice, CDType, CGradView, CNamedParam, CParamSpec, CPreConfig,
@@ -169,6 +171,54 @@ cdef class Rule:
 
     def __repr__(self):
         return f"Rule({self.name!r}, f={self.f}, params={dict(self.params)!r})"
+
+
+def run_plain(Rule rule, object a, object empty):
+    """pyagg.aggregate's fast path for the common call: `a` a plain (n, d) numpy array, n, d >= 1,
+    float32 or float64 in native byte order, C-contiguous and aligned, on the CPU, no state.
+    Returns the (d,) result (allocated with ``empty(d, dtype)``), or None when any of that does
+    not hold: the caller then takes the general path, which validates the input and names what is
+    wrong. Same engine call as the general path; the input is read through the buffer protocol
+    (no numpy attribute lookups: ~2.5 us per call less at small d)."""
+    cdef Py_buffer view
+    try:
+        PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, TypeError, ValueError):
+        return None
+    cdef int code = -1
+    cdef size_t n = 0, d = 0, item = 0
+    try:
+        if view.ndim == 2 and view.format != NULL and view.format[0] != 0 and view.format[1] == 0:
+            if view.format[0] == b'f' and view.itemsize == 4:
+                code = 0
+            elif view.format[0] == b'd' and view.itemsize == 8:
+                code = 1
+        if code < 0:
+            return None
+        n = <size_t>view.shape[0]
+        d = <size_t>view.shape[1]
+        item = <size_t>view.itemsize
+        if n == 0 or d == 0 or (<uintptr_t>view.buf) % item != 0:
+            return None
+        out = empty(d, "float32" if code == 0 else "float64")
+        run_into(rule, <uintptr_t>view.buf, n, d, code, out)
+        return out
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef int run_into(Rule rule, uintptr_t data, size_t n, size_t d, int code, object out) except -1:
+    cdef Py_buffer ov
+    PyObject_GetBuffer(out, &ov, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    cdef CGradView g = make_view(data, 0, n, d, code, 0, 0)
+    cdef CStatus st
+    try:
+        with nogil:
+            st = aggregate(rule.cfg, g, ov.buf, NULL)
+    finally:
+        PyBuffer_Release(&ov)
+    raise_status(st)
+    return 0
 
 
 cdef class Pre:

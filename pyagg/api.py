@@ -284,6 +284,13 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
     DeviceError
         CUDA requested but not available.
     """
+    if type(gradients) is np.ndarray and device is None and not pre and not params:
+        # The common call (a plain numpy array, rule and f only): one Cython call; None when the
+        # array is not a valid (n, d) float32/float64 C-contiguous aligned matrix (the general
+        # path below then says what is wrong).
+        out = _ext.run_plain(_ext.Rule(rule, f, []), gradients, np.empty)
+        if out is not None:
+            return out
     fw = _fw.framework(gradients)
     pres = _parse_pre(pre, f)
     if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):

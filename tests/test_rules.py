@@ -465,3 +465,25 @@ def test_rule_metadata_matches_spec():
     assert info["averaged-median"]["params"] == {"beta": None}
     assert set(pyagg.pre_aggregators()) == set(ref.PRE)
     assert pyagg.pre_aggregators()["bucketing"]["params"] == {"s": 2, "seed": 0}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_plain_numpy_fast_path_equals_general_path(dtype):
+    """pyagg.aggregate(G, rule, f) on a plain numpy matrix takes a one-call fast path
+    (_ext.run_plain); device="cpu" takes the general path. Same bits for every rule,
+    and for a read-only array and an ndarray subclass (np.matrix, which the fast path
+    leaves to the general path)."""
+    G = np.random.default_rng(3).standard_normal((11, 301)).astype(dtype)
+    G[2, 5] = np.nan
+    for rule in sorted(pyagg.rules()):
+        if rule in ("zeroing",):
+            continue  # needs tau (a parameter: general path only)
+        f = 1 if rule != "bulyan" and rule != "bulyan-multikrum" else 2
+        want = pyagg.aggregate(G, rule, f, device="cpu")
+        np.testing.assert_array_equal(pyagg.aggregate(G, rule, f), want, err_msg=rule)
+    ro = G.copy()
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(pyagg.aggregate(ro, "median", 1), pyagg.aggregate(G, "median", 1, device="cpu"))
+    m = pyagg.aggregate(np.asmatrix(G), "median", 1)
+    assert type(m) is np.ndarray and m.shape == (301,)
+    np.testing.assert_array_equal(m, pyagg.aggregate(G, "median", 1, device="cpu"))
