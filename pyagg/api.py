@@ -288,9 +288,12 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
         # The common call (a plain numpy array, rule and f only): one Cython call; None when the
         # array is not a valid (n, d) float32/float64 C-contiguous aligned matrix (the general
         # path below then says what is wrong).
-        out = _ext.run_plain(_ext.Rule(rule, f, []), gradients, np.empty)
+        r = _ext.Rule(rule, f, [])
+        out = _ext.run_plain(r, gradients, np.empty)
         if out is not None:
             return out
+    else:
+        r = None
     fw = _fw.framework(gradients)
     pres = _parse_pre(pre, f)
     if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
@@ -307,7 +310,8 @@ def aggregate(gradients: Any, rule: str, f: int = 0, *, device: str | None = Non
                 "pyagg.aggregate(..., pre=[...]) cannot run inside tf.function; use pyagg.tf_bridge.ServerAggregator"
             )
         return _traced_aggregate(gradients, rule, f, device, fw, params)
-    r = _ext.Rule(rule, f, _split_params(params))
+    if r is None:  # (the fast path above made it already: same rule, f, no parameters)
+        r = _ext.Rule(rule, f, _split_params(params))
     if pres and _runs_on_cpu(gradients, device):
         out = _run_chain(r, pres, [None] * len(pres), gradients, None, fw)
     else:

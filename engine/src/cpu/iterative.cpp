@@ -342,32 +342,17 @@ bool centered_clipping_coef(const T* const* rows, std::size_t n, std::size_t d, 
 // Pass 0: the rows' squared norms and finiteness; pass 1: the clipped sum.
 template <typename T>
 void centered_clipping_once_from_zero(const T* const* rows, std::size_t n, std::size_t d, double tau, T* out) {
-  const std::size_t nb = reduce::num_blocks(d);
-  const int threads = reduce::threads_for(n * d);
-  std::vector<double> norm_part(nb * n), c(n);
-  std::vector<unsigned char> fin_part(nb * n);
-  double* np_ = norm_part.data();
-  unsigned char* fp = fin_part.data();
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (std::int64_t b = 0; b < as_i64(nb); ++b) {
-    const std::size_t bb = std::size_t(b), lo = reduce::block_begin(bb), len = reduce::block_len(bb, d);
-    for (std::size_t i = 0; i < n; ++i) {
-      // The next row's block is a new stream for the hardware prefetcher:
-      // hint its start (measured n=20, d=1e7: 81-100 -> 77 ms for the rule).
-      if (i + 1 < n) reduce::prefetch_span(rows[i + 1] + lo, std::min<std::size_t>(len, 512) * sizeof(T));
-      bool ok = true;
-      np_[bb * n + i] = reduce::block_sumsq_finite(rows[i] + lo, len, &ok);
-      fp[bb * n + i] = ok ? 1 : 0;
-    }
+  std::vector<double> sq(n), c;
+  std::vector<unsigned char> fin(n);
+  reduce::row_sqnorms<T>(rows, n, d, sq.data(), fin.data());  // pass 0
+  std::vector<const T*> live_rows;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!fin[i]) continue;
+    live_rows.push_back(rows[i]);
+    const double nrm = std::sqrt(sq[i]);
+    c.push_back(nrm == 0.0 ? 1.0 : std::min(1.0, tau / nrm));
   }
-  const std::vector<std::size_t> live = finite_rows(fp, n, nb);
-  const std::size_t nlive = live.size();
-  std::vector<const T*> live_rows(nlive);
-  for (std::size_t t = 0; t < nlive; ++t) {
-    live_rows[t] = rows[live[t]];
-    const double nrm = std::sqrt(reduce::combine_blocks(np_ + live[t], nb, n));
-    c[t] = nrm == 0.0 ? 1.0 : std::min(1.0, tau / nrm);
-  }
+  const std::size_t nlive = live_rows.size();
   // Pass 1: out = T(0.0 + (1/n) * sum_t c_t x_t) (the general loop's v + acc/n, v = 0).
   weighted_sum<T>(live_rows.data(), c.data(), nlive, d, 1.0 / static_cast<double>(n), out);
 }

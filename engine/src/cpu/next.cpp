@@ -72,7 +72,8 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
       const RedBits abs_mask = RedBits{} + 0x7fffffffffffffffLL;
       RedUnit s2u[kRedUnits] = {}, a1u[kRedUnits] = {}, fnu[kRedUnits] = {}, mxu[kRedUnits] = {};
       std::size_t c = 0;
-      for (; c + 16 <= len; c += 16)
+      constexpr std::size_t L = reduce::kLanes;
+      for (; c + L <= len; c += L)
         for (std::size_t u = 0; u < kRedUnits; ++u) {
           const RedUnit v = reduce::load_unit(x + c + u * kUnitDoubles);
           s2u[u] += v * v;
@@ -81,14 +82,14 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
           a1u[u] += av;
           mxu[u] = mxu[u] < av ? av : mxu[u];
         }
-      double s2[16], a1[16], fn[16], mx[16];
+      double s2[L], a1[L], fn[L], mx[L];
       reduce::unpack_units(s2u, s2);
       reduce::unpack_units(a1u, a1);
       reduce::unpack_units(fnu, fn);
       reduce::unpack_units(mxu, mx);
       for (; c < len; ++c) {
         const double v = double(x[c]);
-        const int l = int(c % 16);
+        const std::size_t l = c % L;
         s2[l] += v * v;
         fn[l] += v - v;
         const double av = std::fabs(v);
@@ -96,7 +97,7 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
         mx[l] = mx[l] < av ? av : mx[l];
       }
       double ssum = 0, asum = 0, m = 0;
-      for (int l = 0; l < 16; ++l) {
+      for (std::size_t l = 0; l < L; ++l) {
         ssum += s2[l];
         asum += a1[l];
         m = m < mx[l] ? mx[l] : m;

@@ -314,7 +314,8 @@ double dot(const T* x, const U* y, std::size_t d) {
 
 // For each of the n rows: sq[i] = ||rows[i]||^2 and, when finite != nullptr,
 // finite[i] = 1 if every coordinate of row i is finite, else 0. One pass over
-// the data, parallel over (block, row) pairs.
+// the data, parallel over (block, row) pairs (centered clipping's norm pass;
+// the definition that pairwise_sqdist_norms reproduces).
 template <typename T>
 void row_sqnorms(const T* const* rows, std::size_t n, std::size_t d, double* sq, unsigned char* finite) {
   const std::size_t nb = num_blocks(d);
@@ -326,6 +327,9 @@ void row_sqnorms(const T* const* rows, std::size_t n, std::size_t d, double* sq,
 #pragma omp parallel for schedule(static) num_threads(threads_for(n * d))
   for (std::int64_t t = 0; t < total; ++t) {
     const std::size_t b = std::size_t(t) / n, i = std::size_t(t) % n;
+    // The next row's block is a new stream for the hardware prefetcher: hint
+    // its start (centered clipping's norm pass, n = 20, d = 1e7: 81-100 -> 77 ms).
+    if (i + 1 < n) prefetch_span(rows[i + 1] + block_begin(b), (block_len(b, d) < 512 ? block_len(b, d) : 512) * sizeof(T));
     bool ok = true;
     p[b * n + i] = block_sumsq_finite(rows[i] + block_begin(b), block_len(b, d), &ok);
     fp[b * n + i] = ok ? 1 : 0;
