@@ -185,15 +185,36 @@ void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::s
   for (std::size_t k = 0; k < need.size(); ++k) crow[k] = brow[slot[k]];
   const std::size_t* nd = form.data();
   T* const* bp = brow.data();
+  // Set pre-aggregators: the formed rows' means per chunk from one read of it
+  // (rowmean.h mean_sets_chunk, the same bits as Producer::make).
+  MeanSets ms;
+  if (p.sets()) {
+    for (std::size_t k = 0; k < nb; ++k)
+      ms.add(p.idx.data() + p.start[nd[k]], p.start[nd[k] + 1] - p.start[nd[k]]);
+    ms.finish(n);
+  }
   // Each output row of a set pre-aggregator reads |set| rows; clipping and zeroing one.
   const std::size_t reads = n;
+  const int nthreads = reduce::threads_for(reads * std::min(span, d));
+  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
+  std::vector<T*> outp(std::size_t(nthreads) * nb);
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
     const std::size_t nchunks = (len + kChainChunk - 1) / kChainChunk;
-#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(reads * len))
+#pragma omp parallel for schedule(static) num_threads(std::min(nthreads, reduce::threads_for(reads * len)))
     for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
       const std::size_t c0 = std::size_t(ch) * kChainChunk, clen = std::min(kChainChunk, len - c0);
-      for (std::size_t k = 0; k < nb; ++k) p.make(rows, nd[k], s0 + c0, clen, bp[k] + c0);
+      if (p.sets()) {
+        const std::size_t th = std::size_t(reduce::thread_num());
+        T** o = outp.data() + th * nb;
+        for (std::size_t k = 0; k < nb; ++k) o[k] = bp[k] + c0;
+        if (p.zero_start)
+          ms.chunk<T, true>(rows, s0 + c0, clen, o, tiles.data() + th * ms.tile_doubles());
+        else
+          ms.chunk<T, false>(rows, s0 + c0, clen, o, tiles.data() + th * ms.tile_doubles());
+      } else {
+        for (std::size_t k = 0; k < nb; ++k) p.make(rows, nd[k], s0 + c0, clen, bp[k] + c0);
+      }
     }
     op(crow.data(), len, out + s0);
   }

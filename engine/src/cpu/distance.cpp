@@ -80,8 +80,9 @@
 //  One pass over G. For each block of cpu::kReduceBlock coordinates (fixed,
 //  independent of the thread count; OpenMP threads take whole blocks, dynamic
 //  schedule) the block's Gram matrix is computed in double (SYRK-like, see
-//  gram_block: tiles of 128 coordinates packed transposed, an 8 x 8 or 8 x 16
-//  register-blocked multiply-add kernel over the upper triangle: ~n^2/2
+//  gram_block: tiles of 128 coordinates packed transposed (8 x 8 transposes
+//  in registers with AVX-512), an 8 x 16 register-blocked multiply-add kernel
+//  (8 x 8 for a last odd column group) over the upper triangle: ~n^2/2
 //  multiply-adds per coordinate, at the machine's FMA rate), and each pair's
 //  block distance is g = G_ii + G_jj - 2 G_ij.
 //  - Cancellation guard, per pair and block, from the norms: when g <
@@ -97,11 +98,13 @@
 //    bits, whatever the thread count or timing.
 //  Scratch: nblocks*npairs partial doubles and, per thread, one packed tile
 //  (128 x np doubles) and one block Gram (np x np doubles), np = n rounded up
-//  to 8 (n <= 32) or 16.
+//  to 8.
 //
 // Means of selected rows: per chunk of 32 coordinates the running sums sit in
 // registers (double), rows added in increasing index order; parallel over
-// chunks of coordinates (per-coordinate order fixed: deterministic).
+// chunks of coordinates (per-coordinate order fixed: deterministic). Many
+// means of one chunk at once (nnm, bulyan-multikrum's rounds) share one read
+// of it: rowmean.h mean_sets_chunk.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -446,35 +449,94 @@ inline void gram_micro(const double* __restrict pk, std::size_t np, std::size_t 
     }
 }
 
-// Column-group width in lanes: 2 vectors (16 rows j) when n > 32, else 1.
-inline std::size_t gram_nv(std::size_t n) { return n > 32 ? 2 : 1; }
-inline std::size_t gram_np(std::size_t n) {
-  const std::size_t w = gram_nv(n) * kGramLanes;
-  return (n + w - 1) / w * w;
+// Rows padded to a whole number of 8-row groups (padding columns hold 0).
+inline std::size_t gram_np(std::size_t n) { return (n + kGramRows - 1) / kGramRows * kGramRows; }
+
+#if defined(__AVX512F__)
+inline VG load8_as_double(const float* p) { return reinterpret_cast<VG>(_mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_loadu_ps(p))); }
+inline VG load8_as_double(const double* p) { return load_vg(p); }
+
+// Packs 8 rows' coordinates [src, src + 8) transposed: pk[(c + q) * np + i0
+// + r] = x_{i0+r}[src + q], r, q < 8 (an 8 x 8 transpose in registers: three rounds
+// of two-source shuffles) instead of 64 scalar conversions and stores.
+typedef long long VI __attribute__((vector_size(64)));
+template <typename T>
+inline void pack_8x8(const T* const* rows, std::size_t i0, std::size_t src, std::size_t c, double* pk,
+                     std::size_t np) {
+  VG r[8], t[8], u[8];
+  for (int q = 0; q < 8; ++q) r[q] = load8_as_double(rows[i0 + std::size_t(q)] + src);
+  const VI even{0, 8, 2, 10, 4, 12, 6, 14}, odd{1, 9, 3, 11, 5, 13, 7, 15};
+  const VI lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
+  const VI lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
+  for (int q = 0; q < 8; q += 2) {
+    t[q] = __builtin_shuffle(r[q], r[q + 1], even);  // rows q, q+1 at coordinates 0, 2, 4, 6
+    t[q + 1] = __builtin_shuffle(r[q], r[q + 1], odd);
+  }
+  for (int q = 0; q < 8; q += 4) {
+    u[q] = __builtin_shuffle(t[q], t[q + 2], lo2);  // rows q..q+3 at coordinates 0, 4
+    u[q + 1] = __builtin_shuffle(t[q + 1], t[q + 3], lo2);  // 1, 5
+    u[q + 2] = __builtin_shuffle(t[q], t[q + 2], hi2);  // 2, 6
+    u[q + 3] = __builtin_shuffle(t[q + 1], t[q + 3], hi2);  // 3, 7
+  }
+  for (int q = 0; q < 4; ++q) {
+    store_vg(pk + (c + std::size_t(q)) * np + i0, __builtin_shuffle(u[q], u[q + 4], lo4));
+    store_vg(pk + (c + std::size_t(q) + 4) * np + i0, __builtin_shuffle(u[q], u[q + 4], hi4));
+  }
 }
+#endif
 
 // The Gram matrix of rows [c0, c1) into Gb (np x np, upper triangle and
 // diagonal valid). pk: kGramTile*np doubles of scratch.
+//
+// Column groups of 16 rows j (2 vectors), the last one of 8 when np is an
+// odd number of 8-row groups; row groups i0 of 8 up to the group's last
+// column and below np: no padding-only group is computed (n = 100: 6208
+// multiply-adds per coordinate for the triangle's 5050, was 7168 with
+// groups of 16 padded to 112). Each Gb element's sum is the same whatever
+// the grouping.
 template <typename T>
 void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1, double* pk,
                 double* Gb) {
-  const std::size_t np = gram_np(n), nv = gram_nv(n), w = nv * kGramLanes;
+  const std::size_t np = gram_np(n);
   std::fill(Gb, Gb + np * np, 0.0);
   std::fill(pk, pk + kGramTile * np, 0.0);  // padding columns i >= n stay 0
+  std::size_t ncalls = 0;  // micro-kernel calls per tile
+  for (std::size_t j0 = 0; j0 < np; j0 += 2 * kGramLanes) ncalls += std::min(j0 + 2 * kGramLanes, np) / kGramRows;
   for (std::size_t t0 = c0; t0 < c1; t0 += kGramTile) {
     const std::size_t len = std::min(kGramTile, c1 - t0);
-    for (std::size_t i = 0; i < n; ++i) {
+    // The next tile's lines are hinted to the prefetcher a few per micro-kernel
+    // call, spread over this tile's arithmetic (all ~800 at once at n = 100
+    // wait on the line-fill buffers and stall the packing).
+    const bool pf = t0 + 2 * kGramTile <= d;
+    constexpr std::size_t kLinesPerRow = kGramTile * sizeof(T) / 64;
+    std::size_t pf_next = 0;  // next line to hint: row pf_next / kLinesPerRow
+    const std::size_t pf_total = pf ? n * kLinesPerRow : 0;
+    const std::size_t pf_step = (pf_total + ncalls - 1) / ncalls;
+    std::size_t i = 0, c = 0;
+#if defined(__AVX512F__)
+    const std::size_t len8 = len / 8 * 8;
+    for (; i + 8 <= n; i += 8)
+      for (std::size_t cc = 0; cc < len8; cc += 8) pack_8x8<T>(rows, i, t0 + cc, cc, pk, np);
+    for (std::size_t r = 0; r < i; ++r)
+      for (c = len8; c < len; ++c) pk[c * np + r] = double(rows[r][t0 + c]);
+#endif
+    for (; i < n; ++i) {
       const T* x = rows[i] + t0;
-      if (t0 + 2 * kGramTile <= d) reduce::prefetch_span(x + kGramTile, kGramTile * sizeof(T));
-      for (std::size_t c = 0; c < len; ++c) pk[c * np + i] = double(x[c]);
+      for (c = 0; c < len; ++c) pk[c * np + i] = double(x[c]);
     }
-    for (std::size_t j0 = 0; j0 < np; j0 += w)
-      for (std::size_t i0 = 0; i0 < j0 + w; i0 += kGramRows) {
-        if (nv == 2)
+    for (std::size_t j0 = 0; j0 < np; j0 += 2 * kGramLanes) {
+      const bool two = j0 + 2 * kGramLanes <= np;
+      const std::size_t iend = std::min(j0 + (two ? 2 : 1) * kGramLanes, np);
+      for (std::size_t i0 = 0; i0 < iend; i0 += kGramRows) {
+        for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
+          __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / kLinesPerRow] + t0 + kGramTile) +
+                             (pf_next % kLinesPerRow) * 64);
+        if (two)
           gram_micro<2>(pk, np, len, i0, j0, Gb);
         else
           gram_micro<1>(pk, np, len, i0, j0, Gb);
       }
+    }
   }
 }
 
@@ -690,14 +752,23 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   std::unique_ptr<T[]> buf(new T[theta * span]);  // default-initialised: no memset
   std::vector<const T*> brows(theta);
   for (std::size_t t = 0; t < theta; ++t) brows[t] = buf.get() + t * span;
+  // All theta rounds' means per chunk, from one read of it (mean_sets_chunk).
+  MeanSets ms;
+  for (const auto& st : sets) ms.add(st.data(), st.size());
+  ms.finish(n);
+  const int nthreads = reduce::threads_for(n * std::min(span, d));
+  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
+  std::vector<T*> outp(std::size_t(nthreads) * theta);
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
     const std::size_t nchunks = (len + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(n * len))
+#pragma omp parallel for schedule(dynamic, 8) num_threads(std::min(nthreads, reduce::threads_for(n * len)))
     for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
       const std::size_t c0 = std::size_t(ch) * kMeanChunk, clen = std::min(kMeanChunk, len - c0);
-      for (std::size_t t = 0; t < theta; ++t)
-        mean_chunk(rows, sets[t].data(), sets[t].size(), s0 + c0, clen, buf.get() + t * span + c0);
+      const std::size_t th = std::size_t(reduce::thread_num());
+      T** o = outp.data() + th * theta;
+      for (std::size_t t = 0; t < theta; ++t) o[t] = buf.get() + t * span + c0;
+      ms.chunk<T>(rows, s0 + c0, clen, o, tiles.data() + th * ms.tile_doubles());
     }
     averaged_upper_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
   }
@@ -731,17 +802,30 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
         break;
       }
   }
-  // All n output rows per chunk of coordinates: G is read from memory once.
+  // The distinct sets' means per chunk of coordinates, all from one read of
+  // the chunk (rowmean.h mean_sets_chunk); rows sharing a set copy its mean.
+  MeanSets ms;
+  std::vector<std::size_t> first;  // the output row of each distinct set
+  for (std::size_t i = 0; i < n; ++i)
+    if (same[i] == i) {
+      ms.add(sel.data() + i * s, s);
+      first.push_back(i);
+    }
+  ms.finish(n);
+  const std::size_t nsets = ms.size();
+  const int nthreads = reduce::threads_for(n * d);
+  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
+  std::vector<T*> outp(std::size_t(nthreads) * nsets);
   const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(reduce::threads_for(n * d))
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
   for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
     const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
-    for (std::size_t i = 0; i < n; ++i) {
-      if (same[i] == i)
-        mean_chunk(rows, sel.data() + i * s, s, c0, len, out + i * d + c0);
-      else
-        std::memcpy(out + i * d + c0, out + same[i] * d + c0, len * sizeof(T));
-    }
+    const std::size_t t = std::size_t(reduce::thread_num());
+    T** o = outp.data() + t * nsets;
+    for (std::size_t k = 0; k < nsets; ++k) o[k] = out + first[k] * d + c0;
+    ms.chunk<T>(rows, c0, len, o, tiles.data() + t * ms.tile_doubles());
+    for (std::size_t i = 0; i < n; ++i)
+      if (same[i] != i) std::memcpy(out + i * d + c0, out + same[i] * d + c0, len * sizeof(T));
   }
 }
 

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <vector>
+
+#include "cpu/reduce.h"
 
 namespace pyagg {
 namespace cpu {
@@ -18,13 +21,29 @@ namespace cpu {
 // ZeroStart: the sum starts at 0.0 and adds every row (bucketing's
 // definition: 0.0 + x is x except for x = -0.0, which becomes +0.0); without
 // it the sum starts at the first row's value (nnm, multi-krum, mda).
+//
+// finish_mean: 32 sums of cnt rows -> 32 means, rounded to T once.
+template <typename T>
+inline void finish_mean(const double* a, std::size_t cnt, T* out) {
+  constexpr std::size_t kStep = 32;
+  const double dc = double(cnt);
+  // For a power-of-two count the product by the reciprocal is the same number
+  // as the quotient (exact scaling) and ~10x cheaper than a vector division.
+  if ((cnt & (cnt - 1)) == 0) {
+    const double inv = 1.0 / dc;
+#pragma GCC unroll 32
+    for (std::size_t l = 0; l < kStep; ++l) out[l] = T(a[l] * inv);
+  } else {
+#pragma GCC unroll 32
+    for (std::size_t l = 0; l < kStep; ++l) out[l] = T(a[l] / dc);
+  }
+}
+
 template <typename T, bool ZeroStart = false>
 inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t cnt, std::size_t c0,
                        std::size_t len, T* out) {
   constexpr std::size_t kStep = 32;
   const double dc = double(cnt);
-  // For a power-of-two count the product by the reciprocal is the same number
-  // as the quotient (exact scaling) and ~10x cheaper than a vector division.
   const bool pow2 = (cnt & (cnt - 1)) == 0;
   const double inv = 1.0 / dc;
   std::size_t c = 0;
@@ -38,13 +57,7 @@ inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t
 #pragma GCC unroll 32
       for (std::size_t l = 0; l < kStep; ++l) a[l] += double(r[l]);
     }
-    if (pow2) {
-#pragma GCC unroll 32
-      for (std::size_t l = 0; l < kStep; ++l) out[c + l] = T(a[l] * inv);
-    } else {
-#pragma GCC unroll 32
-      for (std::size_t l = 0; l < kStep; ++l) out[c + l] = T(a[l] / dc);
-    }
+    finish_mean(a, cnt, out + c);
   }
   for (; c < len; ++c) {
     double a = ZeroStart ? 0.0 + double(rows[sel[0]][c0 + c]) : double(rows[sel[0]][c0 + c]);
@@ -52,6 +65,116 @@ inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t
     out[c] = T(pow2 ? a * inv : a / dc);
   }
 }
+
+// Several row means over one chunk of coordinates, sharing the reads of G
+// (nnm's n output rows, bulyan-multikrum's theta rounds, a fused nnm or
+// bucketing chain): set k is rows idx[start[k] .. start[k+1]), summed in that
+// order, and outs[k][c] for c in [0, len) is its mean at coordinate c0 + c,
+// with mean_chunk<T, ZeroStart>'s arithmetic (same additions in the same
+// order: same bits).
+//
+// Per step of 32 coordinates, every row in `used` (the rows any set names)
+// is converted to double once into `tile` (row r at tile + 32 r: 25 KiB at
+// n = 100, in L1) and its next step is hinted to the prefetcher; then the
+// sets' sums read the tile, two sets at a time: 8 independent accumulator
+// vectors, where one set's 4 leave the adder waiting on its latency. Per
+// row and coordinate of a set this is one load and one add, instead of
+// mean_chunk's load, conversion and add from G for every set.
+// tile: nrows * 32 doubles (nrows > every index in idx).
+namespace rowmean_detail {
+using reduce::RedUnit;
+constexpr std::size_t kSetStep = 32;                                 // coordinates per step
+constexpr std::size_t kSetUnits = kSetStep / reduce::kUnitDoubles;   // accumulator units per set
+// Sets summed together: two with AVX-512 (8 of its 32 registers), one where
+// a set's units already fill half the register file (8 ymm, 16 xmm).
+constexpr std::size_t kSetsTogether = kSetUnits <= 4 ? 2 : 1;
+
+inline void store_unit(double* p, const RedUnit& v) { std::memcpy(p, &v, sizeof v); }
+
+// K sets' sums over one step, from the tile, then their means into outs[0..K).
+template <typename T, bool ZeroStart, std::size_t K>
+inline void sum_sets(const double* tile, const std::size_t* idx, const std::size_t* start, T* const* outs,
+                     std::size_t c) {
+  RedUnit acc[K][kSetUnits];
+  std::size_t cnt[K], both = ~std::size_t(0);
+  for (std::size_t k = 0; k < K; ++k) {
+    cnt[k] = start[k + 1] - start[k];
+    both = cnt[k] < both ? cnt[k] : both;
+    const double* t = tile + idx[start[k]] * kSetStep;
+    for (std::size_t u = 0; u < kSetUnits; ++u) {
+      const RedUnit v = reduce::load_unit(t + u * reduce::kUnitDoubles);
+      acc[k][u] = ZeroStart ? RedUnit{} + v : v;  // 0.0 + x: bucketing's start
+    }
+  }
+  std::size_t s = 1;
+  for (; s < both; ++s)
+    for (std::size_t k = 0; k < K; ++k) {
+      const double* t = tile + idx[start[k] + s] * kSetStep;
+      for (std::size_t u = 0; u < kSetUnits; ++u) acc[k][u] += reduce::load_unit(t + u * reduce::kUnitDoubles);
+    }
+  for (std::size_t k = 0; k < K; ++k) {
+    for (std::size_t s2 = s; s2 < cnt[k]; ++s2) {
+      const double* t = tile + idx[start[k] + s2] * kSetStep;
+      for (std::size_t u = 0; u < kSetUnits; ++u) acc[k][u] += reduce::load_unit(t + u * reduce::kUnitDoubles);
+    }
+    double a[kSetStep];
+    std::memcpy(a, acc[k], sizeof a);
+    finish_mean(a, cnt[k], outs[k] + c);
+  }
+}
+}  // namespace rowmean_detail
+
+template <typename T, bool ZeroStart = false>
+inline void mean_sets_chunk(const T* const* rows, const std::size_t* used, std::size_t nused,
+                            const std::size_t* idx, const std::size_t* start, std::size_t nsets, std::size_t c0,
+                            std::size_t len, T* const* outs, double* tile) {
+  using namespace rowmean_detail;
+  constexpr std::size_t W = reduce::kUnitDoubles;
+  std::size_t c = 0;
+  for (; c + kSetStep <= len; c += kSetStep) {
+    for (std::size_t u = 0; u < nused; ++u) {
+      const std::size_t r = used[u];
+      const T* x = rows[r] + c0 + c;
+      reduce::prefetch_span(x + kSetStep, kSetStep * sizeof(T));
+      double* t = tile + r * kSetStep;
+      for (std::size_t v = 0; v < kSetUnits; ++v) store_unit(t + v * W, reduce::load_unit(x + v * W));
+    }
+    std::size_t k = 0;
+    for (; k + kSetsTogether <= nsets; k += kSetsTogether)
+      sum_sets<T, ZeroStart, kSetsTogether>(tile, idx, start + k, outs + k, c);
+    for (; k < nsets; ++k) sum_sets<T, ZeroStart, 1>(tile, idx, start + k, outs + k, c);
+  }
+  if (c < len)  // the last len % 32 coordinates
+    for (std::size_t k = 0; k < nsets; ++k)
+      mean_chunk<T, ZeroStart>(rows, idx + start[k], start[k + 1] - start[k], c0 + c, len - c, outs[k] + c);
+}
+
+// The sets of one mean_sets_chunk call, built once per rule call: sets in CSR
+// form and the rows they name (each once, increasing).
+struct MeanSets {
+  std::vector<std::size_t> idx, start{0}, used;
+  std::size_t nrows = 0;  // every index < nrows: a tile holds nrows * 32 doubles
+  void add(const std::size_t* s, std::size_t cnt) {
+    idx.insert(idx.end(), s, s + cnt);
+    start.push_back(idx.size());
+  }
+  // After the last add: the rows any set names.
+  void finish(std::size_t n) {
+    nrows = n;
+    std::vector<unsigned char> named(n, 0);
+    for (std::size_t r : idx) named[r] = 1;
+    used.clear();
+    for (std::size_t r = 0; r < n; ++r)
+      if (named[r]) used.push_back(r);
+  }
+  std::size_t size() const { return start.size() - 1; }
+  std::size_t tile_doubles() const { return nrows * 32; }
+  template <typename T, bool ZeroStart = false>
+  void chunk(const T* const* rows, std::size_t c0, std::size_t len, T* const* outs, double* tile) const {
+    mean_sets_chunk<T, ZeroStart>(rows, used.data(), used.size(), idx.data(), start.data(), size(), c0, len, outs,
+                                  tile);
+  }
+};
 
 // o = (T)((double)x * s), element-wise (o may equal x: in-place rescaling):
 // clipping's arithmetic (preagg.cpp, chain.cpp).
