@@ -128,6 +128,34 @@ def test_gram_path_nnm_vs_reference():
     np.testing.assert_array_equal(pyagg.preaggregate(G, "nnm", 7), ref.nnm(G, 7))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_many_set_means_at_n100_bitwise(dtype):
+    """n = 100 (Gram path, 13 row groups of 8: an 8-column last group): nnm's
+    distinct neighbour sets and bulyan-multikrum's 58 rounds are formed
+    together from one read of each chunk (mean_sets_chunk); d = 1000 + 7
+    leaves a ragged tail of the 32-coordinate steps. Bits as the spec's
+    reference (each mean summed in double in index order; float32 sums are
+    exact there, float64 ones are numpy's: last-bit differences), -0.0 and a
+    NaN row included; the fused nnm > median chain equals the unfused one."""
+    rng = np.random.default_rng(100)
+    n, f, d = 100, 20, 1007
+    G = rng.standard_normal((n, d)).astype(dtype)
+    G[:f] *= -3.0
+    G[f : f + 10] += 0.5  # more distinct neighbour sets
+    G[:, 5] = -0.0
+    G[n - 1, 17] = np.nan
+    check = (
+        np.testing.assert_array_equal
+        if dtype == np.float32
+        else lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    )
+    check(pyagg.preaggregate(G, "nnm", f), ref.nnm(G, f))
+    check(pyagg.aggregate(G, "bulyan-multikrum", f), ref.bulyan_multikrum(G, f))
+    np.testing.assert_array_equal(
+        pyagg.aggregate(G, "median", f, pre=["nnm"]), pyagg.aggregate(pyagg.preaggregate(G, "nnm", f), "median", f)
+    )
+
+
 # ------------------------------ geometric median in coefficient space ---
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
