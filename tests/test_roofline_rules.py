@@ -156,6 +156,33 @@ def test_many_set_means_at_n100_bitwise(dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [33, 47, 64, 65, 100, 129, 200])
+def test_blocks_presorted_in_registers_median_family(n, dtype):
+    """n > 32: each whole block of 32 wires is sorted by the compile-time
+    network in registers, the merges run in the tile buffer. The median and
+    averaged-median read exact wires only: the reference's values (float64
+    window sums: to its rounding), with
+    ties of -0.0 / +0.0, infinities, a NaN, and lanes with fewer finite values."""
+    rng = np.random.default_rng(n)
+    d = 70
+    G = rng.integers(-3, 4, size=(n, d)).astype(dtype)  # many ties
+    G[rng.random((n, d)) < 0.2] = -0.0
+    G[0, :5] = np.inf
+    G[1, 3:9] = -np.inf
+    G[2, 10] = np.nan
+    G[:, 20:24] = rng.standard_normal((n, 4))
+    f = (n - 1) // 4
+    np.testing.assert_array_equal(pyagg.aggregate(G, "median", f), ref.median(G, f))
+    am, want = pyagg.aggregate(G, "averaged-median", f), ref.averaged_median(G, f)
+    if dtype == np.float32:
+        np.testing.assert_array_equal(am, want)
+    else:  # the reference sums float64 windows with numpy: last-bit differences
+        np.testing.assert_allclose(am, want, rtol=1e-13, atol=1e-15)
+    H = G[:, 20:24].copy()  # every value finite: the middle-wires network
+    np.testing.assert_array_equal(pyagg.aggregate(H, "median", f), ref.median(H, f))
+
+
 # ------------------------------ geometric median in coefficient space ---
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(

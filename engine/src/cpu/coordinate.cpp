@@ -56,7 +56,10 @@
 //   n <= 32 the network is a compile-time one, run with every wire of a tile
 //   column in a SIMD register (no load/store per comparator: ~1.6x faster);
 //   above, the same network is generated at run time and applied in the L1
-//   buffer; above kMaxNetworkN, a per-lane std::sort of the same buffer. The
+//   buffer (when only exact wires are read, the network's first levels, which
+//   sort each whole block of 32 wires on its own, run as the compile-time
+//   32-wire network in registers: TileSorter); above kMaxNetworkN, a per-lane
+//   std::sort of the same buffer. The
 //   per-lane read-out (order statistics at lane-dependent positions, window
 //   of the averaged median) works on groups of G = (SIMD bytes / 8) lanes
 //   converted to double, with compares and blends. These loops are written
@@ -320,6 +323,15 @@ template <typename T, std::size_t W>
 struct TileSorter {
   std::vector<sortnet::Offsets> net;
   sortnet::FixedSortFn<T> fixed = nullptr;
+  // n > 32 with only exact wires read: the network's first levels sort each
+  // whole block of 32 wires on its own (Batcher's comparators with p < 32
+  // never leave a 32-aligned block); those blocks are sorted with the
+  // compile-time 32-wire network, wires in registers (the same comparators
+  // in the same order), and only the rest of the network is applied in the
+  // L1 buffer. n = 100, median: 3 x 191 comparators in registers, the
+  // merges (pruned) in memory.
+  sortnet::FixedSortFn<T> block_sort = nullptr;
+  std::size_t nblocks = 0;
   bool use_net = true;
   std::size_t n = 0;
 
@@ -330,15 +342,54 @@ struct TileSorter {
       default: fixed = sortnet::fixed_sorter<T, W, sortnet::kSortAll>(n); break;
     }
     use_net = n <= kMaxNetworkN;
-    if (!fixed && use_net)
-      net = sortnet::to_offsets(sortnet::prune_network(sortnet::batcher_network(n), want), W);
+    if (fixed || !use_net) return;
+    const auto full = sortnet::batcher_network(n);
+    if (!presorted_blocks(full, want)) net = sortnet::to_offsets(sortnet::prune_network(full, want), W);
   }
+
+  // Sets block_sort, nblocks and net when the first levels of `full` are the
+  // 32-wire network on every whole block and no wire is read as a bag (a
+  // bag's order, which the trimmed mean sums in, would change: the pruned
+  // network leaves some of a block's comparators out). Pruning the rest of
+  // the network gives the same exact wires (the pruned-out comparators only
+  // move values nothing reads).
+  bool presorted_blocks(const std::vector<sortnet::Comparator>& full, const std::vector<unsigned char>& want) {
+    constexpr std::size_t B = sortnet::kMaxStaticN;
+    const sortnet::FixedSortFn<T> bs = sortnet::fixed_sorter<T, W, sortnet::kSortAll>(B);
+    if (!bs || n <= B) return false;
+    for (unsigned char w : want)
+      if (w == sortnet::kBag) return false;
+    std::size_t split = 0;
+    while (split < full.size() && full[split].a / B == full[split].b / B) ++split;
+    const std::size_t nb = n / B;
+    const auto blk = sortnet::batcher_network(B);
+    std::vector<std::size_t> seen(nb, 0);
+    std::vector<sortnet::Comparator> rest;  // the partial block's first levels, then the merges
+    for (std::size_t c = 0; c < split; ++c) {
+      const std::size_t b = full[c].a / B;
+      if (b >= nb) {
+        rest.push_back(full[c]);
+        continue;
+      }
+      const std::size_t q = seen[b]++;
+      if (q >= blk.size() || blk[q].a + b * B != full[c].a || blk[q].b + b * B != full[c].b) return false;
+    }
+    for (std::size_t b = 0; b < nb; ++b)
+      if (seen[b] != blk.size()) return false;
+    rest.insert(rest.end(), full.begin() + std::ptrdiff_t(split), full.end());
+    net = sortnet::to_offsets(sortnet::prune_network(rest, want), W);
+    block_sort = bs;
+    nblocks = nb;
+    return true;
+  }
+
   void sort(T* buf, T* col) const {
     if (fixed) {
       fixed(buf);
       return;
     }
     if (use_net) {
+      for (std::size_t b = 0; b < nblocks; ++b) block_sort(buf + b * sortnet::kMaxStaticN * W);
       sortnet::apply<T, W>(buf, net.data(), net.size());
       return;
     }
