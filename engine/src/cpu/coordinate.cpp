@@ -104,7 +104,15 @@ namespace {
 // (8 tiles) ahead gains ~10% on the median.
 constexpr std::size_t kTileBytes = 128;      // per row of a sorting tile (W = 32 floats, 16 doubles)
 constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per row
-constexpr std::size_t kSumTileBytes = 2048;  // per row of an average(_nan) tile
+// Coordinates of an average / average_nan / weighted-sum tile: as many double
+// accumulator vectors as leave room in the register file for the loads and
+// conversions (16 of AVX-512's 32 registers, 8 of AVX2's and SSE's 16). With
+// 256 coordinates (32 vectors) GCC kept the sums on the stack: a load, add
+// and store per vector and row (average, n = 20, d = 1e4: 37 us serial).
+constexpr std::size_t kSumTileBytes = (kVecBytes == 64 ? 16 : 8) * kVecBytes;
+// Each row's next coordinates are hinted this many coordinates ahead (2 KiB of
+// float: what 2 tiles of 256 were), whatever the tile.
+constexpr std::size_t kSumPrefetch = 512;
 constexpr std::size_t kMaxNetworkN = netbuild::kMaxNetworkN;   // above: per-lane std::sort
 
 // ---- explicit SIMD (vector extensions) ------------------------------------------
@@ -467,7 +475,7 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
       if (keep && !keep[i]) continue;
       const T* src = rows[i] + j0;
       const double s = scale ? scale[i] : 1.0;
-      if (j0 + 3 * W <= d) reduce::prefetch_span(src + 2 * W, W * sizeof(T));
+      if (j0 + kSumPrefetch + W <= d) reduce::prefetch_span(src + kSumPrefetch, W * sizeof(T));
       if (s < 1.0 && wl == W && std::is_same<T, float>::value) {
         // float: T(double(x) * s) in registers (the rounding to float keeps
         // the product from being contracted into the sum)
@@ -512,8 +520,8 @@ void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::s
         for (std::size_t l = 0; l < wl; ++l) pad[l] = src[l];
         for (std::size_t l = wl; l < W; ++l) pad[l] = T(0);
         src = pad;
-      } else if (j0 + 3 * W <= d) {
-        reduce::prefetch_span(src + 2 * W, W * sizeof(T));
+      } else if (j0 + kSumPrefetch + W <= d) {
+        reduce::prefetch_span(src + kSumPrefetch, W * sizeof(T));
       }
       const VD av = VD{} + a[t];
       for (std::size_t g = 0; g < NG; ++g) acc[g] += av * load_d(src + g * G);
@@ -557,8 +565,8 @@ void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out) {
       if (wl < W) {
         for (std::size_t l = 0; l < W; ++l) pad[l] = l < wl ? src[l] : T(0);
         src = pad;
-      } else if (j0 + 3 * W <= d) {
-        reduce::prefetch_span(src + 2 * W, W * sizeof(T));
+      } else if (j0 + kSumPrefetch + W <= d) {
+        reduce::prefetch_span(src + kSumPrefetch, W * sizeof(T));
       }
       for (std::size_t g = 0; g < NG; ++g) {
         const VD x = load_d(src + g * G);
