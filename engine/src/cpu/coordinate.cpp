@@ -120,6 +120,7 @@ constexpr std::size_t kMaxNetworkN = netbuild::kMaxNetworkN;   // above: per-lan
 constexpr std::size_t G = kVecBytes / sizeof(double);
 typedef double VD __attribute__((vector_size(kVecBytes)));
 typedef std::int64_t VI __attribute__((vector_size(kVecBytes)));
+typedef std::uint64_t VUI __attribute__((vector_size(kVecBytes)));
 
 template <typename T>
 struct Simd;
@@ -658,8 +659,17 @@ void averaged_median_impl(const T* const* rows, std::size_t n, std::size_t d, st
     constexpr std::size_t NG = W / G;
     VI k[NG], b[NG], c[NG], e[NG];
     VD m[NG], acc[NG];
+    bool all = true;  // every lane has n finite values: the median's wires are fixed
+    for (std::size_t l = 0; l < W; ++l) all &= cnt[l] == LaneInt<T>(n);
     for (std::size_t g = 0; g < NG; ++g) k[g] = load_i<T>(cnt + g * G);
-    median_tile<T, W, Upper>(buf, n, k, m);
+    if (all) {  // median_tile's values for k = n, without its scan of n/2 + 1 wires
+      for (std::size_t g = 0; g < NG; ++g) {
+        const VD hi = load_d(buf + (n / 2) * W + g * G);
+        m[g] = (Upper || n % 2 == 1) ? hi : mid_d(load_d(buf + (n / 2 - 1) * W + g * G), hi);
+      }
+    } else {
+      median_tile<T, W, Upper>(buf, n, k, m);
+    }
     for (std::size_t g = 0; g < NG; ++g) {
       b[g] = k[g] < vbeta ? k[g] : vbeta;  // window size min(beta, k)
       c[g] = VI{};
@@ -687,8 +697,9 @@ void averaged_median_impl(const T* const* rows, std::size_t n, std::size_t d, st
         for (std::size_t g = 0; g < NG; ++g) acc[g] += load_d(buf + p * W + g * G);
       } else {
         for (std::size_t g = 0; g < NG; ++g) {
+          // c <= p < c + b as one unsigned compare of p - c with b
           const VD r = load_d(buf + p * W + g * G);
-          acc[g] += (pv >= c[g]) & (pv < e[g]) ? r : VD{};
+          acc[g] += (VUI)(pv - c[g]) < (VUI)b[g] ? r : VD{};
         }
       }
     }
