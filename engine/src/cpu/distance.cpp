@@ -451,6 +451,9 @@ inline void gram_micro(const double* __restrict pk, std::size_t np, std::size_t 
 
 // Rows padded to a whole number of 8-row groups (padding columns hold 0).
 inline std::size_t gram_np(std::size_t n) { return (n + kGramRows - 1) / kGramRows * kGramRows; }
+// Columns [0, full) in 16-wide groups; an odd last group of 8, [full, np), is
+// held transposed: Gram(i, j) for i < full <= j is at Gb[j][i].
+inline std::size_t gram_full(std::size_t np) { return np / (2 * kGramLanes) * (2 * kGramLanes); }
 
 #if defined(__AVX512F__)
 inline VG load8_as_double(const float* p) { return reinterpret_cast<VG>(_mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_loadu_ps(p))); }
@@ -485,23 +488,25 @@ inline void pack_8x8(const T* const* rows, std::size_t i0, std::size_t src, std:
 }
 #endif
 
-// The Gram matrix of rows [c0, c1) into Gb (np x np, upper triangle and
-// diagonal valid). pk: kGramTile*np doubles of scratch.
+// The Gram matrix of rows [c0, c1) into Gb (np x np: the diagonal, the upper
+// triangle of columns < full, rows >= full of the last group). pk: kGramTile*np
+// doubles of scratch.
 //
-// Column groups of 16 rows j (2 vectors), the last one of 8 when np is an
-// odd number of 8-row groups; row groups i0 of 8 up to the group's last
-// column and below np: no padding-only group is computed (n = 100: 6208
-// multiply-adds per coordinate for the triangle's 5050, was 7168 with
-// groups of 16 padded to 112). Each Gb element's sum is the same whatever
-// the grouping.
+// Column groups of 16 rows j (2 vectors), row groups i0 of 8 up to the
+// group's last column; when np is an odd number of 8-row groups, the last 8
+// columns are computed as rows (transposed, see gram_full). No padding-only
+// group is computed (n = 100: 6208 multiply-adds per coordinate for the
+// triangle's 5050, was 7168 with groups of 16 padded to 112). Each Gb
+// element's sum is the same whatever the grouping (a*b and b*a round alike).
 template <typename T>
 void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1, double* pk,
                 double* Gb) {
   const std::size_t np = gram_np(n);
   std::fill(Gb, Gb + np * np, 0.0);
   std::fill(pk, pk + kGramTile * np, 0.0);  // padding columns i >= n stay 0
-  std::size_t ncalls = 0;  // micro-kernel calls per tile
-  for (std::size_t j0 = 0; j0 < np; j0 += 2 * kGramLanes) ncalls += std::min(j0 + 2 * kGramLanes, np) / kGramRows;
+  const std::size_t full = gram_full(np);
+  std::size_t ncalls = full < np ? full / (2 * kGramLanes) + 1 : 0;  // micro-kernel calls per tile
+  for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) ncalls += (j0 + 2 * kGramLanes) / kGramRows;
   for (std::size_t t0 = c0; t0 < c1; t0 += kGramTile) {
     const std::size_t len = std::min(kGramTile, c1 - t0);
     // The next tile's lines are hinted to the prefetcher a few per micro-kernel
@@ -524,18 +529,26 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
       const T* x = rows[i] + t0;
       for (c = 0; c < len; ++c) pk[c * np + i] = double(x[c]);
     }
-    for (std::size_t j0 = 0; j0 < np; j0 += 2 * kGramLanes) {
-      const bool two = j0 + 2 * kGramLanes <= np;
-      const std::size_t iend = std::min(j0 + (two ? 2 : 1) * kGramLanes, np);
-      for (std::size_t i0 = 0; i0 < iend; i0 += kGramRows) {
-        for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
-          __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / kLinesPerRow] + t0 + kGramTile) +
-                             (pf_next % kLinesPerRow) * 64);
-        if (two)
-          gram_micro<2>(pk, np, len, i0, j0, Gb);
-        else
-          gram_micro<1>(pk, np, len, i0, j0, Gb);
+    auto hint = [&]() {
+      for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
+        __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / kLinesPerRow] + t0 + kGramTile) +
+                           (pf_next % kLinesPerRow) * 64);
+    };
+    for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes)
+      for (std::size_t i0 = 0; i0 < j0 + 2 * kGramLanes; i0 += kGramRows) {
+        hint();
+        gram_micro<2>(pk, np, len, i0, j0, Gb);
       }
+    if (full < np) {
+      // The last 8 columns: their products with rows [0, full) as the
+      // transposed blocks (rows full.., columns j0..j0+15: the 16-wide
+      // kernel; the 8-wide one is load-bound), then the diagonal block.
+      for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) {
+        hint();
+        gram_micro<2>(pk, np, len, full, j0, Gb);
+      }
+      hint();
+      gram_micro<1>(pk, np, len, full, full, Gb);
     }
   }
 }
@@ -556,7 +569,7 @@ constexpr double kGramSafe = 1.0 / 65536.0;
 template <typename T>
 void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
                          double* pk, double* Gb, double* part, unsigned char* bad, std::size_t* exact) {
-  const std::size_t np = gram_np(n);
+  const std::size_t np = gram_np(n), full = gram_full(np);
   gram_block<T>(rows, n, d, c0, c1, pk, Gb);
   for (std::size_t i = 0; i < n; ++i) {
     const double gii = Gb[i * np + i];
@@ -568,7 +581,8 @@ void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std
   for (std::size_t i = 0, p = 0; i < n; ++i)
     for (std::size_t j = i + 1; j < n; ++j, ++p) {
       const double gii = Gb[i * np + i], gjj = Gb[j * np + j];
-      const double g = (gii + gjj) - 2.0 * Gb[i * np + j];
+      const double gij = (i < full && j >= full) ? Gb[j * np + i] : Gb[i * np + j];
+      const double g = (gii + gjj) - 2.0 * gij;
       if (g >= kGramSafe * (gii + gjj) && std::isfinite(g)) {
         part[p] = g;
       } else if (bad[i] || bad[j]) {
