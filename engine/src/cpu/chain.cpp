@@ -8,8 +8,8 @@
 //   kReduceBlock, so every kernel sees the same tiles and blocks as on the
 //   whole rows); for each span the pre-aggregator's rows that the rule needs
 //   are computed into an L2-resident n'' x L buffer (nnm, bucketing: the mean
-//   of each row's set, by mean_chunk with the pre-aggregator's own order and
-//   arithmetic; clipping: the row scaled or copied; zeroing: the row copied or
+//   of each row's set, by mean_sets_chunk (rowmean.h: mean_chunk's order and
+//   arithmetic, the sets of a chunk from one read of it); clipping: the row scaled or copied; zeroing: the row copied or
 //   zero), then the rule runs on the
 //   buffer and writes its output span. Per span, G's slice is read from memory
 //   once. Every rule here computes each output coordinate from that

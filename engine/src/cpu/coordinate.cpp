@@ -506,7 +506,7 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
 // centered clipping from v = 0), the sum in double over the rows in the given
 // order for every coordinate, from +0.0; each term a multiply-add where the
 // target has FMA (as the scalar loop it replaces was compiled). Accumulators
-// in registers over 256-coordinate tiles, like average.
+// in registers over tiles of kSumTileBytes, like average.
 template <typename T>
 void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out) {
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
