@@ -267,6 +267,11 @@ void parallel_tiles(std::size_t n, std::size_t d, std::size_t scratch_bytes, Fn&
   if (std::size_t(threads) > ntiles) threads = int(ntiles);
   if (threads < 1) threads = 1;
   Scratch scratch(scratch_bytes, threads);
+  if (threads == 1) {  // no parallel region (small inputs; calls from inside one)
+    void* s = scratch.get(0);
+    for (std::size_t j0 = 0; j0 < d; j0 += W) fn(j0, std::min(W, d - j0), s);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     void* s = scratch.get(reduce::thread_num());

@@ -32,8 +32,9 @@
 //      theta = n-2f-2 rounds; round t contributes the mean of the (m-t)
 //      best-scored remaining rows, then the single best r is removed and its
 //      pruned distance subtracted from every remaining score (no re-scoring;
-//      common/select_distance.h). The theta contribution rows are materialised in a
-//      buffer of T (theta x min(d, 2^20) at a time) and out =
+//      common/select_distance.h). The theta contribution rows are materialised
+//      per chunk of 1024 coordinates in a per-thread buffer when theta <= 32
+//      (else in a ~4 MiB span buffer of T) and out =
 //      averaged_upper_median(contributions, theta, d, beta = theta-2f): around
 //      the UPPER median (element theta//2).
 //  mda (f)              El Mhamdi, Guerraoui, Guirguis, Hoang, Rouault, "Fast
@@ -117,6 +118,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "common/select_distance.h"
+#include "common/sortnet_build.h"
 #include "cpu/reduce.h"
 #include "cpu/rowmean.h"
 
@@ -777,6 +779,30 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   const auto D = distance_matrix(rows, n, d);
   const auto sets = selection::bulyan_multikrum_select(D.data(), n, f, m);
   const std::size_t theta = sets.size();
+  MeanSets ms;
+  for (const auto& st : sets) ms.add(st.data(), st.size());
+  ms.finish(n);
+  if (theta <= netbuild::kStaticSortN) {
+    // Few rounds: per chunk of coordinates, the rounds' means go to a
+    // per-thread theta x chunk buffer (L1/L2) and the coordinate phase runs
+    // on it at once, in the same thread (its compile-time network costs
+    // nothing to set up): nothing of size theta x d is written.
+    const int nthreads = reduce::threads_for(n * d);
+    std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
+    std::unique_ptr<T[]> cbuf(new T[std::size_t(nthreads) * theta * kMeanChunk]);
+    std::vector<T*> outp(std::size_t(nthreads) * theta);
+    const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads)
+    for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
+      const std::size_t c0 = std::size_t(ch) * kMeanChunk, clen = std::min(kMeanChunk, d - c0);
+      const std::size_t th = std::size_t(reduce::thread_num());
+      T** o = outp.data() + th * theta;
+      for (std::size_t t = 0; t < theta; ++t) o[t] = cbuf.get() + (th * theta + t) * kMeanChunk;
+      ms.chunk<T>(rows, c0, clen, o, tiles.data() + th * ms.tile_doubles());
+      averaged_upper_median<T>(o, theta, clen, theta - 2 * f, out + c0);  // serial: a chunk is small
+    }
+    return;
+  }
   // The theta contribution rows, materialised span by span in a theta x span
   // buffer of T of ~4 MiB (span: a multiple of kReduceBlock, so that every
   // span but the last is whole tiles of the coordinate phase), reused for
@@ -793,9 +819,6 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   std::vector<const T*> brows(theta);
   for (std::size_t t = 0; t < theta; ++t) brows[t] = buf.get() + t * span;
   // All theta rounds' means per chunk, from one read of it (mean_sets_chunk).
-  MeanSets ms;
-  for (const auto& st : sets) ms.add(st.data(), st.size());
-  ms.finish(n);
   const int nthreads = reduce::threads_for(n * std::min(span, d));
   std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
   std::vector<T*> outp(std::size_t(nthreads) * theta);
