@@ -68,12 +68,17 @@ def test_bulyan_multikrum_vs_reference_random(n, f, dtype):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("dtype, d", [(np.float32, 230001), (np.float64, 110001)], ids=["f32", "f64"])
-def test_bulyan_multikrum_over_several_spans(dtype, d):
-    """The rounds' means are formed span by span in a ~4 MiB buffer (n = 20:
-    102400 float / 49152 double coordinates per span): three spans, the last
-    one ragged, give the reference's bits."""
-    n, f = 20, 4
+@pytest.mark.parametrize(
+    "dtype, d, n, f",
+    [(np.float32, 230001, 20, 4), (np.float64, 110001, 20, 4), (np.float32, 40001, 100, 20)],
+    ids=["f32-chunks", "f64-chunks", "f32-spans"],
+)
+def test_bulyan_multikrum_over_several_spans(dtype, d, n, f):
+    """theta <= 32 rounds (n = 20): the rounds' means and the coordinate phase
+    run per chunk of 1024 coordinates (the last one ragged); more rounds
+    (n = 100: 58) go span by span through a ~4 MiB buffer (16384 float
+    coordinates per span: three spans, the last one ragged). Both give the
+    reference's bits."""
     G = np.random.default_rng(d).standard_normal((n, d)).astype(dtype)
     G[:f] *= 3.0
     for m in (n - 2 * f - 2, n - f - 2):
