@@ -638,6 +638,28 @@ void mean_rows(const T* const* rows, const std::size_t* sel, std::size_t cnt, st
   }
 }
 
+// The sets' means chunk by chunk (kMeanChunk coordinates), in parallel: for
+// chunk [c0, c0 + len) in thread t, set k's means go to where(k, c0, t), then
+// done(c0, len, t) runs in the same thread. Per-thread tiles and pointer
+// arrays are allocated before the parallel region.
+template <typename T, typename Where, typename Done>
+void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t d, int nthreads, int chunk_grain,
+                      Where&& where, Done&& done) {
+  const std::size_t nsets = ms.size();
+  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
+  std::vector<T*> outp(std::size_t(nthreads) * nsets);
+  const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
+#pragma omp parallel for schedule(dynamic, chunk_grain) num_threads(nthreads)
+  for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
+    const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
+    const std::size_t t = std::size_t(reduce::thread_num());
+    T** o = outp.data() + t * nsets;
+    for (std::size_t k = 0; k < nsets; ++k) o[k] = where(k, c0, t);
+    ms.chunk<T>(rows, c0, len, o, tiles.data() + t * ms.tile_doubles());
+    done(c0, len, t);
+  }
+}
+
 template <typename T>
 std::vector<double> distance_matrix(const T* const* rows, std::size_t n, std::size_t d) {
   std::vector<double> D(n * n);
@@ -788,19 +810,15 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
     // on it at once, in the same thread (its compile-time network costs
     // nothing to set up): nothing of size theta x d is written.
     const int nthreads = reduce::threads_for(n * d);
-    std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
     std::unique_ptr<T[]> cbuf(new T[std::size_t(nthreads) * theta * kMeanChunk]);
-    std::vector<T*> outp(std::size_t(nthreads) * theta);
-    const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads)
-    for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-      const std::size_t c0 = std::size_t(ch) * kMeanChunk, clen = std::min(kMeanChunk, d - c0);
-      const std::size_t th = std::size_t(reduce::thread_num());
-      T** o = outp.data() + th * theta;
-      for (std::size_t t = 0; t < theta; ++t) o[t] = cbuf.get() + (th * theta + t) * kMeanChunk;
-      ms.chunk<T>(rows, c0, clen, o, tiles.data() + th * ms.tile_doubles());
-      averaged_upper_median<T>(o, theta, clen, theta - 2 * f, out + c0);  // serial: a chunk is small
-    }
+    std::vector<T*> crows(std::size_t(nthreads) * theta);
+    for (std::size_t t = 0; t < crows.size(); ++t) crows[t] = cbuf.get() + t * kMeanChunk;
+    mean_sets_chunks<T>(
+        ms, rows, d, nthreads, 8, [&](std::size_t k, std::size_t, std::size_t th) { return crows[th * theta + k]; },
+        [&](std::size_t c0, std::size_t len, std::size_t th) {
+          // serial: a chunk is small
+          averaged_upper_median<T>(crows.data() + th * theta, theta, len, theta - 2 * f, out + c0);
+        });
     return;
   }
   // The theta contribution rows, materialised span by span in a theta x span
@@ -875,21 +893,13 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
       first.push_back(i);
     }
   ms.finish(n);
-  const std::size_t nsets = ms.size();
-  const int nthreads = reduce::threads_for(n * d);
-  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
-  std::vector<T*> outp(std::size_t(nthreads) * nsets);
-  const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
-  for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-    const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
-    const std::size_t t = std::size_t(reduce::thread_num());
-    T** o = outp.data() + t * nsets;
-    for (std::size_t k = 0; k < nsets; ++k) o[k] = out + first[k] * d + c0;
-    ms.chunk<T>(rows, c0, len, o, tiles.data() + t * ms.tile_doubles());
-    for (std::size_t i = 0; i < n; ++i)
-      if (same[i] != i) std::memcpy(out + i * d + c0, out + same[i] * d + c0, len * sizeof(T));
-  }
+  mean_sets_chunks<T>(
+      ms, rows, d, reduce::threads_for(n * d), 4,
+      [&](std::size_t k, std::size_t c0, std::size_t) { return out + first[k] * d + c0; },
+      [&](std::size_t c0, std::size_t len, std::size_t) {
+        for (std::size_t i = 0; i < n; ++i)
+          if (same[i] != i) std::memcpy(out + i * d + c0, out + same[i] * d + c0, len * sizeof(T));
+      });
 }
 
 // ---- explicit instantiations ------------------------------------------------
