@@ -1143,3 +1143,29 @@ TEST_CASE("timings at n=20, f=4, d=1e6 float32 (PYAGG_TIMING=1)") {
 }
 
 CHECK_MAIN()
+
+// pairwise_sqdist_norms: the Gram path (n > 32) takes each row's block sums of
+// squares tile by tile as it packs them (reduce.h sumsq_lanes /
+// sumsq_tail_fold); the exact path (n <= 32) calls block_sumsq_finite after
+// each block. Both must give row_sqnorms's bits: the same rows' norms from 48
+// rows at once and from two calls of 24 rows agree bitwise (several blocks, a
+// ragged last block whose length is not a multiple of 16; float and double).
+template <typename T>
+void norms_gram_vs_exact_path() {
+  const std::size_t n = 48, h = 24;
+  for (std::size_t d : {std::size_t(7), std::size_t(4096 * 2 + 37), std::size_t(4096 * 3)}) {
+    auto r = gaussian_rows<T>(n, d, 99 + d);
+    std::vector<double> D(n * n), sq(n), Dh(h * h), sqa(h), sqb(h);
+    cpu::pairwise_sqdist_norms<T>(r.p(), n, d, D.data(), sq.data());
+    cpu::pairwise_sqdist_norms<T>(r.p(), h, d, Dh.data(), sqa.data());
+    cpu::pairwise_sqdist_norms<T>(r.p() + h, h, d, Dh.data(), sqb.data());
+    for (std::size_t i = 0; i < h; ++i) {
+      CHECK(std::memcmp(&sq[i], &sqa[i], sizeof(double)) == 0);
+      CHECK(std::memcmp(&sq[h + i], &sqb[i], sizeof(double)) == 0);
+    }
+  }
+}
+TEST_CASE("pairwise_sqdist_norms: Gram-path norms (taken per tile) = exact-path norms, bitwise") {
+  norms_gram_vs_exact_path<float>();
+  norms_gram_vs_exact_path<double>();
+}

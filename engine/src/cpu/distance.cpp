@@ -526,9 +526,14 @@ inline void pack_8x8(const T* const* rows, std::size_t i0, std::size_t src, std:
 // group is computed (n = 100: 6208 multiply-adds per coordinate for the
 // triangle's 5050, was 7168 with groups of 16 padded to 112). Each Gb
 // element's sum is the same whatever the grouping (a*b and b*a round alike).
+//
+// lanes (may be null): n x reduce::kLanes doubles, zeroed by the caller; each
+// row's block_sumsq lanes are added tile by tile (reduce.h sumsq_lanes) from
+// the tile just packed, still in L1 (the block's last len % kLanes terms are
+// the caller's, sumsq_tail_fold).
 template <typename T>
 void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1, double* pk,
-                double* Gb) {
+                double* Gb, double* lanes) {
   const std::size_t np = gram_np(n);
   std::fill(Gb, Gb + np * np, 0.0);
   std::fill(pk, pk + kGramTile * np, 0.0);  // padding columns i >= n stay 0
@@ -556,6 +561,10 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
     for (; i < n; ++i) {
       const T* x = rows[i] + t0;
       for (c = 0; c < len; ++c) pk[c * np + i] = double(x[c]);
+    }
+    if (lanes) {
+      const std::size_t len16 = len - len % reduce::kLanes;
+      for (std::size_t r = 0; r < n; ++r) reduce::sumsq_lanes(rows[r] + t0, len16, lanes + r * reduce::kLanes);
     }
     auto hint = [&]() {
       for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
@@ -594,11 +603,20 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
 // (deterministic, whatever the thread count).
 constexpr double kGramSafe = 1.0 / 65536.0;
 
+// norms (may be null): the rows' block sums of squares, block_sumsq's bits;
+// lanes: their n x kLanes scratch.
 template <typename T>
 void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
-                         double* pk, double* Gb, double* part, unsigned char* bad, std::size_t* exact) {
+                         double* pk, double* Gb, double* part, unsigned char* bad, std::size_t* exact,
+                         double* norms, double* lanes) {
   const std::size_t np = gram_np(n), full = gram_full(np);
-  gram_block<T>(rows, n, d, c0, c1, pk, Gb);
+  if (norms) std::fill(lanes, lanes + n * reduce::kLanes, 0.0);
+  gram_block<T>(rows, n, d, c0, c1, pk, Gb, norms ? lanes : nullptr);
+  if (norms) {
+    const std::size_t rem = (c1 - c0) % reduce::kLanes;
+    for (std::size_t i = 0; i < n; ++i)
+      norms[i] = reduce::sumsq_tail_fold(lanes + i * reduce::kLanes, rows[i] + c1 - rem, rem);
+  }
   for (std::size_t i = 0; i < n; ++i) {
     const double gii = Gb[i * np + i];
     // A finite Gram diagonal proves the row finite on the block; otherwise
@@ -683,26 +701,30 @@ using ::pyagg::kGramMinN;  // common/blocks.h (the CUDA geometric median reads i
 
 namespace {
 // The distance pass; with norm_part (nblocks * n doubles) also every row's
-// block sum of squares, reduce.h's block_sumsq_finite of the block just
-// processed (from cache): row_sqnorms's partials, in its layout.
+// block sum of squares, the bits of reduce.h's block_sumsq_finite of the
+// block, taken from cache (Gram path: tile by tile as each tile is packed;
+// exact path: after the block): row_sqnorms's partials, in its layout.
 template <typename T>
 void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
                    double* norm_part) {
   const std::size_t npairs = n * (n - 1) / 2;
   const bool gram = n > kGramMinN;
   const std::size_t np = gram_np(n);
-  const std::size_t per_thread = gram ? kGramTile * np + np * np : npairs * kDoubleLanes;
+  const std::size_t lanes = (gram && norm_part) ? n * reduce::kLanes : 0;  // the Gram kernel's norm lanes
+  const std::size_t per_thread = gram ? kGramTile * np + np * np + lanes : npairs * kDoubleLanes;
   std::vector<std::size_t> nexact(std::size_t(reduce::threads_for(n * d)), 0);
   const std::size_t tile = distance_tile<T>(n);
   run_distance_blocks(
       n, d, per_thread,
       [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
-        if (gram)
-          distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)]);
-        else
-          distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
+        double* np_b = norm_part ? norm_part + (c0 / kReduceBlock) * n : nullptr;
+        if (gram) {
+          distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)], np_b,
+                                 sc + kGramTile * np + np * np);
+          return;  // norms from the tiles
+        }
+        distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
         if (norm_part) {
-          double* np_b = norm_part + (c0 / kReduceBlock) * n;
           for (std::size_t i = 0; i < n; ++i) {
             bool ok = true;
             np_b[i] = reduce::block_sumsq_finite(rows[i] + c0, c1 - c0, &ok);

@@ -167,6 +167,32 @@ inline bool lanes_zero(const double* fin) {
   return ok;
 }
 
+// block_sumsq taken in pieces, its lanes kept in memory between them:
+// sumsq_lanes adds the terms of [x, x + len) to lanes[0..kLanes) (len a
+// multiple of kLanes, the piece starting at a multiple of kLanes of its
+// block); sumsq_tail_fold adds the block's last rem = len % kLanes terms and
+// folds. Over a block's pieces in order, the same operations as block_sumsq:
+// the same bits (the distance pass takes its norms tile by tile this way).
+template <typename T>
+inline void sumsq_lanes(const T* __restrict x, std::size_t len, double* lanes) {
+  RedUnit au[kRedUnits];
+  for (std::size_t u = 0; u < kRedUnits; ++u) au[u] = load_unit(lanes + u * kUnitDoubles);
+  for (std::size_t t = 0; t < len; t += kLanes)
+    for (std::size_t u = 0; u < kRedUnits; ++u) {
+      const RedUnit v = load_unit(x + t + u * kUnitDoubles);
+      au[u] += v * v;
+    }
+  unpack_units(au, lanes);
+}
+template <typename T>
+inline double sumsq_tail_fold(double* lanes, const T* __restrict x, std::size_t rem) {
+  for (std::size_t t = 0; t < rem; ++t) {
+    const double v = static_cast<double>(x[t]);
+    lanes[t] += v * v;
+  }
+  return fold_lanes(lanes);
+}
+
 // sum_t x[t]^2 in double.
 template <typename T>
 inline double block_sumsq(const T* __restrict x, std::size_t len) {
