@@ -488,30 +488,36 @@ inline VG load8_as_double(const float* p) { return reinterpret_cast<VG>(_mm512_m
 inline VG load8_as_double(const double* p) { return load_vg(p); }
 
 // Packs 8 rows' coordinates [src, src + 8) transposed: pk[(c + q) * np + i0
-// + r] = x_{i0+r}[src + q], r, q < 8 (an 8 x 8 transpose in registers: three rounds
-// of two-source shuffles) instead of 64 scalar conversions and stores.
-typedef long long VI __attribute__((vector_size(64)));
+// + r] = x_{i0+r}[src + q], r, q < 8 (an 8 x 8 transpose in registers: three
+// rounds of two-source permutes, vpermt2pd) instead of 64 scalar conversions
+// and stores. (Intrinsics, not __builtin_shuffle: clang, which builds the
+// sanitizer tests, has no such builtin.)
+inline VG permute2(const VG& a, const VG& b, __m512i idx) {
+  return reinterpret_cast<VG>(
+      _mm512_permutex2var_pd(reinterpret_cast<__m512d>(a), idx, reinterpret_cast<__m512d>(b)));
+}
 template <typename T>
 inline void pack_8x8(const T* const* rows, std::size_t i0, std::size_t src, std::size_t c, double* pk,
                      std::size_t np) {
   VG r[8], t[8], u[8];
   for (int q = 0; q < 8; ++q) r[q] = load8_as_double(rows[i0 + std::size_t(q)] + src);
-  const VI even{0, 8, 2, 10, 4, 12, 6, 14}, odd{1, 9, 3, 11, 5, 13, 7, 15};
-  const VI lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
-  const VI lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
+  // _mm512_set_epi64 lists lanes 7..0; index i < 8 picks lane i of a, 8 + i lane i of b
+  const __m512i even = _mm512_set_epi64(14, 6, 12, 4, 10, 2, 8, 0), odd = _mm512_set_epi64(15, 7, 13, 5, 11, 3, 9, 1);
+  const __m512i lo2 = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0), hi2 = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+  const __m512i lo4 = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0), hi4 = _mm512_set_epi64(15, 14, 13, 12, 7, 6, 5, 4);
   for (int q = 0; q < 8; q += 2) {
-    t[q] = __builtin_shuffle(r[q], r[q + 1], even);  // rows q, q+1 at coordinates 0, 2, 4, 6
-    t[q + 1] = __builtin_shuffle(r[q], r[q + 1], odd);
+    t[q] = permute2(r[q], r[q + 1], even);  // rows q, q+1 at coordinates 0, 2, 4, 6
+    t[q + 1] = permute2(r[q], r[q + 1], odd);
   }
   for (int q = 0; q < 8; q += 4) {
-    u[q] = __builtin_shuffle(t[q], t[q + 2], lo2);  // rows q..q+3 at coordinates 0, 4
-    u[q + 1] = __builtin_shuffle(t[q + 1], t[q + 3], lo2);  // 1, 5
-    u[q + 2] = __builtin_shuffle(t[q], t[q + 2], hi2);  // 2, 6
-    u[q + 3] = __builtin_shuffle(t[q + 1], t[q + 3], hi2);  // 3, 7
+    u[q] = permute2(t[q], t[q + 2], lo2);      // rows q..q+3 at coordinates 0, 4
+    u[q + 1] = permute2(t[q + 1], t[q + 3], lo2);  // 1, 5
+    u[q + 2] = permute2(t[q], t[q + 2], hi2);  // 2, 6
+    u[q + 3] = permute2(t[q + 1], t[q + 3], hi2);  // 3, 7
   }
   for (int q = 0; q < 4; ++q) {
-    store_vg(pk + (c + std::size_t(q)) * np + i0, __builtin_shuffle(u[q], u[q + 4], lo4));
-    store_vg(pk + (c + std::size_t(q) + 4) * np + i0, __builtin_shuffle(u[q], u[q + 4], hi4));
+    store_vg(pk + (c + std::size_t(q)) * np + i0, permute2(u[q], u[q + 4], lo4));
+    store_vg(pk + (c + std::size_t(q) + 4) * np + i0, permute2(u[q], u[q + 4], hi4));
   }
 }
 #endif
