@@ -662,28 +662,6 @@ void mean_rows(const T* const* rows, const std::size_t* sel, std::size_t cnt, st
   }
 }
 
-// The sets' means chunk by chunk (kMeanChunk coordinates), in parallel: for
-// chunk [c0, c0 + len) in thread t, set k's means go to where(k, c0, t), then
-// done(c0, len, t) runs in the same thread. Per-thread tiles and pointer
-// arrays are allocated before the parallel region.
-template <typename T, typename Where, typename Done>
-void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t d, int nthreads, int chunk_grain,
-                      Where&& where, Done&& done) {
-  const std::size_t nsets = ms.size();
-  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
-  std::vector<T*> outp(std::size_t(nthreads) * nsets);
-  const std::size_t nchunks = (d + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, chunk_grain) num_threads(nthreads)
-  for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-    const std::size_t c0 = std::size_t(ch) * kMeanChunk, len = std::min(kMeanChunk, d - c0);
-    const std::size_t t = std::size_t(reduce::thread_num());
-    T** o = outp.data() + t * nsets;
-    for (std::size_t k = 0; k < nsets; ++k) o[k] = where(k, c0, t);
-    ms.chunk<T>(rows, c0, len, o, tiles.data() + t * ms.tile_doubles());
-    done(c0, len, t);
-  }
-}
-
 template <typename T>
 std::vector<double> distance_matrix(const T* const* rows, std::size_t n, std::size_t d) {
   std::vector<double> D(n * n);
@@ -842,7 +820,8 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
     std::vector<T*> crows(std::size_t(nthreads) * theta);
     for (std::size_t t = 0; t < crows.size(); ++t) crows[t] = cbuf.get() + t * kMeanChunk;
     mean_sets_chunks<T>(
-        ms, rows, d, nthreads, 8, [&](std::size_t k, std::size_t, std::size_t th) { return crows[th * theta + k]; },
+        ms, rows, 0, d, kMeanChunk, nthreads,
+        [&](std::size_t k, std::size_t, std::size_t th) { return crows[th * theta + k]; },
         [&](std::size_t c0, std::size_t len, std::size_t th) {
           // serial: a chunk is small
           averaged_upper_median<T>(crows.data() + th * theta, theta, len, theta - 2 * f, out + c0);
@@ -866,19 +845,12 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   for (std::size_t t = 0; t < theta; ++t) brows[t] = buf.get() + t * span;
   // All theta rounds' means per chunk, from one read of it (mean_sets_chunk).
   const int nthreads = reduce::threads_for(n * std::min(span, d));
-  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
-  std::vector<T*> outp(std::size_t(nthreads) * theta);
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
-    const std::size_t nchunks = (len + kMeanChunk - 1) / kMeanChunk;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(std::min(nthreads, reduce::threads_for(n * len)))
-    for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-      const std::size_t c0 = std::size_t(ch) * kMeanChunk, clen = std::min(kMeanChunk, len - c0);
-      const std::size_t th = std::size_t(reduce::thread_num());
-      T** o = outp.data() + th * theta;
-      for (std::size_t t = 0; t < theta; ++t) o[t] = buf.get() + t * span + c0;
-      ms.chunk<T>(rows, s0 + c0, clen, o, tiles.data() + th * ms.tile_doubles());
-    }
+    mean_sets_chunks<T>(
+        ms, rows, s0, s0 + len, kMeanChunk, std::min(nthreads, reduce::threads_for(n * len)),
+        [&](std::size_t k, std::size_t c0, std::size_t) { return buf.get() + k * span + (c0 - s0); },
+        [](std::size_t, std::size_t, std::size_t) {});
     averaged_upper_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
   }
 }
@@ -922,7 +894,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
     }
   ms.finish(n);
   mean_sets_chunks<T>(
-      ms, rows, d, reduce::threads_for(n * d), 4,
+      ms, rows, 0, d, kMeanChunk, reduce::threads_for(n * d),
       [&](std::size_t k, std::size_t c0, std::size_t) { return out + first[k] * d + c0; },
       [&](std::size_t c0, std::size_t len, std::size_t) {
         for (std::size_t i = 0; i < n; ++i)

@@ -3,6 +3,7 @@
 // bulyan-multikrum; chain.cpp: fused pre-aggregator + rule chains).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -174,7 +175,7 @@ struct MeanSets {
     shared = idx.size() >= 3 * used.size();
   }
   std::size_t size() const { return start.size() - 1; }
-  std::size_t tile_doubles() const { return nrows * 32; }
+  std::size_t tile_doubles() const { return shared ? nrows * 32 : 0; }
   template <typename T, bool ZeroStart = false>
   void chunk(const T* const* rows, std::size_t c0, std::size_t len, T* const* outs, double* tile) const {
     if (shared) {
@@ -186,6 +187,34 @@ struct MeanSets {
       mean_chunk<T, ZeroStart>(rows, idx.data() + start[k], start[k + 1] - start[k], c0, len, outs[k]);
   }
 };
+
+// The sets' means over coordinates [b, e) in chunks of `chunk`, in parallel
+// (nthreads): for chunk [c0, c0 + len) in thread t, set k's means go to
+// where(k, c0, t), then done(c0, len, t) runs in the same thread. Per-thread
+// tiles and pointer arrays are allocated before the parallel region. Each
+// coordinate's sums are fixed: any schedule gives the same bits. The schedule
+// is static: it hands each thread the same coordinates as the static tile
+// schedule of the coordinate rule that reads the means next
+// (bulyan-multikrum), so they are read from the thread's own cache. (The
+// chain's for_spans keeps its own loop: routed through here, GCC 12 compiled
+// its per-set means with scalar shuffles, bucketing > median 2.9 -> 5.0 ms.)
+template <typename T, typename Where, typename Done>
+void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t b, std::size_t e, std::size_t chunk,
+                      int nthreads, Where&& where, Done&& done) {
+  const std::size_t nsets = ms.size(), tile = ms.tile_doubles();
+  std::vector<double> tiles(std::size_t(nthreads) * tile);
+  std::vector<T*> outp(std::size_t(nthreads) * nsets);
+  const std::size_t nchunks = (e - b + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
+    const std::size_t c0 = b + std::size_t(ch) * chunk, len = std::min(chunk, e - c0);
+    const std::size_t t = std::size_t(reduce::thread_num());
+    T** o = outp.data() + t * nsets;
+    for (std::size_t k = 0; k < nsets; ++k) o[k] = where(k, c0, t);
+    ms.chunk<T>(rows, c0, len, o, tiles.data() + t * tile);
+    done(c0, len, t);
+  }
+}
 
 // o = (T)((double)x * s), element-wise (o may equal x: in-place rescaling):
 // clipping's arithmetic (preagg.cpp, chain.cpp).
