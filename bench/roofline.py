@@ -22,7 +22,10 @@ up, sized to ``--budget`` seconds), and:
   pass (for the rules that need pairwise distances: krum, multi-krum, bulyan,
   bulyan-multikrum, mda, geometric-median, centered-clipping, nnm);
 - ``roofline`` = max(pass, gemm) for those, ``pass`` for the others; for a
-  pre-aggregator, pass + the write of its (n', d) output at the same rate;
+  pre-aggregator, pass + the write of its (n', d) output at the same rate
+  (", out=" rows: the same pre-aggregator writing into one buffer reused
+  across calls, ``preaggregate(..., out=buf)``, so without the page faults
+  of a fresh n' x d result);
 - ratio = pyagg time / roofline (the issue's table), and / pass.
 
 Skipped: mda at n = 100 (C(100, 20) subsets: refused by design); n = 100 with
@@ -67,6 +70,9 @@ RULES = [
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "bulyan-multikrum", "mda", "geometric-median",
                   "centered-clipping", "nnm"}
 PRES = ["nnm", "clipping (ARC)", "clipping (static)", "bucketing"]
+# The same pre-aggregators writing into a caller's buffer reused across calls
+# (preaggregate(..., out=)): no page faults on a fresh n' x d result.
+PRES += [f"{p}, out=" for p in PRES]
 # Pre-aggregator > rule chains: "fused" = pyagg.aggregate(G, rule, f, pre=[...]) (one engine call,
 # pyagg::aggregate_chain), "(unfused)" = pyagg.preaggregate then pyagg.aggregate (the n' x d
 # intermediate written and read back: what an Aggregator did before the chain call).
@@ -123,19 +129,23 @@ def make_data(n: int, f: int, d: int, seed: int = 0) -> np.ndarray:
 def case_fn(name: str, G: np.ndarray, f: int):
     """(callable, output rows) for a rule or pre-aggregator name."""
     n = G.shape[0]
+    if name.endswith(", out="):
+        inner, rows = case_fn(name[: -len(", out=")], G, f)
+        buf = np.zeros((rows, G.shape[1]), dtype=G.dtype)  # faulted in once, here
+        return (lambda: inner(out=buf)), rows
     if name in RULES:
         return (lambda: pyagg.aggregate(G, name, f)), 1
     if name == "nnm":
-        return (lambda: pyagg.preaggregate(G, "nnm", f)), n
+        return (lambda **o: pyagg.preaggregate(G, "nnm", f, **o)), n
     if name == "clipping (ARC)":
-        return (lambda: pyagg.preaggregate(G, "clipping", f)), n
+        return (lambda **o: pyagg.preaggregate(G, "clipping", f, **o)), n
     if name == "clipping (static)":
         # a threshold that clips about half of the rows
         tau = float(np.median(np.linalg.norm(G[:, : min(G.shape[1], 100000)], axis=1)))
         tau *= math.sqrt(G.shape[1] / min(G.shape[1], 100000))
-        return (lambda: pyagg.preaggregate(G, "clipping", f, tau=tau)), n
+        return (lambda **o: pyagg.preaggregate(G, "clipping", f, tau=tau, **o)), n
     if name == "bucketing":
-        return (lambda: pyagg.preaggregate(G, "bucketing", f, s=2)), (n + 1) // 2
+        return (lambda **o: pyagg.preaggregate(G, "bucketing", f, s=2, **o)), (n + 1) // 2
     if name in CHAINS:
         pre, rule = name.replace(" (unfused)", "").split(" > ")
         params = {"s": 2} if pre == "bucketing" else {}
@@ -181,7 +191,7 @@ def run_cell(n: int, d: int, bw: float, gemm: float, budget: float, only: list[s
         t_pass = n * d * 4 / (bw * 1e9)
         t_gemm = n * n * d / (gemm * 1e9)
         roof = t_pass
-        if name in DISTANCE_RULES or (name in CHAINS and name.startswith("nnm")):
+        if name.replace(", out=", "") in DISTANCE_RULES or (name in CHAINS and name.startswith("nnm")):
             roof = max(roof, t_gemm)
         if name in PRES:
             roof += out_rows * d * 4 / (bw * 1e9)

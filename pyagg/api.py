@@ -183,13 +183,38 @@ def _run_rule(rule: _ext.Rule, gradients: Any, state: np.ndarray | None, device:
     return out
 
 
-def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None, fw: str = _fw.NUMPY) -> np.ndarray:
+def _run_pre(pre: _ext.Pre, gradients: Any, seed: int | None = None, fw: str = _fw.NUMPY,
+             out: np.ndarray | None = None) -> np.ndarray:
     if not isinstance(gradients, (list, tuple)) and _on_gpu(gradients):
         return _cuda_module().preaggregate_cuda(pre, gradients, seed)
     b = _Batch(gradients, fw)
-    out = np.empty((pre.output_rows(b.n) if b.n else 0, b.d), dtype=b.dtype)
+    shape = (pre.output_rows(b.n) if b.n else 0, b.d)
+    if out is None:
+        out = np.empty(shape, dtype=b.dtype)
+    else:
+        _check_out(out, shape, b)
     pre.run(b.data, b.rows, b.n, b.d, b.code, _CPU, 0, _ext.address(out) if out.size else 1, seed)
     return out
+
+
+def _check_out(out: Any, shape: tuple[int, int], b: _Batch) -> None:
+    """A caller's output buffer for preaggregate(out=): a writeable, C-contiguous numpy array of
+    exactly the result's shape and dtype that shares no memory with the gradients (the engine
+    reads every row while it writes: nnm's row i needs rows written before it)."""
+    if type(out) is not np.ndarray:
+        raise InvalidArgumentError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != b.dtype:
+        raise InvalidArgumentError(f"out has dtype {out.dtype}, the result is {b.dtype}")
+    if out.shape != shape:
+        raise InvalidArgumentError(f"out has shape {out.shape}, the result is {shape}")
+    if not out.flags.c_contiguous:
+        raise InvalidArgumentError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise InvalidArgumentError("out is read-only")
+    inputs = b.keep[0] if isinstance(b.keep[0], list) else [b.keep[0]]
+    for a in inputs:
+        if np.may_share_memory(out, a):
+            raise InvalidArgumentError("out overlaps the gradients; pass a separate buffer")
 
 
 def _parse_pre(pre: Any, f: int) -> list[_ext.Pre]:
@@ -346,9 +371,21 @@ def _traced_aggregate(gradients: Any, rule: str, f: int, device: str | None, fw:
 
 
 @_fw.graph_safe
-def preaggregate(gradients: Any, name: str, f: int = 0, **params: Any) -> Any:
-    """Apply one pre-aggregator (nnm, bucketing, clipping, zeroing); returns (n', d) rows in the caller's framework."""
+def preaggregate(gradients: Any, name: str, f: int = 0, *, out: np.ndarray | None = None, **params: Any) -> Any:
+    """Apply one pre-aggregator (nnm, bucketing, clipping, zeroing); returns (n', d) rows in the caller's framework.
+
+    ``out``: for numpy gradients on the CPU, a preallocated (n', d) C-contiguous array of the
+    gradients' dtype, disjoint from them, that receives the result and is returned. Reusing one
+    across steps saves the page faults of a fresh n' x d result, which at n = 100, d = 1e6 cost
+    more than the pre-aggregation itself.
+    """
     fw = _fw.framework(gradients)
+    if out is not None:
+        if fw != _fw.NUMPY or (not isinstance(gradients, (list, tuple)) and _on_gpu(gradients)):
+            raise InvalidArgumentError("out= is only for numpy gradients on the CPU")
+        if isinstance(gradients, (list, tuple)) and any(_fw.framework(g) != _fw.NUMPY for g in gradients):
+            raise InvalidArgumentError("out= is only for numpy gradients on the CPU")
+        return _run_pre(_ext.Pre(name, f, _split_params(params)), gradients, fw=fw, out=out)
     if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):
         raise InvalidArgumentError(
             "pyagg.preaggregate cannot run inside jax.jit/tf.function; pass pre-aggregators to "
