@@ -195,24 +195,21 @@ void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::s
   }
   // Each output row of a set pre-aggregator reads |set| rows; clipping and zeroing one.
   const std::size_t reads = n;
-  const int nthreads = reduce::threads_for(reads * std::min(span, d));
-  std::vector<double> tiles(std::size_t(nthreads) * ms.tile_doubles());
-  std::vector<T*> outp(std::size_t(nthreads) * nb);
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
-    const std::size_t nchunks = (len + kChainChunk - 1) / kChainChunk;
-#pragma omp parallel for schedule(static) num_threads(std::min(nthreads, reduce::threads_for(reads * len)))
-    for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-      const std::size_t c0 = std::size_t(ch) * kChainChunk, clen = std::min(kChainChunk, len - c0);
-      if (p.sets()) {
-        const std::size_t th = std::size_t(reduce::thread_num());
-        T** o = outp.data() + th * nb;
-        for (std::size_t k = 0; k < nb; ++k) o[k] = bp[k] + c0;
-        if (p.zero_start)
-          ms.chunk<T, true>(rows, s0 + c0, clen, o, tiles.data() + th * ms.tile_doubles());
-        else
-          ms.chunk<T, false>(rows, s0 + c0, clen, o, tiles.data() + th * ms.tile_doubles());
-      } else {
+    const int nthreads = reduce::threads_for(reads * len);
+    if (p.sets()) {
+      auto where = [&](std::size_t k, std::size_t c0, std::size_t) { return bp[k] + (c0 - s0); };
+      auto done = [](std::size_t, std::size_t, std::size_t) {};
+      if (p.zero_start)
+        mean_sets_chunks<T, true>(ms, rows, s0, s0 + len, kChainChunk, nthreads, where, done);
+      else
+        mean_sets_chunks<T, false>(ms, rows, s0, s0 + len, kChainChunk, nthreads, where, done);
+    } else {
+      const std::size_t nchunks = (len + kChainChunk - 1) / kChainChunk;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+      for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
+        const std::size_t c0 = std::size_t(ch) * kChainChunk, clen = std::min(kChainChunk, len - c0);
         for (std::size_t k = 0; k < nb; ++k) p.make(rows, nd[k], s0 + c0, clen, bp[k] + c0);
       }
     }

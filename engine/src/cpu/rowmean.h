@@ -14,49 +14,66 @@ namespace pyagg {
 namespace cpu {
 
 // Row means. For 32 coordinates at a time, the sum over the selected rows is
-// held in registers (a[32], vectorised by the compiler): per row and
-// coordinate one load, one conversion, one add. Same order as the definition:
-// per coordinate, rows in the order of `sel`, in double, then / cnt, rounded
-// to T once. out[c] for c in [0, len) is the mean of rows[sel[s]][c0 + c].
+// held in registers as explicit double vectors (reduce.h's RedUnit, the
+// target's native width): per row and coordinate one widening load and one
+// add. Same order as the definition: per coordinate, rows in the order of
+// `sel`, in double, then / cnt, rounded to T once. out[c] for c in [0, len)
+// is the mean of rows[sel[s]][c0 + c]. (Written as a scalar lane loop left to
+// GCC's auto-vectoriser, the same arithmetic compiled to scalar shuffles
+// where the function was inlined into some callers: 2x slower there.)
 //
 // ZeroStart: the sum starts at 0.0 and adds every row (bucketing's
 // definition: 0.0 + x is x except for x = -0.0, which becomes +0.0); without
 // it the sum starts at the first row's value (nnm, multi-krum, mda).
-//
-// finish_mean: 32 sums of cnt rows -> 32 means, rounded to T once.
+namespace rowmean_detail {
+using reduce::RedUnit;
+constexpr std::size_t kSetStep = 32;                                 // coordinates per step
+constexpr std::size_t kSetUnits = kSetStep / reduce::kUnitDoubles;   // accumulator units per set
+
+inline void store_unit(double* p, const RedUnit& v) { std::memcpy(p, &v, sizeof v); }
+// One unit rounded to T and stored at p (any alignment).
+inline void store_unit_as(double* p, const RedUnit& v) { store_unit(p, v); }
+inline void store_unit_as(float* p, const RedUnit& v) {
+  typedef float Half __attribute__((vector_size(reduce::kRedUnitBytes / 2)));
+  const Half h = __builtin_convertvector(v, Half);
+  std::memcpy(p, &h, sizeof h);
+}
+}  // namespace rowmean_detail
+
+// finish_mean: 32 sums of cnt rows (kSetUnits units) -> 32 means, rounded to
+// T once. For a power-of-two count the product by the reciprocal is the same
+// number as the quotient (exact scaling) and ~10x cheaper than a division.
 template <typename T>
-inline void finish_mean(const double* a, std::size_t cnt, T* out) {
-  constexpr std::size_t kStep = 32;
+inline void finish_mean(const reduce::RedUnit* a, std::size_t cnt, T* out) {
+  using namespace rowmean_detail;
   const double dc = double(cnt);
-  // For a power-of-two count the product by the reciprocal is the same number
-  // as the quotient (exact scaling) and ~10x cheaper than a vector division.
   if ((cnt & (cnt - 1)) == 0) {
     const double inv = 1.0 / dc;
-#pragma GCC unroll 32
-    for (std::size_t l = 0; l < kStep; ++l) out[l] = T(a[l] * inv);
+    for (std::size_t u = 0; u < kSetUnits; ++u) store_unit_as(out + u * reduce::kUnitDoubles, a[u] * inv);
   } else {
-#pragma GCC unroll 32
-    for (std::size_t l = 0; l < kStep; ++l) out[l] = T(a[l] / dc);
+    for (std::size_t u = 0; u < kSetUnits; ++u) store_unit_as(out + u * reduce::kUnitDoubles, a[u] / dc);
   }
 }
 
 template <typename T, bool ZeroStart = false>
 inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t cnt, std::size_t c0,
                        std::size_t len, T* out) {
-  constexpr std::size_t kStep = 32;
+  using namespace rowmean_detail;
+  constexpr std::size_t W = reduce::kUnitDoubles;
   const double dc = double(cnt);
   const bool pow2 = (cnt & (cnt - 1)) == 0;
   const double inv = 1.0 / dc;
   std::size_t c = 0;
-  for (; c + kStep <= len; c += kStep) {
-    double a[kStep];
+  for (; c + kSetStep <= len; c += kSetStep) {
+    RedUnit a[kSetUnits];
     const T* r0 = rows[sel[0]] + c0 + c;
-#pragma GCC unroll 32
-    for (std::size_t l = 0; l < kStep; ++l) a[l] = ZeroStart ? 0.0 + double(r0[l]) : double(r0[l]);
+    for (std::size_t u = 0; u < kSetUnits; ++u) {
+      const RedUnit v = reduce::load_unit(r0 + u * W);
+      a[u] = ZeroStart ? RedUnit{} + v : v;  // 0.0 + x: bucketing's start
+    }
     for (std::size_t s = 1; s < cnt; ++s) {
       const T* r = rows[sel[s]] + c0 + c;
-#pragma GCC unroll 32
-      for (std::size_t l = 0; l < kStep; ++l) a[l] += double(r[l]);
+      for (std::size_t u = 0; u < kSetUnits; ++u) a[u] += reduce::load_unit(r + u * W);
     }
     finish_mean(a, cnt, out + c);
   }
@@ -83,14 +100,9 @@ inline void mean_chunk(const T* const* rows, const std::size_t* sel, std::size_t
 // mean_chunk's load, conversion and add from G for every set.
 // tile: nrows * 32 doubles (nrows > every index in idx).
 namespace rowmean_detail {
-using reduce::RedUnit;
-constexpr std::size_t kSetStep = 32;                                 // coordinates per step
-constexpr std::size_t kSetUnits = kSetStep / reduce::kUnitDoubles;   // accumulator units per set
 // Sets summed together: two with AVX-512 (8 of its 32 registers), one where
 // a set's units already fill half the register file (8 ymm, 16 xmm).
 constexpr std::size_t kSetsTogether = kSetUnits <= 4 ? 2 : 1;
-
-inline void store_unit(double* p, const RedUnit& v) { std::memcpy(p, &v, sizeof v); }
 
 // K sets' sums over one step, from the tile, then their means into outs[0..K).
 template <typename T, bool ZeroStart, std::size_t K>
@@ -118,9 +130,7 @@ inline void sum_sets(const double* tile, const std::size_t* idx, const std::size
       const double* t = tile + idx[start[k] + s2] * kSetStep;
       for (std::size_t u = 0; u < kSetUnits; ++u) acc[k][u] += reduce::load_unit(t + u * reduce::kUnitDoubles);
     }
-    double a[kSetStep];
-    std::memcpy(a, acc[k], sizeof a);
-    finish_mean(a, cnt[k], outs[k] + c);
+    finish_mean(acc[k], cnt[k], outs[k] + c);
   }
 }
 }  // namespace rowmean_detail
@@ -195,10 +205,9 @@ struct MeanSets {
 // coordinate's sums are fixed: any schedule gives the same bits. The schedule
 // is static: it hands each thread the same coordinates as the static tile
 // schedule of the coordinate rule that reads the means next
-// (bulyan-multikrum), so they are read from the thread's own cache. (The
-// chain's for_spans keeps its own loop: routed through here, GCC 12 compiled
-// its per-set means with scalar shuffles, bucketing > median 2.9 -> 5.0 ms.)
-template <typename T, typename Where, typename Done>
+// (bulyan-multikrum, a fused chain), so they are read from the thread's own
+// cache. ZeroStart: bucketing's sums (mean_chunk).
+template <typename T, bool ZeroStart = false, typename Where, typename Done>
 void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t b, std::size_t e, std::size_t chunk,
                       int nthreads, Where&& where, Done&& done) {
   const std::size_t nsets = ms.size(), tile = ms.tile_doubles();
@@ -211,7 +220,7 @@ void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t b, s
     const std::size_t t = std::size_t(reduce::thread_num());
     T** o = outp.data() + t * nsets;
     for (std::size_t k = 0; k < nsets; ++k) o[k] = where(k, c0, t);
-    ms.chunk<T>(rows, c0, len, o, tiles.data() + t * tile);
+    ms.chunk<T, ZeroStart>(rows, c0, len, o, tiles.data() + t * tile);
     done(c0, len, t);
   }
 }
