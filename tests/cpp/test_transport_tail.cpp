@@ -303,6 +303,73 @@ TEST_CASE("END: when a tail drop takes the data's tail and the first END copy, a
   CHECK(r.workers[0].chunks_received == 9 && r.workers[0].end_markers == 2 && r.workers[0].end_replays == 1);
 }
 
+TEST_CASE("END: a sender's final chunk is an end signal: with every END copy lost, the step ends at it + grace") {
+  // Random loss took a middle chunk and all END copies; the final chunk
+  // arrived. Before, the row waited for an END that never came (here: the
+  // deadline); a single lost END copy cost the spacing to the next one.
+  auto rec = std::make_shared<Recorder>();
+  auto tx = make_sender(sender_config(1), rec);
+  const std::size_t d = 352 * 8;
+  std::vector<float> g(d, 2.0f);
+  CHECK(tx->send(1, g.data(), d, DType::kFloat32, nullptr).ok());
+  std::vector<std::vector<uint8_t>> flat;
+  for (const Call& c : rec->calls)
+    for (const auto& x : c.datagrams) flat.push_back(x);
+  CHECK(flat.size() == 8 + 3);
+  ReceiverConfig rc;
+  rc.job_id = 9;
+  rc.ranks = {1};
+  rc.mac = best();
+  rc.keys = key_of(1);
+  rc.d = d;
+  rc.grace_s = 0.004;
+  std::unique_ptr<Reassembler> re;
+  CHECK(Reassembler::create(rc, &re).ok());
+  const Clock::time_point t0 = Clock::now();
+  CHECK(re->open(1, t0).ok());
+  const Clock::time_point deadline = t0 + std::chrono::seconds(1);
+  EndReason why;
+  Clock::time_point wake;
+  for (std::size_t i = 0; i < 8; ++i) {
+    if (i == 3) continue;  // lost
+    const bool wake_now =
+        re->ingest(flat[i].data(), flat[i].size(), false, kOriginAny, nullptr, 0, t0 + std::chrono::microseconds(10 * i));
+    CHECK(wake_now == (i == 7));  // the final chunk asks the collector to re-check the end
+    if (i < 7) {
+      CHECK(!re->check_end(deadline, t0 + std::chrono::microseconds(10 * i), &why, &wake));
+      CHECK(wake == deadline);  // not marked yet: only the deadline
+    }
+  }
+  const Clock::time_point t_tail = t0 + std::chrono::microseconds(70);
+  CHECK(!re->check_end(deadline, t_tail, &why, &wake));
+  CHECK(wake == t_tail + std::chrono::microseconds(4000));  // final chunk + grace
+  CHECK(re->check_end(deadline, wake, &why, &wake) && why == EndReason::kMarkers);
+  StepResult r;
+  CHECK(re->close(1, nullptr, why, wake, &r).ok());
+  CHECK(r.workers[0].chunks_received == 7 && r.workers[0].end_markers == 0);
+
+  // The first signal counts: END first, then the final chunk 300 us later
+  // (reordered) measures a spread of 300 us, as DATA after END always did.
+  auto rec2 = std::make_shared<Recorder>();
+  auto tx2 = make_sender(sender_config(1), rec2);
+  CHECK(tx2->send(2, g.data(), d, DType::kFloat32, nullptr).ok());
+  std::vector<std::vector<uint8_t>> f2;
+  for (const Call& c : rec2->calls)
+    for (const auto& x : c.datagrams) f2.push_back(x);
+  const Clock::time_point t1 = t0 + std::chrono::milliseconds(100);
+  CHECK(re->open(2, t1).ok());
+  for (std::size_t i = 0; i < 7; ++i)
+    if (i != 3) re->ingest(f2[i].data(), f2[i].size(), false, kOriginAny, nullptr, 0, t1);
+  re->ingest(f2[8].data(), f2[8].size(), false, kOriginAny, nullptr, 0, t1 + std::chrono::microseconds(100));  // END
+  re->ingest(f2[7].data(), f2[7].size(), false, kOriginAny, nullptr, 0, t1 + std::chrono::microseconds(400));
+  CHECK(!re->check_end(deadline + std::chrono::seconds(1), t1 + std::chrono::microseconds(400), &why, &wake));
+  // step 1 measured no spread: the adaptive grace fell to grace_min (0.5 ms)
+  CHECK(std::abs(re->grace() - rc.grace_min_s) < 1e-12);
+  CHECK(wake == t1 + std::chrono::microseconds(100) + std::chrono::microseconds(500));  // from the END, the first
+  CHECK(re->close(2, nullptr, EndReason::kMarkers, t1 + std::chrono::microseconds(600), &r).ok());
+  CHECK(std::abs(r.spread_s - 300e-6) < 1e-7);
+}
+
 // ---------------------------------------------------------------- pacing ----
 
 namespace {

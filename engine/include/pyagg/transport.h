@@ -7,8 +7,9 @@
 // default), every datagram carries a fixed header and a MAC, and the server
 // reassembles every worker's gradient of a step concurrently into preallocated
 // rows with a bitmap of received chunks. A step ends when every chunk arrived,
-// or every sender's end marker arrived plus a short grace (chosen from the
-// measured arrival spread, ReceiverConfig::adaptive_grace), or at the deadline;
+// or every sender's end marker (or its final chunk: chunks go out in index
+// order, then END) arrived plus a short grace (chosen from the measured
+// arrival spread, ReceiverConfig::adaptive_grace), or at the deadline;
 // missing chunks are then filled by policy. Nothing is retransmitted.
 //
 // Tail behaviour (issue 10): a sender sends its END marker end_copies times
@@ -291,13 +292,14 @@ struct ReceiverConfig {
   DType dtype = DType::kFloat32;
   std::size_t max_datagram = kDefaultMaxDatagram;
   FillPolicy fill = FillPolicy::kNan;
-  double grace_s = 0.005;        // after the last expected END marker: the constant (adaptive_grace off), or the
-                                 // upper bound and the first steps' value (adaptive_grace on)
+  double grace_s = 0.005;        // after the last expected end signal (END marker or final chunk): the constant
+                                 // (adaptive_grace off), or the upper bound and the first steps' value (adaptive_grace on)
   // Adaptive grace (on by default): the grace is chosen from the measured
-  // arrival spread, i.e. how long after a sender's first END marker that
-  // sender's DATA still arrived (chunks of the open step after its END, and
-  // chunks that arrived `late`, after their step closed, measured from that
-  // step's END). grace = clamp(2 * (largest spread of the last 16 steps) +
+  // arrival spread, i.e. how long after a sender's first end signal (its
+  // first END marker or its final chunk, whichever came first) that sender's
+  // DATA still arrived (chunks of the open step after it, and chunks that
+  // arrived `late`, after their step closed, measured from that step's
+  // signal). grace = clamp(2 * (largest spread of the last 16 steps) +
   // grace_min_s, grace_min_s, grace_s). Until a step has closed with END
   // markers it is grace_s.
   bool adaptive_grace = true;

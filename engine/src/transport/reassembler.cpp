@@ -57,7 +57,19 @@ struct Reassembler::Row {
   uint64_t received = 0;
   bool end_seen = false;
   Clock::time_point end_time{};
-  bool prev_end_seen = false;        // the previous (closed) step's END arrived
+  // The sender's final DATA chunk (index chunk_count - 1; a sender sends its
+  // chunks in index order, then END): it ends the row's sending as an END
+  // marker does, so a row whose END copies were lost but whose final chunk
+  // arrived does not wait for a later copy.
+  bool tail_seen = false;
+  Clock::time_point tail_time{};
+  bool signaled() const { return end_seen || tail_seen; }
+  // The first end signal of the row (final chunk or END), when signaled().
+  Clock::time_point signal_time() const {
+    if (end_seen && tail_seen) return end_time < tail_time ? end_time : tail_time;
+    return end_seen ? end_time : tail_time;
+  }
+  bool prev_end_seen = false;        // the previous (closed) step's END or final chunk arrived
   Clock::time_point prev_end_time{};
   bool waited = true;
   uint64_t rng = 0;
@@ -175,6 +187,7 @@ void Reassembler::reset_window() {
     std::fill(r.bitmap.begin(), r.bitmap.end(), 0);
     r.received = 0;
     r.end_seen = false;
+    r.tail_seen = false;
     r.st = WorkerStats();
     r.st.rank = r.rank;
     r.kdrops_mark = r.kdrops;
@@ -210,9 +223,10 @@ bool Reassembler::check_end(Clock::time_point deadline, Clock::time_point now, E
     if (r.received == geo_.chunk_count) {
       ++n_done;
       ++n_marked;
-    } else if (r.end_seen) {
+    } else if (r.signaled()) {
       ++n_marked;
-      if (r.end_time > latest_end) latest_end = r.end_time;
+      const Clock::time_point t = r.signal_time();
+      if (t > latest_end) latest_end = t;
     }
   }
   *wake_at = deadline;
@@ -292,8 +306,8 @@ Status Reassembler::close(uint64_t step, const uint8_t* wait, EndReason reason, 
   // The END times of this step stay known for the next window: DATA of this
   // step arriving after it closed (late) measures how far the grace fell short.
   for (std::size_t i = 0; i < n; ++i) {
-    rows_[i].prev_end_seen = rows_[i].end_seen;
-    rows_[i].prev_end_time = rows_[i].end_time;
+    rows_[i].prev_end_seen = rows_[i].signaled();
+    rows_[i].prev_end_time = rows_[i].signal_time();
   }
   reset_window();
   *out = std::move(res);
@@ -487,8 +501,16 @@ bool Reassembler::ingest(const uint8_t* data, std::size_t len, bool truncated, i
   r.st.bytes_received += h.payload_len;
   if (r.st.first_s < 0) r.st.first_s = t;
   r.st.last_s = t;
-  if (r.end_seen) spread_win_s_ = std::max(spread_win_s_, seconds(now - r.end_time));
-  return r.received == geo_.chunk_count && r.waited;
+  bool signal = false;
+  if (h.chunk_index + uint64_t{1} == geo_.chunk_count && !r.tail_seen) {
+    r.tail_seen = true;
+    r.tail_time = now;
+    spread_measured_ = true;
+    signal = true;
+  }
+  // DATA after the row's first end signal: how far the arrivals spread.
+  if (r.signaled()) spread_win_s_ = std::max(spread_win_s_, seconds(now - r.signal_time()));
+  return (r.received == geo_.chunk_count || signal) && r.waited;
 }
 
 bool Reassembler::ingest_register(Row& r, std::size_t row, const Header& h, int origin, const void* src,
