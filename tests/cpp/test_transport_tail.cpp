@@ -262,29 +262,43 @@ TEST_CASE("END: copies go out after all data, one per call, at least end_spacing
   CHECK(rec->calls[end_calls[0]].datagrams[0] == rec->calls[end_calls[2]].datagrams[0]);
 }
 
-TEST_CASE("END: when a tail drop takes the data's tail and the first END copy, a later copy ends the step") {
-  // A tail drop: the last 3 DATA datagrams and the first END copy are lost
-  // (the queue was full for that moment); the spaced copies arrive later.
+namespace {
+// Every datagram one send of rank 1 puts on the wire (d floats of `value`), in order.
+std::vector<std::vector<uint8_t>> sent_datagrams(const SenderConfig& sc, uint64_t step, std::size_t d, float value) {
   auto rec = std::make_shared<Recorder>();
-  SenderConfig sc = sender_config(1);
-  sc.end_spacing_s = 0.0005;
   auto tx = make_sender(sc, rec);
-  const std::size_t d = 352 * 12;
-  std::vector<float> g(d, 4.0f);
-  CHECK(tx->send(1, g.data(), d, DType::kFloat32, nullptr).ok());
+  std::vector<float> g(d, value);
+  CHECK(tx->send(step, g.data(), d, DType::kFloat32, nullptr).ok());
   std::vector<std::vector<uint8_t>> flat;
   for (const Call& c : rec->calls)
     for (const auto& x : c.datagrams) flat.push_back(x);
-  CHECK(flat.size() == 12 + 3);
+  return flat;
+}
+
+// A reassembler for rank 1's d floats with the given grace bound.
+std::unique_ptr<Reassembler> receiver_of_rank1(std::size_t d, double grace_s) {
   ReceiverConfig rc;
   rc.job_id = 9;
   rc.ranks = {1};
   rc.mac = best();
   rc.keys = key_of(1);
   rc.d = d;
-  rc.grace_s = 0.004;
+  rc.grace_s = grace_s;
   std::unique_ptr<Reassembler> re;
   CHECK(Reassembler::create(rc, &re).ok());
+  return re;
+}
+}  // namespace
+
+TEST_CASE("END: when a tail drop takes the data's tail and the first END copy, a later copy ends the step") {
+  // A tail drop: the last 3 DATA datagrams and the first END copy are lost
+  // (the queue was full for that moment); the spaced copies arrive later.
+  SenderConfig sc = sender_config(1);
+  sc.end_spacing_s = 0.0005;
+  const std::size_t d = 352 * 12;
+  const auto flat = sent_datagrams(sc, 1, d, 4.0f);
+  CHECK(flat.size() == 12 + 3);
+  auto re = receiver_of_rank1(d, 0.004);
   const Clock::time_point t0 = Clock::now();
   CHECK(re->open(1, t0).ok());
   const Clock::time_point deadline = t0 + std::chrono::seconds(1);
@@ -307,24 +321,10 @@ TEST_CASE("END: a sender's final chunk is an end signal: with every END copy los
   // Random loss took a middle chunk and all END copies; the final chunk
   // arrived. Before, the row waited for an END that never came (here: the
   // deadline); a single lost END copy cost the spacing to the next one.
-  auto rec = std::make_shared<Recorder>();
-  auto tx = make_sender(sender_config(1), rec);
   const std::size_t d = 352 * 8;
-  std::vector<float> g(d, 2.0f);
-  CHECK(tx->send(1, g.data(), d, DType::kFloat32, nullptr).ok());
-  std::vector<std::vector<uint8_t>> flat;
-  for (const Call& c : rec->calls)
-    for (const auto& x : c.datagrams) flat.push_back(x);
+  const auto flat = sent_datagrams(sender_config(1), 1, d, 2.0f);
   CHECK(flat.size() == 8 + 3);
-  ReceiverConfig rc;
-  rc.job_id = 9;
-  rc.ranks = {1};
-  rc.mac = best();
-  rc.keys = key_of(1);
-  rc.d = d;
-  rc.grace_s = 0.004;
-  std::unique_ptr<Reassembler> re;
-  CHECK(Reassembler::create(rc, &re).ok());
+  auto re = receiver_of_rank1(d, 0.004);
   const Clock::time_point t0 = Clock::now();
   CHECK(re->open(1, t0).ok());
   const Clock::time_point deadline = t0 + std::chrono::seconds(1);
@@ -350,12 +350,7 @@ TEST_CASE("END: a sender's final chunk is an end signal: with every END copy los
 
   // The first signal counts: END first, then the final chunk 300 us later
   // (reordered) measures a spread of 300 us, as DATA after END always did.
-  auto rec2 = std::make_shared<Recorder>();
-  auto tx2 = make_sender(sender_config(1), rec2);
-  CHECK(tx2->send(2, g.data(), d, DType::kFloat32, nullptr).ok());
-  std::vector<std::vector<uint8_t>> f2;
-  for (const Call& c : rec2->calls)
-    for (const auto& x : c.datagrams) f2.push_back(x);
+  const auto f2 = sent_datagrams(sender_config(1), 2, d, 2.0f);
   const Clock::time_point t1 = t0 + std::chrono::milliseconds(100);
   CHECK(re->open(2, t1).ok());
   for (std::size_t i = 0; i < 7; ++i)
@@ -364,7 +359,7 @@ TEST_CASE("END: a sender's final chunk is an end signal: with every END copy los
   re->ingest(f2[7].data(), f2[7].size(), false, kOriginAny, nullptr, 0, t1 + std::chrono::microseconds(400));
   CHECK(!re->check_end(deadline + std::chrono::seconds(1), t1 + std::chrono::microseconds(400), &why, &wake));
   // step 1 measured no spread: the adaptive grace fell to grace_min (0.5 ms)
-  CHECK(std::abs(re->grace() - rc.grace_min_s) < 1e-12);
+  CHECK(std::abs(re->grace() - ReceiverConfig().grace_min_s) < 1e-12);
   CHECK(wake == t1 + std::chrono::microseconds(100) + std::chrono::microseconds(500));  // from the END, the first
   CHECK(re->close(2, nullptr, EndReason::kMarkers, t1 + std::chrono::microseconds(600), &r).ok());
   CHECK(std::abs(r.spread_s - 300e-6) < 1e-7);
