@@ -381,9 +381,9 @@ def preaggregate(gradients: Any, name: str, f: int = 0, *, out: np.ndarray | Non
     """
     fw = _fw.framework(gradients)
     if out is not None:
-        if fw != _fw.NUMPY or (not isinstance(gradients, (list, tuple)) and _on_gpu(gradients)):
-            raise InvalidArgumentError("out= is only for numpy gradients on the CPU")
-        if isinstance(gradients, (list, tuple)) and any(_fw.framework(g) != _fw.NUMPY for g in gradients):
+        # numpy arrays live on the host: every row must be one (a list may mix frameworks)
+        rows = gradients if isinstance(gradients, (list, tuple)) else (gradients,)
+        if any(_fw.framework(g) != _fw.NUMPY for g in rows):
             raise InvalidArgumentError("out= is only for numpy gradients on the CPU")
         return _run_pre(_ext.Pre(name, f, _split_params(params)), gradients, fw=fw, out=out)
     if fw in (_fw.JAX, _fw.TF) and _fw.traced(gradients, fw):

@@ -844,11 +844,10 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   std::vector<const T*> brows(theta);
   for (std::size_t t = 0; t < theta; ++t) brows[t] = buf.get() + t * span;
   // All theta rounds' means per chunk, from one read of it (mean_sets_chunk).
-  const int nthreads = reduce::threads_for(n * std::min(span, d));
   for (std::size_t s0 = 0; s0 < d; s0 += span) {
     const std::size_t len = std::min(span, d - s0);
     mean_sets_chunks<T>(
-        ms, rows, s0, s0 + len, kMeanChunk, std::min(nthreads, reduce::threads_for(n * len)),
+        ms, rows, s0, s0 + len, kMeanChunk, reduce::threads_for(n * len),
         [&](std::size_t k, std::size_t c0, std::size_t) { return buf.get() + k * span + (c0 - s0); },
         [](std::size_t, std::size_t, std::size_t) {});
     averaged_upper_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
