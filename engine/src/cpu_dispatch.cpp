@@ -122,6 +122,11 @@ void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d,
   PYAGG_FWD(pairwise_sqdist_counted, rows, n, d, D, exact);
 }
 template <typename T>
+void pairwise_sqdist_select(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
+                            std::size_t* dp_blocks) {
+  PYAGG_FWD(pairwise_sqdist_select, rows, n, d, D, exact, dp_blocks);
+}
+template <typename T>
 void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, double* D, double* sq) {
   PYAGG_FWD(pairwise_sqdist_norms, rows, n, d, D, sq);
 }
@@ -197,6 +202,8 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   template void averaged_upper_median<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);   \
   template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*,          \
                                            std::size_t*);                                               \
+  template void pairwise_sqdist_select<T>(const T* const*, std::size_t, std::size_t, double*, std::size_t*, \
+                                          std::size_t*);                                                  \
   template void pairwise_sqdist_norms<T>(const T* const*, std::size_t, std::size_t, double*, double*);  \
   template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);    \
   template void centered_clipping<T>(const T* const*, std::size_t, std::size_t, double, std::int64_t,   \

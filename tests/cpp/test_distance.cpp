@@ -34,6 +34,7 @@
 #include "check.h"
 #include "testdata.h"
 #include "cpu/cpu_backend.h"
+#include "cpu_dispatch.h"
 #include "common/select_distance.h"
 #include "pyagg/rules.h"
 
@@ -630,6 +631,217 @@ TEST_CASE("Gram distances (n > 32): fallback decision per pair and block, accura
     CHECK(e1 >= 1 && e1 == e2 && e2 == e3);
     CHECK(std::memcmp(D1.data(), D2.data(), D1.size() * sizeof(double)) == 0);
     CHECK(std::memcmp(D1.data(), D3.data(), D1.size() * sizeof(double)) == 0);
+  }
+}
+
+// The selection rules' distances (pairwise_sqdist_select): on float input
+// with n > 32 and an FMA target (the avx2 / avx512 copies) the float Gram
+// kernel, with its guard (per pair and block: g >= (G_ii + G_jj) / 16, else
+// the exact difference form in double), its per-block hand-over to the double
+// Gram kernel (more than a quarter of the pairs unsafe) and block 0's
+// decision for the whole pass (>= 8 blocks); elsewhere the double kernel.
+struct SelectD {
+  std::vector<double> D;
+  std::size_t exact = 0, dp_blocks = 0;
+};
+SelectD select_D(const Rows<float>& r) {
+  SelectD s;
+  s.D.assign(r.n() * r.n(), -1.0);
+  s.exact = s.dp_blocks = 12345;
+  cpu::pairwise_sqdist_select<float>(r.p(), r.n(), r.d(), s.D.data(), &s.exact, &s.dp_blocks);
+  return s;
+}
+// Independent N(0, 1) rows (no common component: no pair near the guard).
+Rows<float> plain_gaussian(std::size_t n, std::size_t d, std::uint64_t seed) {
+  Rng rng(seed);
+  Rows<float> r(n, d);
+  for (auto& row : r.data)
+    for (auto& v : row) v = float(rng.normal());
+  return r;
+}
+double worst_rel(const std::vector<double>& D, const Ref& R) {
+  double worst = 0;
+  for (std::size_t i = 0; i < R.n; ++i)
+    for (std::size_t j = 0; j < R.n; ++j)
+      if (i != j) worst = std::max(worst, std::fabs(D[i * R.n + j] - R.at(i, j)) / R.at(i, j));
+  return worst;
+}
+
+TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair, double kernel per block / from block 0") {
+  const std::size_t n = 40, d = 2 * 4096 + 100, nblocks = 3, npairs = n * (n - 1) / 2;
+  const std::string isa = cpu::isa_in_use();
+  // (a) Gaussian rows: no cancellation. The float kernel takes every block
+  //     (the avx2 / avx512 copies) or the double kernel all of them (base).
+  auto g = plain_gaussian(n, d, 4243);
+  const SelectD a = select_D(g);
+  const bool fa = a.dp_blocks == 0;
+  if (isa == "avx2" || isa == "avx512") CHECK_MSG(fa, "the float Gram kernel is compiled in for " + isa);
+  if (isa == "base") CHECK(!fa);
+  CHECK(a.exact == 0);
+  CHECK(a.dp_blocks == (fa ? 0 : nblocks));
+  const Ref RG = ref_distances(g);
+  // Within the documented bound (6.2e-5), and in fact ~1e-8 here (rounding
+  // errors of independent runs do not add up).
+  CHECK_MSG(worst_rel(a.D, RG) < (fa ? 1e-7 : 1e-12), "gaussian rel. error " + std::to_string(worst_rel(a.D, RG)));
+  const auto Ddp = lib_D(g);
+  if (fa) CHECK_MSG(!same_bits(a.D, Ddp), "the float kernel's D should not be the double kernel's bits");
+  else CHECK(same_bits(a.D, Ddp));
+  // (b) per pair: rows 0..4 a cancelling cluster (1e3 + 1e-2 noise), the rest
+  //     Gaussian: the cluster's 10 pairs take the exact form on every block
+  //     (10 <= npairs / 4: no hand-over), exact to ~1e-12.
+  {
+    Rng rng(17);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = i < 5 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+    const SelectD b = select_D(r);
+    CHECK(b.exact == 10 * nblocks);
+    CHECK(b.dp_blocks == (fa ? 0 : nblocks));
+    const Ref R = ref_distances(r);
+    for (std::size_t i = 0; i < 5; ++i)
+      for (std::size_t j = i + 1; j < 5; ++j) CHECK(std::fabs(b.D[i * n + j] - R.at(i, j)) <= 1e-12 * R.at(i, j));
+    CHECK(worst_rel(b.D, R) < 6.2e-5);
+  }
+  // (b') rows sharing a large common component (x = 5 + noise: g / (G_ii +
+  //     G_jj) ~ 1/26, under the guard's 1/16; the double kernel's 2^-16 guard
+  //     keeps them): the float kernel sends those pairs to the exact form.
+  {
+    auto r = gaussian_rows<float>(n, d, 4244);  // rows 4, 9, ..., 39 around 5: 28 pairs
+    const SelectD b = select_D(r);
+    CHECK(b.exact == (fa ? 28 * nblocks : 0));
+    CHECK(worst_rel(b.D, ref_distances(r)) < 6.2e-5);
+  }
+  // (c) per block: every row is 1e3 + noise on block 1 only: all its pairs
+  //     fail the guard, the double kernel takes that block (and its own
+  //     guard sends every pair to the exact form); blocks 0 and 2 stay float.
+  {
+    Rng rng(18);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) {
+        const bool blk1 = k >= 4096 && k < 8192;
+        r.data[i][k] = blk1 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+      }
+    const SelectD c = select_D(r);
+    CHECK(c.exact == npairs);
+    CHECK(c.dp_blocks == (fa ? 1 : nblocks));
+    CHECK(worst_rel(c.D, ref_distances(r)) < 6.2e-5);
+  }
+  // (d) block 0 decides (>= 8 blocks): rows highly correlated (cos ~0.99, no
+  //     cancellation for the double guard) on block 0 only: block 0 goes to
+  //     the double kernel, and so does every other block without a float
+  //     attempt: D is the double kernel's, bit for bit.
+  {
+    const std::size_t d9 = 8 * 4096 + 5;
+    Rng rng(19);
+    Rows<float> r(n, d9);
+    std::vector<double> base(4096);
+    for (auto& v : base) v = rng.normal();
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d9; ++k) r.data[i][k] = k < 4096 ? float(base[k] + 0.1 * rng.normal()) : float(rng.normal());
+    const SelectD e = select_D(r);
+    CHECK(e.exact == 0);
+    CHECK(e.dp_blocks == 9);
+    CHECK(same_bits(e.D, lib_D(r)));
+    //     ... and the same rows correlated on block 1 only: block 0 is float,
+    //     block 1 alone goes to the double kernel.
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < 2 * 4096; ++k)
+        r.data[i][k] = k >= 4096 ? float(base[k - 4096] + 0.1 * rng.normal()) : float(rng.normal());
+    const SelectD e2 = select_D(r);
+    CHECK(e2.dp_blocks == (fa ? 1 : 9));
+    CHECK(worst_rel(e2.D, ref_distances(r)) < 6.2e-5);
+  }
+  // (e) squares outside the float range: tiny rows (x ~ 1e-22: squares
+  //     underflow) and huge rows (x ~ 1e21: squares overflow float) are
+  //     computed in double (exact form or double kernel), accurately.
+  for (double scale : {1e-22, 1e21}) {
+    auto r = gaussian_rows<float>(n, d, 555);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(double(r.data[i][k]) * scale);
+    const SelectD t = select_D(r);
+    const double w = worst_rel(t.D, ref_distances(r));
+    CHECK_MSG(w < 1e-10, "scale " + std::to_string(scale) + ": rel. error " + std::to_string(w));
+    CHECK(all_finite(t.D));
+  }
+  // (f) non-finite rows: +inf to everything, D[i][i] = +inf, not counted.
+  {
+    auto r = plain_gaussian(n, d, 99);
+    r.data[3][5000] = std::numeric_limits<float>::quiet_NaN();
+    r.data[17][10] = -std::numeric_limits<float>::infinity();
+    const SelectD f = select_D(r);
+    CHECK_MSG(f.exact == 0, "exact " + std::to_string(f.exact) + " dp " + std::to_string(f.dp_blocks));
+    for (std::size_t j = 0; j < n; ++j) {
+      CHECK(f.D[3 * n + j] == Inf && f.D[j * n + 3] == Inf);
+      CHECK(f.D[17 * n + j] == Inf && f.D[j * n + 17] == Inf);
+    }
+    CHECK(f.D[0] == 0.0 && std::isfinite(f.D[1]));
+  }
+  // (g) bitwise the same with 1, 2, 3 threads (a fallback pair; 9 blocks:
+  //     block 0 alone first).
+  {
+    auto r = gaussian_rows<float>(n, 8 * 4096 + 77, 6);
+    for (std::size_t k = 0; k < r.d(); ++k) r.data[1][k] = r.data[0][k] + 1e-4f * float(k % 7);
+    set_threads(1);
+    const SelectD s1 = select_D(r);
+    set_threads(2);
+    const SelectD s2 = select_D(r);
+    set_threads(3);
+    const SelectD s3 = select_D(r);
+    set_threads(2);
+    CHECK(s1.exact >= 9 && s1.exact == s2.exact && s2.exact == s3.exact);
+    CHECK(s1.dp_blocks == s2.dp_blocks && s2.dp_blocks == s3.dp_blocks);
+    CHECK(same_bits(s1.D, s2.D) && same_bits(s1.D, s3.D));
+  }
+  // (h) n <= 32: the exact kernel, the same D as pairwise_sqdist; double
+  //     input: the double Gram kernel.
+  {
+    auto r = gaussian_rows<float>(32, d, 7);
+    const SelectD h = select_D(r);
+    CHECK(h.dp_blocks == 0 && same_bits(h.D, lib_D(r)));
+    auto rd = gaussian_rows<double>(n, d, 8);
+    std::vector<double> D1(n * n), D2(n * n);
+    std::size_t ex = 0, dpb = 0;
+    cpu::pairwise_sqdist_select<double>(rd.p(), n, d, D1.data(), &ex, &dpb);
+    cpu::pairwise_sqdist<double>(rd.p(), n, d, D2.data());
+    CHECK(dpb == nblocks && same_bits(D1, D2));
+  }
+}
+
+TEST_CASE("selection rules at n = 40 / 100 on the float Gram path pick what exact distances pick") {
+  for (std::size_t n : {std::size_t(40), std::size_t(100)}) {
+    const std::size_t f = n / 5, d = 4096 + 333;
+    for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+      auto r = gaussian_rows<float>(n, d, 900 + seed);
+      const Ref R = ref_distances(r);
+      const std::size_t want = ref_krum_rank(R, f)[0];
+      CHECK_MSG(same_bits(lib_krum(r, f).data(), r.ptr[want], d),
+                "krum n=" + std::to_string(n) + " seed " + std::to_string(seed));
+      // multi-krum: the mean of the m best rows of the exact ranking
+      const std::size_t m = n - f;
+      auto rank = ref_krum_rank(R, f);
+      std::vector<std::size_t> sel(rank.begin(), rank.begin() + std::ptrdiff_t(m));
+      std::sort(sel.begin(), sel.end());
+      std::vector<double> want_mean(d, 0.0);
+      for (std::size_t k = 0; k < d; ++k) {
+        for (std::size_t i : sel) want_mean[k] += double(r.data[i][k]);
+        want_mean[k] /= double(m);
+      }
+      check_vec(lib_multi_krum(r, f, m), want_mean, "multi-krum n=" + std::to_string(n));
+      // bulyan's rounds and nnm's neighbour sets on the float D
+      const SelectD S = select_D(r);
+      auto bs = dt::bulyan_select(S.D.data(), n, f), bw = ref_bulyan_sel(R, f);
+      std::sort(bs.begin(), bs.end());
+      std::sort(bw.begin(), bw.end());
+      CHECK_MSG(bs == bw, "bulyan selection n=" + std::to_string(n) + ": " + idx_str(bs) + " vs " + idx_str(bw));
+      for (std::size_t i = 0; i < n; ++i) {
+        auto got = dt::nnm_select(S.D.data(), n, f, i);
+        auto exact = dt::nnm_select(R.D.data(), n, f, i);
+        std::sort(got.begin(), got.end());
+        std::sort(exact.begin(), exact.end());
+        CHECK_MSG(got == exact, "nnm set of row " + std::to_string(i) + ", n=" + std::to_string(n));
+      }
+    }
   }
 }
 

@@ -239,7 +239,14 @@ void pre_rule_fused(const PreConfig& pc, const RuleConfig& r, const T* const* ro
   std::size_t m = n;  // the pre-aggregator's output rows
   if (pc.pre == PreId::kNnm) {
     D.resize(n * n);
-    pairwise_sqdist<T>(rows, n, d, D.data());
+    // Before a coordinate-wise rule nnm only ranks D: the selection rules'
+    // distances (pairwise_sqdist_select), so that its sets, and the result,
+    // are those of the unfused nnm. Before a distance rule D also feeds the
+    // quadratic forms of mixed_distances, which cancel: the double Gram form.
+    if (coordinate_rule(r.rule))
+      pairwise_sqdist_select<T>(rows, n, d, D.data(), nullptr, nullptr);
+    else
+      pairwise_sqdist<T>(rows, n, d, D.data());
     const std::size_t s = n - pc.f;
     p.idx.reserve(n * s);
     for (std::size_t i = 0; i < n; ++i) {

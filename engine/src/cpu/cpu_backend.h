@@ -84,6 +84,17 @@ void pairwise_sqdist(const T* const* rows, std::size_t n, std::size_t d, double*
 // guard; for tests and benchmarks).
 template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact);
+// The distance matrix of the selection rules (krum, multi-krum, bulyan,
+// bulyan-multikrum, mda, nnm), which only rank distances: the same D, except
+// that float input with n > 32 rows takes the float Gram kernel where the
+// target has FMA (distance.cpp): relative error <= 6.2e-5 per entry (~1e-7
+// on data without cancellation), exact difference form where the Gram form
+// would cancel. *exact (if not null) = (pair, block) sums in the exact form;
+// *dp_blocks (if not null) = blocks the double Gram kernel computed (every
+// block where the float kernel is not compiled in or not used).
+template <typename T>
+void pairwise_sqdist_select(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
+                            std::size_t* dp_blocks);
 // The same D and, from the same pass over G, sq[i] = ||x_i||^2 with the bits of
 // reduce.h's row_sqnorms (the coefficient-space geometric median needs both).
 template <typename T>

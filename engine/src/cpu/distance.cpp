@@ -54,7 +54,12 @@
 //
 // Common semantics
 // ----------------
-//  - D = pairwise_sqdist: D[i*n+j] = sum_k (x_ik - x_jk)^2, from ONE blocked
+//  - D = pairwise_sqdist_select (every rule of this file; the float Gram
+//    kernel for float input with n > 32, see below) or pairwise_sqdist (the
+//    double Gram kernel: the iterative rules and nnm's chain into a distance
+//    rule, which combine distances in quadratic forms that cancel, and
+//    next.cpp's rules, whose weights are not only rankings):
+//    D[i*n+j] = sum_k (x_ik - x_jk)^2, from ONE blocked
 //    pass over the data (Gram form, exact difference form wherever the Gram
 //    form would cancel; see below). A non-finite row (any NaN/inf, detected in the same pass) is
 //    infinitely far from everything: D = +inf to every row, D[i][i] = +inf;
@@ -77,7 +82,9 @@
 //  fixed-order sum; four rows j against one row i; tiles folded into double;
 //  see distance_block_exact): at small n its ~n^2/2 differences per
 //  coordinate cost less than the Gram kernel's padded multiply-adds.
-//  n > 32: the Gram form below.
+//  n > 32: the Gram form below, in double; the selection rules on float input
+//  (pairwise_sqdist_select) take the float Gram kernel instead where the
+//  target has FMA ("Float Gram kernel" below).
 //  One pass over G. For each block of cpu::kReduceBlock coordinates (fixed,
 //  independent of the thread count; OpenMP threads take whole blocks, dynamic
 //  schedule) the block's Gram matrix is computed in double (SYRK-like, see
@@ -407,8 +414,13 @@ void combine_distance_blocks(const std::vector<double>& part, const std::vector<
 // scratch, pair sums, bad flags) fills one block's npairs sums and n
 // non-finite flags; per_thread scratch doubles per thread; blocks combined
 // in block order into D.
+//
+// first_alone: block 0 runs first, alone, in the calling thread (thread
+// index 0), before the other blocks start (the float Gram kernel's decision,
+// see distance_pass).
 template <typename Block>
-void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, Block&& block, double* D) {
+void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, Block&& block, double* D,
+                         bool first_alone = false) {
   const std::size_t npairs = n * (n - 1) / 2;
   const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
   // Scratch before the parallel region (bad_alloc is caught by the engine).
@@ -416,8 +428,11 @@ void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, B
   std::vector<unsigned char> bad(nblocks * n, 0);
   const int nthreads = reduce::threads_for(n * d);
   std::vector<double> scratch(std::size_t(nthreads) * per_thread);
+  const std::size_t start = first_alone ? 1 : 0;
+  if (first_alone)
+    block(0, std::min(d, kReduceBlock), 0, scratch.data(), part.data(), bad.data());
 #pragma omp parallel for schedule(dynamic, 2) num_threads(nthreads)
-  for (std::ptrdiff_t blk = 0; blk < std::ptrdiff_t(nblocks); ++blk) {
+  for (std::ptrdiff_t blk = std::ptrdiff_t(start); blk < std::ptrdiff_t(nblocks); ++blk) {
     const std::size_t c0 = std::size_t(blk) * kReduceBlock;
     const std::size_t c1 = std::min(d, c0 + kReduceBlock);
     const int t = reduce::thread_num();
@@ -647,6 +662,252 @@ void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std
   *exact += fallbacks;
 }
 
+// ---- Float Gram kernel (selection rules, float input, FMA targets) -----------
+//
+// The distance pass of the selection rules (krum, multi-krum, bulyan,
+// bulyan-multikrum, mda, nnm and nnm's fused chains: pairwise_sqdist_select)
+// on float input with n > kGramMinN, compiled where the target has FMA (the
+// avx2, avx512 and native copies; the portable copy keeps the double Gram
+// kernel). Same blocks, tiles and triangle as the double kernel, in float at
+// twice the lanes per instruction:
+//  - a tile is packed transposed as float, pf[c*npf + i] = x_i[c] (npf = n
+//    rounded up to the vector width, padding columns 0);
+//  - each Gram entry's products are summed with fused multiply-adds in float
+//    over runs of kGramRunF coordinates (a fresh accumulator per run, in
+//    coordinate order), and each run's float sum is added to the block Gram
+//    in double, runs in order. FMA rounds once, so the bits do not depend on
+//    the register tiling (avx2 and avx512 agree) nor on the thread count.
+//  - Rounding: a run's recursive FMA sum of S = kGramRunF products is off by
+//    at most gamma_S * sum |x_ic x_jc| (gamma_S = S u / (1 - S u), u = 2^-24),
+//    plus S * 2^-150 for products under the float normal range; the double
+//    additions add ~1e-16 relative. With sum |x_ic x_jc| <= (G_ii + G_jj) / 2,
+//    the block distance g = G_ii + G_jj - 2 G_ij is off by at most
+//    2 gamma_S (G_ii + G_jj) + 4 len 2^-150.
+//  - Guard, per pair and block: the Gram form is kept when g >= kGramSafeF *
+//    (G_ii + G_jj) + kGramTinyF * len (then g's relative error is at most
+//    2 gamma_32 / (1/16 - ...) < 6.2e-5; on data without cancellation it is
+//    ~1e-7); otherwise the pair's block is recomputed exactly in the
+//    difference form in double (sqdist_double), from the block in cache. A
+//    non-finite float G_ii (NaN/inf in the row, or squares beyond the float
+//    range) sends the row's pairs to the same exact form unless the row is
+//    non-finite.
+//  - When more than a quarter of a block's pairs fail the guard (rows that
+//    are nearly equal as a whole: ~1e3 + noise, or highly correlated honest
+//    gradients), the block is computed again by the double Gram kernel
+//    (distance_block_gram, its own 2^-16 guard and exact fallback): the float
+//    result of that block is discarded. Block 0 is computed first, alone;
+//    when it needed the double kernel, every other block goes straight to it
+//    (no float attempt). The decision reads block 0's data only:
+//    deterministic.
+#if defined(__FMA__) && defined(__AVX2__)
+#define PYAGG_FLOAT_GRAM 1
+#if defined(__AVX512F__)
+typedef __m512 VF;
+constexpr std::size_t kFW = 16;    // floats per vector
+constexpr std::size_t kFRows = 8;  // rows i per micro-kernel call (broadcast)
+inline VF vf_zero() { return _mm512_setzero_ps(); }
+inline VF vf_load(const float* p) { return _mm512_loadu_ps(p); }
+inline VF vf_bcast(const float* p) { return _mm512_set1_ps(*p); }
+inline VF vf_fma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+// g[0..15] += double(acc[0..15])
+inline void vf_flush(double* g, VF acc) {
+  // (maskz forms: GCC 12 warns about the unmasked ones' undefined sources)
+  const __m512d a = _mm512_castps_pd(acc);
+  const __m512d lo =
+      _mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(__mmask8(0xF), a, 0)));
+  const __m512d hi =
+      _mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(__mmask8(0xF), a, 1)));
+  _mm512_storeu_pd(g, _mm512_add_pd(_mm512_loadu_pd(g), lo));
+  _mm512_storeu_pd(g + 8, _mm512_add_pd(_mm512_loadu_pd(g + 8), hi));
+}
+#else
+typedef __m256 VF;
+constexpr std::size_t kFW = 8;
+constexpr std::size_t kFRows = 4;  // 16 ymm registers: 8 accumulators + 2 loads + 1 broadcast
+inline VF vf_zero() { return _mm256_setzero_ps(); }
+inline VF vf_load(const float* p) { return _mm256_loadu_ps(p); }
+inline VF vf_bcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline VF vf_fma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+inline void vf_flush(double* g, VF acc) {
+  const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(acc));
+  const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1));
+  _mm256_storeu_pd(g, _mm256_add_pd(_mm256_loadu_pd(g), lo));
+  _mm256_storeu_pd(g + 4, _mm256_add_pd(_mm256_loadu_pd(g + 4), hi));
+}
+#endif
+constexpr std::size_t kGramRunF = 32;  // coordinates per float run (divides kGramTile)
+constexpr double kGramSafeF = 1.0 / 16.0;
+constexpr double kGramTinyF = 0x1p-128;  // per coordinate: see "Rounding" above
+
+// Columns are padded to whole vectors; [0, fullf) in groups of 2 vectors, an
+// odd last vector [fullf, npf) held transposed (as gram_full).
+inline std::size_t gram_npf(std::size_t n) { return (n + kFW - 1) / kFW * kFW; }
+inline std::size_t gram_fullf(std::size_t npf) { return npf / (2 * kFW) * (2 * kFW); }
+
+// Gb[(i0+r)*npf + j0 + l] += sum over c in [r0, r1) (one run, coordinate
+// order, fused multiply-adds in float from 0) of pf[c*npf + i0 + r] *
+// pf[c*npf + j0 + l], r < kFRows, l < NV*kFW.
+template <std::size_t NV>
+inline void gram_micro_f(const float* __restrict pf, std::size_t npf, std::size_t r0, std::size_t r1,
+                         std::size_t i0, std::size_t j0, double* __restrict Gb) {
+  VF acc[kFRows][NV];
+  for (std::size_t r = 0; r < kFRows; ++r)
+    for (std::size_t v = 0; v < NV; ++v) acc[r][v] = vf_zero();
+#pragma GCC unroll 4
+  for (std::size_t c = r0; c < r1; ++c) {
+    const float* p = pf + c * npf;
+    VF b[NV];
+    for (std::size_t v = 0; v < NV; ++v) b[v] = vf_load(p + j0 + v * kFW);
+    for (std::size_t r = 0; r < kFRows; ++r) {
+      VF a = vf_bcast(p + i0 + r);
+      // One broadcast load per row, held in a register (folded into each
+      // multiply-add as an embedded broadcast it costs a load per FMA).
+      __asm__("" : "+v"(a));
+      for (std::size_t v = 0; v < NV; ++v) acc[r][v] = vf_fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (std::size_t r = 0; r < kFRows; ++r)
+    for (std::size_t v = 0; v < NV; ++v) vf_flush(Gb + (i0 + r) * npf + j0 + v * kFW, acc[r][v]);
+}
+
+// 8 rows' coordinates [src, src + 8) transposed into pf (an 8 x 8 transpose
+// in ymm registers: unpack, shuffle, cross-lane permute).
+inline void pack_8x8_f(const float* const* rows, std::size_t i0, std::size_t src, std::size_t c, float* pf,
+                       std::size_t npf) {
+  __m256 r[8], t[8], s[8];
+  for (int q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(rows[i0 + std::size_t(q)] + src);
+  for (int q = 0; q < 8; q += 2) {
+    t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);  // rows q, q+1 at coordinates 0, 1 | 4, 5
+    t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);  // 2, 3 | 6, 7
+  }
+  for (int q = 0; q < 8; q += 4) {
+    s[q] = _mm256_shuffle_ps(t[q], t[q + 2], _MM_SHUFFLE(1, 0, 1, 0));      // rows q..q+3, coordinate 0 | 4
+    s[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], _MM_SHUFFLE(3, 2, 3, 2));  // 1 | 5
+    s[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], _MM_SHUFFLE(1, 0, 1, 0));  // 2 | 6
+    s[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], _MM_SHUFFLE(3, 2, 3, 2));  // 3 | 7
+  }
+  for (int q = 0; q < 4; ++q) {
+    _mm256_storeu_ps(pf + (c + std::size_t(q)) * npf + i0, _mm256_permute2f128_ps(s[q], s[q + 4], 0x20));
+    _mm256_storeu_ps(pf + (c + std::size_t(q) + 4) * npf + i0, _mm256_permute2f128_ps(s[q], s[q + 4], 0x31));
+  }
+}
+
+// Coordinates packed at once by the float Gram kernel: a power of two
+// between kGramRunF and 1024 with tile * npf floats <= 256 KiB (L2). Depends
+// on n only.
+inline std::size_t gram_tile_f(std::size_t npf) {
+  std::size_t tile = 1024;
+  while (tile > kGramRunF && tile * npf * sizeof(float) > (std::size_t(256) << 10)) tile /= 2;
+  return tile;
+}
+
+// The float Gram matrix of rows [c0, c1) into Gb (npf x npf doubles); pf:
+// gram_tile_f(npf) * npf floats of scratch. The block is walked in tiles: a
+// tile's coordinates are packed (8 x 8 transposes, 8 rows at a time: few
+// concurrent streams for the hardware prefetcher), then run by run (32
+// packed coordinates, in L1) the whole triangle is computed on them; the
+// next tile's lines are hinted to the prefetcher (into L2) a few per
+// micro-kernel call. Row groups stop at n rounded up to kFRows (no
+// padding-only group).
+void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
+                  float* pf, double* Gb) {
+  const std::size_t npf = gram_npf(n), full = gram_fullf(npf);
+  const std::size_t nr = (n + kFRows - 1) / kFRows * kFRows;  // rows that are not only padding
+  const std::size_t tile = gram_tile_f(npf);
+  std::fill(Gb, Gb + npf * npf, 0.0);
+  std::fill(pf, pf + tile * npf, 0.0f);  // padding columns i >= n stay 0
+  std::size_t ncalls = 0;  // micro-kernel calls per run
+  for (std::size_t j0 = 0; j0 < full; j0 += 2 * kFW) ncalls += (std::min(j0 + 2 * kFW, nr) + kFRows - 1) / kFRows;
+  if (full < npf) ncalls += (nr - full) / kFRows * (full / (2 * kFW) + 1);
+  ncalls *= tile / kGramRunF;  // per whole tile
+  const std::size_t lines_per_row = tile * sizeof(float) / 64;
+  for (std::size_t t0 = c0; t0 < c1; t0 += tile) {
+    const std::size_t len = std::min(tile, c1 - t0);
+    const std::size_t pf_total = t0 + 2 * tile <= d ? n * lines_per_row : 0;
+    const std::size_t pf_step = (pf_total + ncalls - 1) / ncalls;
+    std::size_t pf_next = 0;
+    const std::size_t len8 = len / 8 * 8;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      for (std::size_t cc = 0; cc < len8; cc += 8) pack_8x8_f(rows, i, t0 + cc, cc, pf, npf);
+    for (std::size_t r = 0; r < i; ++r)
+      for (std::size_t c = len8; c < len; ++c) pf[c * npf + r] = rows[r][t0 + c];
+    for (; i < n; ++i)
+      for (std::size_t c = 0; c < len; ++c) pf[c * npf + i] = rows[i][t0 + c];
+    auto hint = [&]() {
+      for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
+        __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / lines_per_row] + t0 + tile) +
+                               (pf_next % lines_per_row) * 64,
+                           0, 2);
+    };
+    for (std::size_t r0 = 0; r0 < len; r0 += kGramRunF) {
+      const std::size_t r1 = std::min(len, r0 + kGramRunF);
+      for (std::size_t j0 = 0; j0 < full; j0 += 2 * kFW) {
+        for (std::size_t i0 = 0; i0 < std::min(j0 + kFW, nr); i0 += kFRows) {
+          hint();
+          gram_micro_f<2>(pf, npf, r0, r1, i0, j0, Gb);
+        }
+        // The diagonal block's lower half of rows needs its upper vector of
+        // columns only (pairs i < j).
+        for (std::size_t i0 = j0 + kFW; i0 < std::min(j0 + 2 * kFW, nr); i0 += kFRows) {
+          hint();
+          gram_micro_f<1>(pf, npf, r0, r1, i0, j0 + kFW, Gb);
+        }
+      }
+      for (std::size_t i0 = full; i0 < nr; i0 += kFRows) {  // the odd last vector of columns, transposed
+        for (std::size_t j0 = 0; j0 < full; j0 += 2 * kFW) {
+          hint();
+          gram_micro_f<2>(pf, npf, r0, r1, i0, j0, Gb);
+        }
+        hint();
+        gram_micro_f<1>(pf, npf, r0, r1, i0, full, Gb);
+      }
+    }
+  }
+}
+
+// One block by the float Gram kernel: part[npairs], bad[n] as
+// distance_block_gram. Returns false, having written nothing the caller keeps,
+// when more than a quarter of the pairs fail the guard (the caller then runs
+// the double kernel on the block).
+bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t d, std::size_t c0,
+                           std::size_t c1, float* pf, double* Gb, double* part, unsigned char* bad,
+                           std::size_t* exact, std::size_t* unsafe) {
+  const std::size_t npf = gram_npf(n), full = gram_fullf(npf);
+  const std::size_t npairs = n * (n - 1) / 2;
+  gram_block_f(rows, n, d, c0, c1, pf, Gb);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double gii = Gb[i * npf + i];
+    bad[i] = std::isfinite(gii) ? 0 : (all_finite(rows[i] + c0, c1 - c0) ? 0 : 1);
+  }
+  const double tiny = kGramTinyF * double(c1 - c0);
+  std::size_t nu = 0;
+  for (std::size_t i = 0, p = 0; i < n; ++i)
+    for (std::size_t j = i + 1; j < n; ++j, ++p) {
+      const double gii = Gb[i * npf + i], gjj = Gb[j * npf + j];
+      const double gij = (i < full && j >= full) ? Gb[j * npf + i] : Gb[i * npf + j];
+      const double g = (gii + gjj) - 2.0 * gij;
+      if (g >= kGramSafeF * (gii + gjj) + tiny && std::isfinite(g)) {
+        part[p] = g;
+      } else if (bad[i] || bad[j]) {
+        part[p] = std::numeric_limits<double>::infinity();
+      } else {
+        part[p] = -1.0;  // marked: exact form below
+        ++nu;
+      }
+    }
+  *unsafe = nu;
+  if (nu > npairs / 4) return false;
+  for (std::size_t i = 0, p = 0; i < n && nu; ++i)
+    for (std::size_t j = i + 1; j < n; ++j, ++p)
+      if (part[p] == -1.0) part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
+  *exact += nu;
+  return true;
+}
+#else
+#define PYAGG_FLOAT_GRAM 0
+#endif
+
 // Coordinates per chunk of the row means (the parallel grain).
 constexpr std::size_t kMeanChunk = 1024;
 
@@ -662,10 +923,11 @@ void mean_rows(const T* const* rows, const std::size_t* sel, std::size_t cnt, st
   }
 }
 
+// The selection rules' distance matrix (pairwise_sqdist_select).
 template <typename T>
 std::vector<double> distance_matrix(const T* const* rows, std::size_t n, std::size_t d) {
   std::vector<double> D(n * n);
-  pairwise_sqdist<T>(rows, n, d, D.data());
+  pairwise_sqdist_select<T>(rows, n, d, D.data(), nullptr, nullptr);
   return D;
 }
 
@@ -688,21 +950,53 @@ namespace {
 // block sum of squares, the bits of reduce.h's block_sumsq_finite of the
 // block, taken from cache (Gram path: tile by tile as each tile is packed;
 // exact path: after the block): row_sqnorms's partials, in its layout.
+// select: the caller only ranks distances (the selection rules): float input
+// may take the float Gram kernel (PYAGG_FLOAT_GRAM targets, n > kGramMinN, no
+// norms wanted); *dp_blocks (if not null) = the blocks the double Gram kernel
+// computed (all of them when the float kernel is not used; 0 when n <=
+// kGramMinN).
 template <typename T>
 void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
-                   double* norm_part) {
+                   double* norm_part, bool select = false, std::size_t* dp_blocks = nullptr) {
   const std::size_t npairs = n * (n - 1) / 2;
   const bool gram = n > kGramMinN;
   const std::size_t np = gram_np(n);
   const std::size_t lanes = (gram && norm_part) ? n * reduce::kLanes : 0;  // the Gram kernel's norm lanes
-  const std::size_t per_thread = gram ? kGramTile * np + np * np + lanes : npairs * kDoubleLanes;
-  std::vector<std::size_t> nexact(std::size_t(reduce::threads_for(n * d)), 0);
+  const int nthreads = reduce::threads_for(n * d);
+#if PYAGG_FLOAT_GRAM
+  const bool fgram = std::is_same<T, float>::value && select && gram && !norm_part;
+  const std::size_t npf = fgram ? gram_npf(n) : 0;
+  std::vector<float> fscratch(fgram ? std::size_t(nthreads) * gram_tile_f(npf) * npf : 0);
+#else
+  const bool fgram = false;
+  const std::size_t npf = 0;
+  (void)select;
+#endif
+  const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
+  const bool first_alone = fgram && nblocks >= 8;
+  bool all_double = false;  // block 0 needed the double kernel: so do the others (set before they start)
+  (void)all_double;          // (read by the float kernel's targets only)
+  const std::size_t per_thread = gram ? kGramTile * np + np * np + lanes + npf * npf : npairs * kDoubleLanes;
+  std::vector<std::size_t> nexact(std::size_t(nthreads), 0), ndouble(std::size_t(nthreads), 0);
   const std::size_t tile = distance_tile<T>(n);
   run_distance_blocks(
       n, d, per_thread,
       [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
         double* np_b = norm_part ? norm_part + (c0 / kReduceBlock) * n : nullptr;
         if (gram) {
+#if PYAGG_FLOAT_GRAM
+          if constexpr (std::is_same<T, float>::value) {
+            if (fgram && !all_double) {
+              std::size_t unsafe = 0;
+              if (distance_block_gram_f(rows, n, d, c0, c1, fscratch.data() + std::size_t(t) * gram_tile_f(npf) * npf,
+                                        sc + kGramTile * np + np * np + lanes, pb, bb, &nexact[std::size_t(t)],
+                                        &unsafe))
+                return;
+              if (first_alone && c0 == 0) all_double = true;  // block 0 runs alone: no reader yet
+            }
+          }
+#endif
+          ++ndouble[std::size_t(t)];
           distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)], np_b,
                                  sc + kGramTile * np + np * np);
           return;  // norms from the tiles
@@ -715,10 +1009,14 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
           }
         }
       },
-      D);
+      D, first_alone);
   if (exact) {
     *exact = 0;
     for (std::size_t v : nexact) *exact += v;
+  }
+  if (dp_blocks) {
+    *dp_blocks = 0;
+    for (std::size_t v : ndouble) *dp_blocks += v;
   }
 }
 }  // namespace
@@ -726,6 +1024,12 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
 template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact) {
   distance_pass<T>(rows, n, d, D, exact, nullptr);
+}
+
+template <typename T>
+void pairwise_sqdist_select(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
+                            std::size_t* dp_blocks) {
+  distance_pass<T>(rows, n, d, D, exact, nullptr, true, dp_blocks);
 }
 
 // pairwise_sqdist and, in the same pass over G, sq[i] = ||x_i||^2 with the
@@ -905,6 +1209,8 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
 #define PYAGG_DISTANCE_INSTANTIATE(T)                                                                   \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);               \
   template void pairwise_sqdist_counted<T>(const T* const*, std::size_t, std::size_t, double*, std::size_t*); \
+  template void pairwise_sqdist_select<T>(const T* const*, std::size_t, std::size_t, double*, std::size_t*,     \
+                                          std::size_t*);                                                      \
   template void pairwise_sqdist_norms<T>(const T* const*, std::size_t, std::size_t, double*, double*);           \
   template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);     \
   template void krum<T>(const T* const*, std::size_t, std::size_t, std::size_t, T*);                   \
