@@ -747,18 +747,18 @@ inline std::size_t gram_fullf(std::size_t npf) { return npf / (2 * kFW) * (2 * k
 // Gb[(i0+r)*npf + j0 + l] += sum over c in [r0, r1) (one run, coordinate
 // order, fused multiply-adds in float from 0) of pf[c*npf + i0 + r] *
 // pf[c*npf + j0 + l], r < kFRows, l < NV*kFW.
-template <std::size_t NV>
+template <std::size_t NV, std::size_t R = kFRows>
 inline void gram_micro_f(const float* __restrict pf, std::size_t npf, std::size_t r0, std::size_t r1,
                          std::size_t i0, std::size_t j0, double* __restrict Gb) {
-  VF acc[kFRows][NV];
-  for (std::size_t r = 0; r < kFRows; ++r)
+  VF acc[R][NV];
+  for (std::size_t r = 0; r < R; ++r)
     for (std::size_t v = 0; v < NV; ++v) acc[r][v] = vf_zero();
 #pragma GCC unroll 4
   for (std::size_t c = r0; c < r1; ++c) {
     const float* p = pf + c * npf;
     VF b[NV];
     for (std::size_t v = 0; v < NV; ++v) b[v] = vf_load(p + j0 + v * kFW);
-    for (std::size_t r = 0; r < kFRows; ++r) {
+    for (std::size_t r = 0; r < R; ++r) {
       VF a = vf_bcast(p + i0 + r);
       // One broadcast load per row, held in a register (folded into each
       // multiply-add as an embedded broadcast it costs a load per FMA).
@@ -766,7 +766,7 @@ inline void gram_micro_f(const float* __restrict pf, std::size_t npf, std::size_
       for (std::size_t v = 0; v < NV; ++v) acc[r][v] = vf_fma(a, b[v], acc[r][v]);
     }
   }
-  for (std::size_t r = 0; r < kFRows; ++r)
+  for (std::size_t r = 0; r < R; ++r)
     for (std::size_t v = 0; v < NV; ++v) vf_flush(Gb + (i0 + r) * npf + j0 + v * kFW, acc[r][v]);
 }
 
@@ -855,12 +855,21 @@ void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::s
         }
       }
       for (std::size_t i0 = full; i0 < nr; i0 += kFRows) {  // the odd last vector of columns, transposed
+        // A last group of at most half a group of real rows (n = 100: rows
+        // 96..99) takes the half-height kernel: no multiply-add on padding.
+        const bool half = n - i0 <= kFRows / 2;
         for (std::size_t j0 = 0; j0 < full; j0 += 2 * kFW) {
           hint();
-          gram_micro_f<2>(pf, npf, r0, r1, i0, j0, Gb);
+          if (half)
+            gram_micro_f<2, kFRows / 2>(pf, npf, r0, r1, i0, j0, Gb);
+          else
+            gram_micro_f<2>(pf, npf, r0, r1, i0, j0, Gb);
         }
         hint();
-        gram_micro_f<1>(pf, npf, r0, r1, i0, full, Gb);
+        if (half)
+          gram_micro_f<1, kFRows / 2>(pf, npf, r0, r1, i0, full, Gb);
+        else
+          gram_micro_f<1>(pf, npf, r0, r1, i0, full, Gb);
       }
     }
   }
