@@ -470,22 +470,22 @@ inline void store_vg(double* p, const VG& v) { std::memcpy(p, &v, sizeof v); }
 
 // Gb[(i0+r)*np + j0 + l] += sum_c pk[c*np + i0 + r] * pk[c*np + j0 + l],
 // r < kGramRows, l < NV*kGramLanes, c < len (coordinates in order).
-template <std::size_t NV>
+template <std::size_t NV, std::size_t R = kGramRows>
 inline void gram_micro(const double* __restrict pk, std::size_t np, std::size_t len, std::size_t i0, std::size_t j0,
                        double* __restrict Gb) {
-  VG acc[kGramRows][NV];
-  for (std::size_t r = 0; r < kGramRows; ++r)
+  VG acc[R][NV];
+  for (std::size_t r = 0; r < R; ++r)
     for (std::size_t v = 0; v < NV; ++v) acc[r][v] = VG{};
   for (std::size_t c = 0; c < len; ++c) {
     const double* p = pk + c * np;
     VG b[NV];
     for (std::size_t v = 0; v < NV; ++v) b[v] = load_vg(p + j0 + v * kGramLanes);
-    for (std::size_t r = 0; r < kGramRows; ++r) {
+    for (std::size_t r = 0; r < R; ++r) {
       const double a = p[i0 + r];
       for (std::size_t v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
-  for (std::size_t r = 0; r < kGramRows; ++r)
+  for (std::size_t r = 0; r < R; ++r)
     for (std::size_t v = 0; v < NV; ++v) {
       double* g = Gb + (i0 + r) * np + j0 + v * kGramLanes;
       store_vg(g, load_vg(g) + acc[r][v]);
@@ -592,21 +592,33 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
         __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / kLinesPerRow] + t0 + kGramTile) +
                            (pf_next % kLinesPerRow) * 64);
     };
-    for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes)
-      for (std::size_t i0 = 0; i0 < j0 + 2 * kGramLanes; i0 += kGramRows) {
+    for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) {
+      for (std::size_t i0 = 0; i0 < j0 + kGramLanes; i0 += kGramRows) {
         hint();
         gram_micro<2>(pk, np, len, i0, j0, Gb);
       }
+      // The diagonal block's lower 8 rows need its upper 8 columns only.
+      hint();
+      gram_micro<1>(pk, np, len, j0 + kGramLanes, j0 + kGramLanes, Gb);
+    }
     if (full < np) {
       // The last 8 columns: their products with rows [0, full) as the
       // transposed blocks (rows full.., columns j0..j0+15: the 16-wide
-      // kernel; the 8-wide one is load-bound), then the diagonal block.
+      // kernel; the 8-wide one is load-bound), then the diagonal block. At
+      // most 4 real rows there (n = 100: 96..99): the half-height kernel.
+      const bool half = n - full <= kGramRows / 2;
       for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) {
         hint();
-        gram_micro<2>(pk, np, len, full, j0, Gb);
+        if (half)
+          gram_micro<2, kGramRows / 2>(pk, np, len, full, j0, Gb);
+        else
+          gram_micro<2>(pk, np, len, full, j0, Gb);
       }
       hint();
-      gram_micro<1>(pk, np, len, full, full, Gb);
+      if (half)
+        gram_micro<1, kGramRows / 2>(pk, np, len, full, full, Gb);
+      else
+        gram_micro<1>(pk, np, len, full, full, Gb);
     }
   }
 }
