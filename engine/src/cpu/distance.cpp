@@ -623,6 +623,47 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
   }
 }
 
+// Both Gram kernels' read-out of one block [c0, c1) from its Gram matrix Gb
+// (leading dimension ld; Gram(i, j) for i < full <= j held at Gb[j][i]):
+// bad[i] = row i non-finite on the block (a finite Gram diagonal proves the
+// row finite; otherwise, NaN/inf or squares beyond the range, look at the
+// data), and per pair (i < j, row-major triangle order) part[p] = the Gram
+// form g = G_ii + G_jj - 2 G_ij when g >= rel * (G_ii + G_jj) + abs and g is
+// finite, +inf for a pair with a non-finite row, else kExactMark (the pair's
+// block is to be computed in the exact form: fill_exact). Returns the number
+// of marked pairs. Depends on the block's data only.
+constexpr double kExactMark = -1.0;  // never a Gram-form value (those are >= 0)
+template <typename T>
+std::size_t gram_guard(const T* const* rows, std::size_t n, std::size_t c0, std::size_t c1, const double* Gb,
+                       std::size_t ld, std::size_t full, double rel, double abs, double* part, unsigned char* bad) {
+  for (std::size_t i = 0; i < n; ++i)
+    bad[i] = std::isfinite(Gb[i * ld + i]) ? 0 : (all_finite(rows[i] + c0, c1 - c0) ? 0 : 1);
+  std::size_t marked = 0;
+  for (std::size_t i = 0, p = 0; i < n; ++i)
+    for (std::size_t j = i + 1; j < n; ++j, ++p) {
+      const double gii = Gb[i * ld + i], gjj = Gb[j * ld + j];
+      const double gij = (i < full && j >= full) ? Gb[j * ld + i] : Gb[i * ld + j];
+      const double g = (gii + gjj) - 2.0 * gij;
+      if (g >= rel * (gii + gjj) + abs && std::isfinite(g)) {
+        part[p] = g;
+      } else if (bad[i] || bad[j]) {
+        part[p] = std::numeric_limits<double>::infinity();  // replaced by +inf for the row anyway
+      } else {
+        part[p] = kExactMark;
+        ++marked;
+      }
+    }
+  return marked;
+}
+// The marked pairs' block sums in the exact difference form, in double, from
+// the block still in cache.
+template <typename T>
+void fill_exact(const T* const* rows, std::size_t n, std::size_t c0, std::size_t c1, double* part) {
+  for (std::size_t i = 0, p = 0; i < n; ++i)
+    for (std::size_t j = i + 1; j < n; ++j, ++p)
+      if (part[p] == kExactMark) part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
+}
+
 // One block [c0, c1): the block's squared distance of each pair (i<j,
 // row-major triangle order) into part[npairs], the block's non-finite rows
 // flagged in bad[n].
@@ -650,28 +691,8 @@ void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std
     for (std::size_t i = 0; i < n; ++i)
       norms[i] = reduce::sumsq_tail_fold(lanes + i * reduce::kLanes, rows[i] + c1 - rem, rem);
   }
-  for (std::size_t i = 0; i < n; ++i) {
-    const double gii = Gb[i * np + i];
-    // A finite Gram diagonal proves the row finite on the block; otherwise
-    // (NaN/inf, or a double input whose squares overflow) look at the data.
-    bad[i] = std::isfinite(gii) ? 0 : (all_finite(rows[i] + c0, c1 - c0) ? 0 : 1);
-  }
-  std::size_t fallbacks = 0;
-  for (std::size_t i = 0, p = 0; i < n; ++i)
-    for (std::size_t j = i + 1; j < n; ++j, ++p) {
-      const double gii = Gb[i * np + i], gjj = Gb[j * np + j];
-      const double gij = (i < full && j >= full) ? Gb[j * np + i] : Gb[i * np + j];
-      const double g = (gii + gjj) - 2.0 * gij;
-      if (g >= kGramSafe * (gii + gjj) && std::isfinite(g)) {
-        part[p] = g;
-      } else if (bad[i] || bad[j]) {
-        part[p] = std::numeric_limits<double>::infinity();  // replaced by +inf for the row anyway
-      } else {
-        part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
-        ++fallbacks;
-      }
-    }
-  *exact += fallbacks;
+  *exact += gram_guard(rows, n, c0, c1, Gb, np, full, kGramSafe, 0.0, part, bad);
+  fill_exact(rows, n, c0, c1, part);
 }
 
 // ---- Float Gram kernel (selection rules, float input, FMA targets) -----------
@@ -897,31 +918,11 @@ bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t 
   const std::size_t npf = gram_npf(n), full = gram_fullf(npf);
   const std::size_t npairs = n * (n - 1) / 2;
   gram_block_f(rows, n, d, c0, c1, pf, Gb);
-  for (std::size_t i = 0; i < n; ++i) {
-    const double gii = Gb[i * npf + i];
-    bad[i] = std::isfinite(gii) ? 0 : (all_finite(rows[i] + c0, c1 - c0) ? 0 : 1);
-  }
-  const double tiny = kGramTinyF * double(c1 - c0);
-  std::size_t nu = 0;
-  for (std::size_t i = 0, p = 0; i < n; ++i)
-    for (std::size_t j = i + 1; j < n; ++j, ++p) {
-      const double gii = Gb[i * npf + i], gjj = Gb[j * npf + j];
-      const double gij = (i < full && j >= full) ? Gb[j * npf + i] : Gb[i * npf + j];
-      const double g = (gii + gjj) - 2.0 * gij;
-      if (g >= kGramSafeF * (gii + gjj) + tiny && std::isfinite(g)) {
-        part[p] = g;
-      } else if (bad[i] || bad[j]) {
-        part[p] = std::numeric_limits<double>::infinity();
-      } else {
-        part[p] = -1.0;  // marked: exact form below
-        ++nu;
-      }
-    }
+  const std::size_t nu =
+      gram_guard(rows, n, c0, c1, Gb, npf, full, kGramSafeF, kGramTinyF * double(c1 - c0), part, bad);
   *unsafe = nu;
   if (nu > npairs / 4) return false;
-  for (std::size_t i = 0, p = 0; i < n && nu; ++i)
-    for (std::size_t j = i + 1; j < n; ++j, ++p)
-      if (part[p] == -1.0) part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
+  fill_exact(rows, n, c0, c1, part);
   *exact += nu;
   return true;
 }
