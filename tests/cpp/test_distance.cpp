@@ -711,6 +711,21 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
     CHECK(b.exact == (fa ? 28 * nblocks : 0));
     CHECK(worst_rel(b.D, ref_distances(r)) < 6.2e-5);
   }
+  // (b'') a mimic attack: rows 0..7 copies of row 39 plus 0.1 noise (cos
+  //     ~0.99): the 36 pairs among rows {0..7, 39} take the exact form on
+  //     every block, exact to ~1e-12; no block goes to the double kernel.
+  {
+    auto r = plain_gaussian(n, d, 4245);
+    Rng rng(20);
+    for (std::size_t b = 0; b < 8; ++b)
+      for (std::size_t k = 0; k < d; ++k) r.data[b][k] = float(double(r.data[n - 1][k]) + 0.1 * rng.normal());
+    const SelectD m = select_D(r);
+    CHECK(m.exact == (fa ? 36 * nblocks : 0));
+    CHECK(m.dp_blocks == (fa ? 0 : nblocks));
+    const Ref R = ref_distances(r);
+    CHECK(std::fabs(m.D[0 * n + (n - 1)] - R.at(0, n - 1)) <= 1e-12 * R.at(0, n - 1));
+    CHECK(worst_rel(m.D, R) < 6.2e-5);
+  }
   // (c) per block: every row is 1e3 + noise on block 1 only: all its pairs
   //     fail the guard, the double kernel takes that block (and its own
   //     guard sends every pair to the exact form); blocks 0 and 2 stay float.

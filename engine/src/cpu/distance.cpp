@@ -301,12 +301,33 @@ inline void pair_group(const T* const* rows, std::size_t i, std::size_t j, std::
   tile_sqdist<T, P>(rows[i] + t0, b, len, dl);
 }
 
-// Exact fallback, in double, of a pair over a block (float input whose sum
-// overflowed float although both rows are finite: values near the float max).
+// The exact difference form, in double, of a pair over a block (the Gram
+// kernels' cancellation guard; float input whose sum overflowed float although
+// both rows are finite). Coordinate c goes to lane c % 8 of accumulator
+// (c / 8) % 4 (four independent chains: a single chain waited on the adder's
+// latency, ~4 cycles a coordinate, and made every guarded pair ~20x a Gram
+// pair); the accumulators are folded in a fixed order, then the last len % 32
+// coordinates added in order: the same bits whatever the caller.
+inline VD load8_as_vd(const double* p) { return load_vec<double, VD>(p); }
+inline VD load8_as_vd(const float* p) {
+  typedef float F8 __attribute__((vector_size(32)));
+  F8 v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, VD);
+}
 template <typename T>
 double sqdist_double(const T* a, const T* b, std::size_t len) {
-  double s = 0.0;
-  for (std::size_t c = 0; c < len; ++c) {
+  VD acc[4] = {VD{}, VD{}, VD{}, VD{}};
+  std::size_t c = 0;
+  for (; c + 32 <= len; c += 32)
+    for (std::size_t q = 0; q < 4; ++q) {
+      const VD t = load8_as_vd(a + c + 8 * q) - load8_as_vd(b + c + 8 * q);
+      acc[q] += t * t;
+    }
+  alignas(64) double l[8];
+  store_vd(l, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+  double s = fold_8(l);
+  for (; c < len; ++c) {
     const double t = double(a[c]) - double(b[c]);
     s += t * t;
   }
