@@ -90,6 +90,53 @@ def test_every_level_matches_the_reference_and_the_others(tmp_path, dtype):
             np.testing.assert_allclose(base, fn(G.astype(np.float64), F).astype(dtype), **tol)
 
 
+GRAM_SCRIPT = r"""
+import json, sys
+import numpy as np
+import pyagg
+G = np.load(sys.argv[1])
+f = int(sys.argv[2])
+out = {"isa": pyagg.build_info()["cpu_isa"]}
+for rule in ("krum", "multi-krum", "bulyan", "bulyan-multikrum", "mda"):
+    out[rule] = pyagg.aggregate(G, rule, f).tolist()
+out["nnm"] = pyagg.preaggregate(G, "nnm", f).tolist()
+print(json.dumps(out))
+"""
+
+
+def test_selection_rules_past_32_rows_agree_across_levels(tmp_path):
+    """n = 40 > 32, float32: the selection rules' distances come from the float
+    Gram kernel on the avx2 and avx512 levels (FMA: one rounding, so the two
+    agree bit for bit) and from the double Gram kernel on base; on data
+    without near-ties every level selects the same rows."""
+    n, f, d = 40, 3, 3001
+    rng = np.random.default_rng(12)
+    G = (rng.standard_normal((n, d)) * rng.choice([0.5, 1.0, 3.0], size=(n, 1))).astype(np.float32)
+    path = tmp_path / "G.npy"
+    np.save(path, G)
+    levels = [isa for isa in INFO["cpu_isas"] if _cpu_runs(isa)]
+    res = {}
+    for isa in levels:
+        r = subprocess.run([sys.executable, "-c", GRAM_SCRIPT, str(path), str(f)], capture_output=True, text=True,
+                           env=dict(os.environ, PYAGG_CPU_ISA=isa), timeout=600)
+        assert r.returncode == 0, r.stderr
+        res[isa] = json.loads(r.stdout)
+        assert res[isa]["isa"] == isa
+    first = levels[0]
+    for isa in levels[1:]:
+        for rule, o in res[isa].items():
+            if rule == "isa":
+                continue
+            got, want = np.asarray(o, np.float32), np.asarray(res[first][rule], np.float32)
+            if rule == "krum":
+                np.testing.assert_array_equal(got, want, err_msg=f"{rule}: {isa} vs {first}")
+            else:  # the same selection; means may differ in the last bit between levels
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f"{rule}: {isa} vs {first}")
+    if "avx2" in res and "avx512" in res:
+        assert res["avx2"] == {**res["avx512"], "isa": "avx2"}
+    np.testing.assert_array_equal(np.asarray(res[first]["krum"], np.float32), G[ref.krum_index(G, f)])
+
+
 @pytest.mark.parametrize("value,message", [
     ("sse9", "is not an ISA level of this build"),
 ])
