@@ -722,7 +722,7 @@ void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std
 // bulyan-multikrum, mda, nnm and nnm's fused chains: pairwise_sqdist_select)
 // on float input with n > kGramMinN, compiled where the target has FMA (the
 // avx2, avx512 and native copies; the portable copy keeps the double Gram
-// kernel). Same blocks, tiles and triangle as the double kernel, in float at
+// kernel). The same blocks and triangle as the double kernel, in float at
 // twice the lanes per instruction:
 //  - a tile is packed transposed as float, pf[c*npf + i] = x_i[c] (npf = n
 //    rounded up to the vector width, padding columns 0);
@@ -739,8 +739,9 @@ void distance_block_gram(const T* const* rows, std::size_t n, std::size_t d, std
 //    2 gamma_S (G_ii + G_jj) + 4 len 2^-150.
 //  - Guard, per pair and block: the Gram form is kept when g >= kGramSafeF *
 //    (G_ii + G_jj) + kGramTinyF * len (then g's relative error is at most
-//    2 gamma_32 / (1/16 - ...) < 6.2e-5; on data without cancellation it is
-//    ~1e-7); otherwise the pair's block is recomputed exactly in the
+//    2 gamma_32 / (1/16 - 2 gamma_32) = 6.11e-5 plus 4 * 2^-150 / 2^-128 =
+//    9.5e-7 for the underflow: < 6.2e-5; on data without cancellation it is
+//    ~1e-8, the runs' errors being independent); otherwise the pair's block is recomputed exactly in the
 //    difference form in double (sqdist_double), from the block in cache. A
 //    non-finite float G_ii (NaN/inf in the row, or squares beyond the float
 //    range) sends the row's pairs to the same exact form unless the row is
@@ -789,7 +790,7 @@ inline void vf_flush(double* g, VF acc) {
   _mm256_storeu_pd(g + 4, _mm256_add_pd(_mm256_loadu_pd(g + 4), hi));
 }
 #endif
-constexpr std::size_t kGramRunF = 32;  // coordinates per float run (divides kGramTile)
+constexpr std::size_t kGramRunF = 32;  // coordinates per float run (divides every tile)
 constexpr double kGramSafeF = 1.0 / 16.0;
 constexpr double kGramTinyF = 0x1p-128;  // per coordinate: see "Rounding" above
 
