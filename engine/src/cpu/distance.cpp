@@ -463,6 +463,26 @@ void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, B
   combine_distance_blocks(part, bad, nblocks, n, D);
 }
 
+// The Gram kernels' prefetch of the next tile: its lines (lines_per_row per
+// row, from column `from` of every row) are hinted a few per micro-kernel
+// call, spread over the current tile's arithmetic (all ~800 at once at n =
+// 100 wait on the line-fill buffers and stall the packing). Locality: the
+// __builtin_prefetch hint (3: L1, 2: L2). total = 0: nothing to hint.
+template <typename T, int Locality>
+struct SpreadHints {
+  const T* const* rows;
+  std::size_t from, lines_per_row, total, step, next = 0;
+  SpreadHints(const T* const* r, std::size_t from_, std::size_t lines, std::size_t nrows, bool on, std::size_t calls)
+      : rows(r), from(from_), lines_per_row(lines), total(on ? nrows * lines : 0),
+        step((total + calls - 1) / calls) {}
+  void operator()() {
+    for (std::size_t e = std::min(total, next + step); next < e; ++next)
+      __builtin_prefetch(reinterpret_cast<const char*>(rows[next / lines_per_row] + from) +
+                             (next % lines_per_row) * 64,
+                         0, Locality);
+  }
+};
+
 // ---- Gram distance kernel ---------------------------------------------------
 //
 // Per block of kReduceBlock coordinates, the block's Gram matrix in double,
@@ -520,8 +540,6 @@ inline std::size_t gram_np(std::size_t n) { return (n + kGramRows - 1) / kGramRo
 inline std::size_t gram_full(std::size_t np) { return np / (2 * kGramLanes) * (2 * kGramLanes); }
 
 #if defined(__AVX512F__)
-inline VG load8_as_double(const float* p) { return reinterpret_cast<VG>(_mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_loadu_ps(p))); }
-inline VG load8_as_double(const double* p) { return load_vg(p); }
 
 // Packs 8 rows' coordinates [src, src + 8) transposed: pk[(c + q) * np + i0
 // + r] = x_{i0+r}[src + q], r, q < 8 (an 8 x 8 transpose in registers: three
@@ -536,7 +554,7 @@ template <typename T>
 inline void pack_8x8(const T* const* rows, std::size_t i0, std::size_t src, std::size_t c, double* pk,
                      std::size_t np) {
   VG r[8], t[8], u[8];
-  for (int q = 0; q < 8; ++q) r[q] = load8_as_double(rows[i0 + std::size_t(q)] + src);
+  for (int q = 0; q < 8; ++q) r[q] = load8_as_vd(rows[i0 + std::size_t(q)] + src);
   // _mm512_set_epi64 lists lanes 7..0; index i < 8 picks lane i of a, 8 + i lane i of b
   const __m512i even = _mm512_set_epi64(14, 6, 12, 4, 10, 2, 8, 0), odd = _mm512_set_epi64(15, 7, 13, 5, 11, 3, 9, 1);
   const __m512i lo2 = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0), hi2 = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
@@ -584,14 +602,7 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
   for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) ncalls += (j0 + 2 * kGramLanes) / kGramRows;
   for (std::size_t t0 = c0; t0 < c1; t0 += kGramTile) {
     const std::size_t len = std::min(kGramTile, c1 - t0);
-    // The next tile's lines are hinted to the prefetcher a few per micro-kernel
-    // call, spread over this tile's arithmetic (all ~800 at once at n = 100
-    // wait on the line-fill buffers and stall the packing).
-    const bool pf = t0 + 2 * kGramTile <= d;
-    constexpr std::size_t kLinesPerRow = kGramTile * sizeof(T) / 64;
-    std::size_t pf_next = 0;  // next line to hint: row pf_next / kLinesPerRow
-    const std::size_t pf_total = pf ? n * kLinesPerRow : 0;
-    const std::size_t pf_step = (pf_total + ncalls - 1) / ncalls;
+    SpreadHints<T, 3> hint(rows, t0 + kGramTile, kGramTile * sizeof(T) / 64, n, t0 + 2 * kGramTile <= d, ncalls);
     std::size_t i = 0, c = 0;
 #if defined(__AVX512F__)
     const std::size_t len8 = len / 8 * 8;
@@ -608,11 +619,6 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
       const std::size_t len16 = len - len % reduce::kLanes;
       for (std::size_t r = 0; r < n; ++r) reduce::sumsq_lanes(rows[r] + t0, len16, lanes + r * reduce::kLanes);
     }
-    auto hint = [&]() {
-      for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
-        __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / kLinesPerRow] + t0 + kGramTile) +
-                           (pf_next % kLinesPerRow) * 64);
-    };
     for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) {
       for (std::size_t i0 = 0; i0 < j0 + kGramLanes; i0 += kGramRows) {
         hint();
@@ -875,12 +881,9 @@ void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::s
   for (std::size_t j0 = 0; j0 < full; j0 += 2 * kFW) ncalls += (std::min(j0 + 2 * kFW, nr) + kFRows - 1) / kFRows;
   if (full < npf) ncalls += (nr - full) / kFRows * (full / (2 * kFW) + 1);
   ncalls *= tile / kGramRunF;  // per whole tile
-  const std::size_t lines_per_row = tile * sizeof(float) / 64;
   for (std::size_t t0 = c0; t0 < c1; t0 += tile) {
     const std::size_t len = std::min(tile, c1 - t0);
-    const std::size_t pf_total = t0 + 2 * tile <= d ? n * lines_per_row : 0;
-    const std::size_t pf_step = (pf_total + ncalls - 1) / ncalls;
-    std::size_t pf_next = 0;
+    SpreadHints<float, 2> hint(rows, t0 + tile, tile * sizeof(float) / 64, n, t0 + 2 * tile <= d, ncalls);
     const std::size_t len8 = len / 8 * 8;
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -889,12 +892,6 @@ void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::s
       for (std::size_t c = len8; c < len; ++c) pf[c * npf + r] = rows[r][t0 + c];
     for (; i < n; ++i)
       for (std::size_t c = 0; c < len; ++c) pf[c * npf + i] = rows[i][t0 + c];
-    auto hint = [&]() {
-      for (std::size_t e = std::min(pf_total, pf_next + pf_step); pf_next < e; ++pf_next)
-        __builtin_prefetch(reinterpret_cast<const char*>(rows[pf_next / lines_per_row] + t0 + tile) +
-                               (pf_next % lines_per_row) * 64,
-                           0, 2);
-    };
     for (std::size_t r0 = 0; r0 < len; r0 += kGramRunF) {
       const std::size_t r1 = std::min(len, r0 + kGramRunF);
       for (std::size_t j0 = 0; j0 < full; j0 += 2 * kFW) {
@@ -936,13 +933,12 @@ void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::s
 // the double kernel on the block).
 bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t d, std::size_t c0,
                            std::size_t c1, float* pf, double* Gb, double* part, unsigned char* bad,
-                           std::size_t* exact, std::size_t* unsafe) {
+                           std::size_t* exact) {
   const std::size_t npf = gram_npf(n), full = gram_fullf(npf);
   const std::size_t npairs = n * (n - 1) / 2;
   gram_block_f(rows, n, d, c0, c1, pf, Gb);
   const std::size_t nu =
       gram_guard(rows, n, c0, c1, Gb, npf, full, kGramSafeF, kGramTinyF * double(c1 - c0), part, bad);
-  *unsafe = nu;
   if (nu > npairs / 4) return false;
   fill_exact(rows, n, c0, c1, part);
   *exact += nu;
@@ -1010,7 +1006,8 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
 #if PYAGG_FLOAT_GRAM
   const bool fgram = std::is_same<T, float>::value && select && gram && !norm_part;
   const std::size_t npf = fgram ? gram_npf(n) : 0;
-  std::vector<float> fscratch(fgram ? std::size_t(nthreads) * gram_tile_f(npf) * npf : 0);
+  const std::size_t fslot = fgram ? gram_tile_f(npf) * npf : 0;  // a thread's packed float tile
+  std::vector<float> fscratch(std::size_t(nthreads) * fslot);
 #else
   const bool fgram = false;
   const std::size_t npf = 0;
@@ -1031,10 +1028,8 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
 #if PYAGG_FLOAT_GRAM
           if constexpr (std::is_same<T, float>::value) {
             if (fgram && !all_double) {
-              std::size_t unsafe = 0;
-              if (distance_block_gram_f(rows, n, d, c0, c1, fscratch.data() + std::size_t(t) * gram_tile_f(npf) * npf,
-                                        sc + kGramTile * np + np * np + lanes, pb, bb, &nexact[std::size_t(t)],
-                                        &unsafe))
+              if (distance_block_gram_f(rows, n, d, c0, c1, fscratch.data() + std::size_t(t) * fslot,
+                                        sc + kGramTile * np + np * np + lanes, pb, bb, &nexact[std::size_t(t)]))
                 return;
               if (first_alone && c0 == 0) all_double = true;  // block 0 runs alone: no reader yet
             }
