@@ -45,12 +45,18 @@ def _cpu_runs(isa: str) -> bool:
     return all(f" {w}" in flags for w in need)
 
 
-def _run(isa: str, path, params) -> dict:
+def _run(isa: str, *args, script: str = SCRIPT) -> dict:
+    """`script` with argv args in a fresh process forced to level `isa`; its JSON output."""
     env = dict(os.environ, PYAGG_CPU_ISA=isa)
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(path), json.dumps(params)],
+    r = subprocess.run([sys.executable, "-c", script, *map(str, args)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def _levels() -> list:
+    """The compiled-in levels this CPU runs, lowest first."""
+    return [isa for isa in INFO["cpu_isas"] if _cpu_runs(isa)]
 
 
 def test_build_info_reports_levels():
@@ -70,9 +76,9 @@ def test_every_level_matches_the_reference_and_the_others(tmp_path, dtype):
     path = tmp_path / "G.npy"
     np.save(path, G)
     params = {r: ref.req(r) for r in RULES if pyagg.rules()[r]["min_n"](F) <= N}
-    levels = [isa for isa in INFO["cpu_isas"] if _cpu_runs(isa)]
+    levels = _levels()
     assert levels, INFO
-    results = {isa: _run(isa, path, params) for isa in levels}
+    results = {isa: _run(isa, path, json.dumps(params)) for isa in levels}
     for isa, res in results.items():
         assert res["isa"] == isa
     tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -114,13 +120,9 @@ def test_selection_rules_past_32_rows_agree_across_levels(tmp_path):
     G = (rng.standard_normal((n, d)) * rng.choice([0.5, 1.0, 3.0], size=(n, 1))).astype(np.float32)
     path = tmp_path / "G.npy"
     np.save(path, G)
-    levels = [isa for isa in INFO["cpu_isas"] if _cpu_runs(isa)]
-    res = {}
+    levels = _levels()
+    res = {isa: _run(isa, path, f, script=GRAM_SCRIPT) for isa in levels}
     for isa in levels:
-        r = subprocess.run([sys.executable, "-c", GRAM_SCRIPT, str(path), str(f)], capture_output=True, text=True,
-                           env=dict(os.environ, PYAGG_CPU_ISA=isa), timeout=600)
-        assert r.returncode == 0, r.stderr
-        res[isa] = json.loads(r.stdout)
         assert res[isa]["isa"] == isa
     first = levels[0]
     for isa in levels[1:]:
