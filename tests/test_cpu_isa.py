@@ -110,13 +110,15 @@ print(json.dumps(out))
 """
 
 
-def test_selection_rules_past_32_rows_agree_across_levels(tmp_path):
-    """n = 40 > 32, float32: the selection rules' distances come from the float
-    Gram kernel on the avx2 and avx512 levels (FMA: one rounding, so the two
-    agree bit for bit) and from the double Gram kernel on base; on data
-    without near-ties every level selects the same rows."""
-    n, f, d = 40, 3, 3001
-    rng = np.random.default_rng(12)
+@pytest.mark.parametrize("n", [20, 40])
+def test_selection_rules_on_the_float_gram_kernels_agree_across_levels(tmp_path, n):
+    """float32: the selection rules' distances come from a float Gram kernel
+    on the avx2 and avx512 levels (n = 20: the lane-wise one, n = 40: the
+    packed one; FMA: one rounding, so the two levels agree bit for bit) and
+    from the exact kernel (n = 20) or the double Gram kernel (n = 40) on
+    base; on data without near-ties every level selects the same rows."""
+    f, d = 3, 3001
+    rng = np.random.default_rng(12 + n)
     G = (rng.standard_normal((n, d)) * rng.choice([0.5, 1.0, 3.0], size=(n, 1))).astype(np.float32)
     path = tmp_path / "G.npy"
     np.save(path, G)

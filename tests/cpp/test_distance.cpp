@@ -808,12 +808,9 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
     CHECK(s1.dp_blocks == s2.dp_blocks && s2.dp_blocks == s3.dp_blocks);
     CHECK(same_bits(s1.D, s2.D) && same_bits(s1.D, s3.D));
   }
-  // (h) n <= 32: the exact kernel, the same D as pairwise_sqdist; double
-  //     input: the double Gram kernel.
+  // (h) double input: the double Gram kernel (n <= 32: the lane-wise
+  //     kernel's test case below).
   {
-    auto r = gaussian_rows<float>(32, d, 7);
-    const SelectD h = select_D(r);
-    CHECK(h.dp_blocks == 0 && same_bits(h.D, lib_D(r)));
     auto rd = gaussian_rows<double>(n, d, 8);
     std::vector<double> D1(n * n), D2(n * n);
     std::size_t ex = 0, dpb = 0;
@@ -823,8 +820,150 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
   }
 }
 
-TEST_CASE("selection rules at n = 40 / 100 on the float Gram path pick what exact distances pick") {
-  for (std::size_t n : {std::size_t(40), std::size_t(100)}) {
+// The lane-wise float Gram kernel (pairwise_sqdist_select, float input, n <=
+// 32 where lane_worth(n): n = 8, 11, 12, 14..32; avx2 / avx512 copies): the
+// same guard and bound as the packed kernel, its fallback per block the exact
+// kernel (pairwise_sqdist's at these n, counted in dp_blocks), block 0's
+// decision for the whole pass (>= 8 blocks).
+TEST_CASE("lane-wise float Gram distances (selection rules, n <= 32): bound, guard per pair, exact kernel per block / from block 0") {
+  const std::size_t n = 20, d = 2 * 4096 + 100, nblocks = 3, npairs = n * (n - 1) / 2;
+  const std::string isa = cpu::isa_in_use();
+  // (a) Gaussian rows, and the sizes around the kernel's choice; d with a
+  //     tail of len % 16 coordinates (the zero-padded step) or only a tail.
+  auto g = plain_gaussian(n, d, 5243);
+  const SelectD a = select_D(g);
+  const bool fa = a.dp_blocks == 0;
+  if (isa == "avx2" || isa == "avx512") CHECK_MSG(fa, "the lane-wise kernel is compiled in for " + isa);
+  if (isa == "base") CHECK(!fa && a.dp_blocks == nblocks && same_bits(a.D, lib_D(g)));
+  CHECK(a.exact == 0);
+  CHECK_MSG(worst_rel(a.D, ref_distances(g)) < (fa ? 1e-7 : 1e-6),
+            "gaussian rel. error " + std::to_string(worst_rel(a.D, ref_distances(g))));
+  if (fa) CHECK_MSG(!same_bits(a.D, lib_D(g)), "the lane-wise kernel's D should not be the exact kernel's bits");
+  for (std::size_t m : {2, 5, 8, 9, 10, 11, 13, 14, 31, 32})
+    for (std::size_t dd : {std::size_t(1), std::size_t(7), std::size_t(16), std::size_t(33), std::size_t(4096 + 250)}) {
+      auto r = plain_gaussian(m, dd, 31 * m + dd);
+      const SelectD s = select_D(r);
+      const bool lane = fa && (m == 8 || m == 11 || m >= 14);  // lane_worth
+      const std::string tag = "n=" + std::to_string(m) + " d=" + std::to_string(dd);
+      CHECK_MSG(s.dp_blocks == (lane ? 0 : (dd + 4095) / 4096), tag + ": dp_blocks " + std::to_string(s.dp_blocks));
+      if (!lane) CHECK_MSG(same_bits(s.D, lib_D(r)), tag + ": the exact kernel's bits");
+      // (1 coordinate: rounding of a single product, relative 2^-24 of it)
+      CHECK_MSG(worst_rel(s.D, ref_distances(r)) < (lane ? 1e-6 : 2e-6), tag + ": rel. error");
+    }
+  // (b) per pair: rows 0..4 a cancelling cluster (1e3 + 1e-2 noise), the rest
+  //     Gaussian: the cluster's 10 pairs take the exact form in double on
+  //     every block (10 <= npairs / 4), exact to ~1e-12.
+  {
+    Rng rng(27);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = i < 5 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+    const SelectD b = select_D(r);
+    CHECK(b.exact == (fa ? 10 * nblocks : 0));
+    CHECK(b.dp_blocks == (fa ? 0 : nblocks));
+    const Ref R = ref_distances(r);
+    for (std::size_t i = 0; i < 5; ++i)
+      for (std::size_t j = i + 1; j < 5; ++j)
+        CHECK(std::fabs(b.D[i * n + j] - R.at(i, j)) <= (fa ? 1e-12 : 1e-6) * R.at(i, j));
+    CHECK(worst_rel(b.D, R) < 6.2e-5);
+  }
+  // (b') a mimic attack: rows 0..5 copies of row 19 plus 0.1 noise (cos
+  //     ~0.99): the 21 pairs among rows {0..5, 19} take the exact form.
+  {
+    auto r = plain_gaussian(n, d, 5245);
+    Rng rng(21);
+    for (std::size_t b = 0; b < 6; ++b)
+      for (std::size_t k = 0; k < d; ++k) r.data[b][k] = float(double(r.data[n - 1][k]) + 0.1 * rng.normal());
+    const SelectD m = select_D(r);
+    CHECK(m.exact == (fa ? 21 * nblocks : 0));
+    CHECK(m.dp_blocks == (fa ? 0 : nblocks));
+    const Ref R = ref_distances(r);
+    CHECK(std::fabs(m.D[0 * n + (n - 1)] - R.at(0, n - 1)) <= (fa ? 1e-12 : 1e-6) * R.at(0, n - 1));
+    CHECK(worst_rel(m.D, R) < 6.2e-5);
+  }
+  // (c) per block: every row 1e3 + noise on block 1 only: all its pairs fail
+  //     the guard, the exact kernel takes that block; blocks 0 and 2 stay.
+  {
+    Rng rng(28);
+    Rows<float> r(n, d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) {
+        const bool blk1 = k >= 4096 && k < 8192;
+        r.data[i][k] = blk1 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
+      }
+    const SelectD c = select_D(r);
+    CHECK(c.exact == 0);
+    CHECK(c.dp_blocks == (fa ? 1 : nblocks));
+    CHECK(worst_rel(c.D, ref_distances(r)) < 6.2e-5);
+  }
+  // (d) block 0 decides (>= 8 blocks): rows correlated (cos ~0.99) on block 0
+  //     only: block 0 and every other block go to the exact kernel: D is
+  //     pairwise_sqdist's, bit for bit. Correlated on block 1 only: block 1
+  //     alone goes to the exact kernel.
+  {
+    const std::size_t d9 = 8 * 4096 + 5;
+    Rng rng(29);
+    Rows<float> r(n, d9);
+    std::vector<double> base(4096);
+    for (auto& v : base) v = rng.normal();
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d9; ++k) r.data[i][k] = k < 4096 ? float(base[k] + 0.1 * rng.normal()) : float(rng.normal());
+    const SelectD e = select_D(r);
+    CHECK(e.exact == 0);
+    CHECK(e.dp_blocks == 9);
+    CHECK(same_bits(e.D, lib_D(r)));
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < 2 * 4096; ++k)
+        r.data[i][k] = k >= 4096 ? float(base[k - 4096] + 0.1 * rng.normal()) : float(rng.normal());
+    const SelectD e2 = select_D(r);
+    CHECK(e2.dp_blocks == (fa ? 1 : 9));
+    CHECK(worst_rel(e2.D, ref_distances(r)) < 6.2e-5);
+  }
+  // (e) squares beyond the float range (x ~ 1e21): every pair fails the guard
+  //     (a non-finite float G_ii of a finite row), the exact kernel takes the
+  //     blocks and its overflow fallback computes them in double.
+  {
+    auto r = gaussian_rows<float>(n, d, 556);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(double(r.data[i][k]) * 1e21);
+    const SelectD t = select_D(r);
+    CHECK(t.dp_blocks == nblocks);
+    CHECK_MSG(worst_rel(t.D, ref_distances(r)) < 1e-10, "huge rows: rel. error");
+    CHECK(all_finite(t.D));
+  }
+  // (f) non-finite rows: +inf to everything, D[i][i] = +inf, not counted.
+  {
+    auto r = plain_gaussian(n, d, 98);
+    r.data[3][5000] = std::numeric_limits<float>::quiet_NaN();
+    r.data[17][10] = -std::numeric_limits<float>::infinity();
+    const SelectD f = select_D(r);
+    CHECK(f.exact == 0 && f.dp_blocks == (fa ? 0 : nblocks));
+    for (std::size_t j = 0; j < n; ++j) {
+      CHECK(f.D[3 * n + j] == Inf && f.D[j * n + 3] == Inf);
+      CHECK(f.D[17 * n + j] == Inf && f.D[j * n + 17] == Inf);
+    }
+    CHECK(f.D[0] == 0.0 && std::isfinite(f.D[1]));
+  }
+  // (g) bitwise the same with 1, 2, 3 threads (a fallback pair; 9 blocks).
+  {
+    auto r = gaussian_rows<float>(n, 8 * 4096 + 77, 16);
+    for (std::size_t k = 0; k < r.d(); ++k) r.data[1][k] = r.data[0][k] + 1e-4f * float(k % 7);
+    set_threads(1);
+    const SelectD s1 = select_D(r);
+    set_threads(2);
+    const SelectD s2 = select_D(r);
+    set_threads(3);
+    const SelectD s3 = select_D(r);
+    set_threads(2);
+    CHECK(s1.exact == s2.exact && s2.exact == s3.exact && (!fa || s1.exact >= 9));
+    CHECK(s1.dp_blocks == s2.dp_blocks && s2.dp_blocks == s3.dp_blocks);
+    CHECK(same_bits(s1.D, s2.D) && same_bits(s1.D, s3.D));
+  }
+  (void)npairs;
+}
+
+TEST_CASE("selection rules at n = 20 / 40 / 100 on the float Gram paths pick what exact distances pick") {
+  for (std::size_t n : {std::size_t(20), std::size_t(40), std::size_t(100)}) {
     const std::size_t f = n / 5, d = 4096 + 333;
     for (std::uint64_t seed = 1; seed <= 3; ++seed) {
       auto r = gaussian_rows<float>(n, d, 900 + seed);

@@ -54,8 +54,8 @@
 //
 // Common semantics
 // ----------------
-//  - D = pairwise_sqdist_select (every rule of this file; the float Gram
-//    kernel for float input with n > 32, see below) or pairwise_sqdist (the
+//  - D = pairwise_sqdist_select (every rule of this file; a float Gram
+//    kernel for float input, see below) or pairwise_sqdist (the
 //    double Gram kernel: the iterative rules and nnm's chain into a distance
 //    rule, which combine distances in quadratic forms that cancel, and
 //    next.cpp's rules, whose weights are not only rankings):
@@ -82,9 +82,10 @@
 //  fixed-order sum; four rows j against one row i; tiles folded into double;
 //  see distance_block_exact): at small n its ~n^2/2 differences per
 //  coordinate cost less than the Gram kernel's padded multiply-adds.
-//  n > 32: the Gram form below, in double; the selection rules on float input
-//  (pairwise_sqdist_select) take the float Gram kernel instead where the
-//  target has FMA ("Float Gram kernel" below).
+//  n > 32: the Gram form below, in double. The selection rules on float input
+//  (pairwise_sqdist_select) take a float Gram kernel instead where the target
+//  has FMA: the packed one for n > 32 ("Float Gram kernel" below), the
+//  lane-wise one for most n <= 32 ("Lane-wise float Gram kernel").
 //  One pass over G. For each block of cpu::kReduceBlock coordinates (fixed,
 //  independent of the thread count; OpenMP threads take whole blocks, dynamic
 //  schedule) the block's Gram matrix is computed in double (SYRK-like, see
@@ -944,6 +945,164 @@ bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t 
   *exact += nu;
   return true;
 }
+
+// ---- Lane-wise float Gram kernel (selection rules, float input, n <= kGramMinN) --
+//
+// At n <= kGramMinN the rows are too few for the packed kernel above (its
+// columns are padded to vectors of rows: at n = 20, 40 multiply-adds of 16
+// lanes per coordinate for 210 Gram entries) and the exact kernel spends a
+// subtraction and a multiply-add per pair and coordinate (190 pairs: 24
+// vector operations per coordinate, plus its per-tile folds). This kernel
+// keeps the coordinates in the vector lanes, as the exact kernel does, and
+// computes the Gram entries: one multiply-add per entry and coordinate (n =
+// 20: 13 vector FMAs per coordinate), then the same guard and fallbacks as the
+// packed float kernel. Used by pairwise_sqdist_select on float input with
+// n <= kGramMinN where lane_worth(n), on the FMA targets.
+//  - Lanes: entry (i, j), i <= j, accumulates x_ic * x_jc in float lane
+//    (c - t0) % 16 of its accumulator, by fused multiply-adds in coordinate
+//    order, over a tile [t0, t0 + 256) (kLaneTileF): each lane sums 16
+//    products from 0 (a tile's last len % 16 coordinates are one more step
+//    on zero-padded copies: the padding adds 0 * 0). At the end
+//    of the tile lane l and lane l + 8 are added in double to the entry's
+//    double lane l (l < 8); at the end of the block the 8 double lanes are
+//    folded in fold_8's order. The register blocking (4 x 4 entries with
+//    AVX-512, 2 x 2 with AVX2; rows padded with zero rows to the block size)
+//    does not change any lane's operations: avx2 and avx512 give the same
+//    bits.
+//  - Rounding: each lane is a run of 16 products summed by FMA, half a run
+//    of the packed kernel: its bound (2 gamma_32 (G_ii + G_jj) + 4 len
+//    2^-150 on g) holds a fortiori, with the same guard (kGramSafeF,
+//    kGramTinyF): a kept Gram form is within 6.2e-5 of the exact distance
+//    (in fact 3.1e-5 with gamma_16; typically ~1e-9).
+//  - Measured (2-core AVX-512 VM, float32, distance pass alone): n = 20,
+//    d = 1e6 / 1e7: 0.65-0.77x the exact kernel's time; n = 32: 0.5-0.6x.
+//    Per coordinate it does (n rounded up to 4)(n rounded up to 4 + 1) / 2
+//    multiply-adds against the exact kernel's n (n - 1) (a difference and a
+//    multiply-add per pair): it is used where that is under 4/5 of the exact
+//    kernel's count (lane_worth: n = 8, 11, 12, 14..32; at n = 10 both
+//    measured the same, at n = 5, 6 the padding made it 1.6x slower). The
+//    choice depends on n only, never on the ISA's register blocking.
+//  - Unsafe pairs take sqdist_double from the block in cache; a block with
+//    more than a quarter of its pairs unsafe is computed again by the exact
+//    kernel (distance_block_exact), and block 0's decision holds for the
+//    whole pass (>= 8 blocks), as for the packed kernel.
+constexpr std::size_t kLaneF = 16;                       // float lanes per accumulator
+constexpr std::size_t kLaneTileF = 256;  // coordinates per tile: 16 products per lane
+constexpr std::size_t kLaneUnits = kLaneF / kFW;         // vectors per accumulator: 1 (AVX-512) or 2 (AVX2)
+#if defined(__AVX512F__)
+constexpr std::size_t kLaneRows = 4;  // 4 x 4 accumulators + 8 loaded vectors: 24 of 32 zmm
+#else
+constexpr std::size_t kLaneRows = 2;  // 2 x 2 x 2 ymm accumulators + 4 loaded: 12 of 16 ymm
+#endif
+alignas(64) const float kLaneZeros[kLaneTileF] = {};  // a padding row's tile (and tail step)
+
+// g[l] += double(lane l) + double(lane l + 8), l < 8 (lanes 0..15: a0, then
+// a1 with AVX2; values, not an array: GCC then keeps the accumulators in
+// registers).
+inline void lane_flush(double* g, VF a0, VF a1) {
+#if defined(__AVX512F__)
+  (void)a1;
+  const __m512d a = _mm512_castps_pd(a0);
+  const __m512d lo =
+      _mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(__mmask8(0xF), a, 0)));
+  const __m512d hi =
+      _mm512_maskz_cvtps_pd(__mmask8(0xFF), _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(__mmask8(0xF), a, 1)));
+  _mm512_storeu_pd(g, _mm512_add_pd(_mm512_loadu_pd(g), _mm512_add_pd(lo, hi)));
+#else
+  const __m256d l0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a0));    // lanes 0..3
+  const __m256d l1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a0, 1));  // 4..7
+  const __m256d h0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a1));    // 8..11
+  const __m256d h1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a1, 1));  // 12..15
+  _mm256_storeu_pd(g, _mm256_add_pd(_mm256_loadu_pd(g), _mm256_add_pd(l0, h0)));
+  _mm256_storeu_pd(g + 4, _mm256_add_pd(_mm256_loadu_pd(g + 4), _mm256_add_pd(l1, h1)));
+#endif
+}
+
+// One tile's runs for the entries (i0 + r, j0 + s), r, s < kLaneRows (Diag:
+// i0 == j0 and r <= s only): x[q] = row q's tile (len16 coordinates, a
+// multiple of 16), tl[q] = its zero-padded tail step (null: none); flushed
+// into gl (entry (i, j) at gl + (i * np + j) * 8).
+template <bool Diag>
+__attribute__((always_inline)) inline void lane_step(const float* const* xi, const float* const* xj, std::size_t c,
+                                                     VF (&acc)[kLaneRows][kLaneRows][kLaneUnits]) {
+  constexpr std::size_t R = kLaneRows;
+  for (std::size_t u = 0; u < kLaneUnits; ++u) {
+    VF a[R], b[R];
+    for (std::size_t r = 0; r < R; ++r) a[r] = vf_load(xi[r] + c + u * kFW);
+    for (std::size_t s = 0; s < R; ++s) b[s] = Diag ? a[s] : vf_load(xj[s] + c + u * kFW);
+    for (std::size_t r = 0; r < R; ++r)
+      for (std::size_t s = Diag ? r : 0; s < R; ++s) acc[r][s][u] = vf_fma(a[r], b[s], acc[r][s][u]);
+  }
+}
+template <bool Diag>
+inline void lane_micro(const float* const* x, const float* const* tl, std::size_t len16, std::size_t i0,
+                       std::size_t j0, std::size_t np, double* gl) {
+  constexpr std::size_t R = kLaneRows;
+  VF acc[R][R][kLaneUnits];
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t s = 0; s < R; ++s)
+      for (std::size_t u = 0; u < kLaneUnits; ++u) acc[r][s][u] = vf_zero();
+#pragma GCC unroll 2
+  for (std::size_t c = 0; c < len16; c += kLaneF) lane_step<Diag>(x + i0, x + j0, c, acc);
+  if (tl) lane_step<Diag>(tl + i0, tl + j0, 0, acc);  // the zero-padded tail step
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t s = Diag ? r : 0; s < R; ++s)
+      lane_flush(gl + ((i0 + r) * np + j0 + s) * 8, acc[r][s][0], acc[r][s][kLaneUnits - 1]);
+}
+
+inline std::size_t lane_np(std::size_t n) { return (n + kLaneRows - 1) / kLaneRows * kLaneRows; }
+inline bool lane_worth(std::size_t n) {
+  const std::size_t n4 = (n + 3) / 4 * 4;
+  return n >= 2 && 5 * (n4 * (n4 + 1) / 2) < 4 * n * (n - 1);
+}
+// A thread's scratch: np * np * 8 double lanes + n * n Gram entries (doubles);
+// np row pointers (x2) and np zero-padded tail steps (floats).
+inline std::size_t lane_scratch_doubles(std::size_t n) { return lane_np(n) * lane_np(n) * 8 + n * n; }
+inline std::size_t lane_scratch_floats(std::size_t n) { return lane_np(n) * kLaneF; }
+
+// One block [c0, c1) by the lane-wise kernel: part[npairs], bad[n] as
+// distance_block_gram; false (nothing the caller keeps written) when more than
+// a quarter of the pairs fail the guard. sc: lane_scratch_doubles(n), tf:
+// lane_scratch_floats(n), ptr: 2 * lane_np(n) pointers.
+bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t d, std::size_t c0,
+                           std::size_t c1, double* sc, float* tf, const float** ptr, double* part,
+                           unsigned char* bad, std::size_t* exact) {
+  const std::size_t np = lane_np(n), npairs = n * (n - 1) / 2, ng = np / kLaneRows;
+  double* gl = sc;
+  double* Gb = sc + np * np * 8;
+  std::fill(gl, gl + np * np * 8, 0.0);
+  const float** x = ptr;
+  const float** tl = ptr + np;
+  for (std::size_t q = n; q < np; ++q) x[q] = tl[q] = kLaneZeros;
+  for (std::size_t t0 = c0; t0 < c1; t0 += kLaneTileF) {
+    const std::size_t len = std::min(kLaneTileF, c1 - t0), len16 = len / kLaneF * kLaneF, rem = len - len16;
+    for (std::size_t q = 0; q < n; ++q) x[q] = rows[q] + t0;
+    if (rem) {
+      for (std::size_t q = 0; q < n; ++q) {
+        float* t = tf + q * kLaneF;
+        for (std::size_t l = 0; l < kLaneF; ++l) t[l] = l < rem ? rows[q][t0 + len16 + l] : 0.0f;
+        tl[q] = t;
+      }
+    }
+    SpreadHints<float, 2> hint(rows, t0 + kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
+                               t0 + 2 * kLaneTileF <= d, ng * (ng + 1) / 2);
+    for (std::size_t gi = 0; gi < ng; ++gi) {
+      hint();
+      lane_micro<true>(x, rem ? tl : nullptr, len16, gi * kLaneRows, gi * kLaneRows, np, gl);
+      for (std::size_t gj = gi + 1; gj < ng; ++gj) {
+        hint();
+        lane_micro<false>(x, rem ? tl : nullptr, len16, gi * kLaneRows, gj * kLaneRows, np, gl);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t j = i; j < n; ++j) Gb[i * n + j] = fold_8(gl + (i * np + j) * 8);
+  const std::size_t nu = gram_guard(rows, n, c0, c1, Gb, n, n, kGramSafeF, kGramTinyF * double(c1 - c0), part, bad);
+  if (nu > npairs / 4) return false;
+  fill_exact(rows, n, c0, c1, part);
+  *exact += nu;
+  return true;
+}
 #else
 #define PYAGG_FLOAT_GRAM 0
 #endif
@@ -991,10 +1150,11 @@ namespace {
 // block, taken from cache (Gram path: tile by tile as each tile is packed;
 // exact path: after the block): row_sqnorms's partials, in its layout.
 // select: the caller only ranks distances (the selection rules): float input
-// may take the float Gram kernel (PYAGG_FLOAT_GRAM targets, n > kGramMinN, no
-// norms wanted); *dp_blocks (if not null) = the blocks the double Gram kernel
-// computed (all of them when the float kernel is not used; 0 when n <=
-// kGramMinN).
+// may take a float Gram kernel (PYAGG_FLOAT_GRAM targets, no norms wanted: the
+// packed one for n > kGramMinN, the lane-wise one for 2 <= n <= kGramMinN);
+// *dp_blocks (if not null) = the blocks a float kernel did not compute (the
+// double Gram kernel's, or the exact kernel's at n <= kGramMinN: all of them
+// when no float kernel is used).
 template <typename T>
 void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
                    double* norm_part, bool select = false, std::size_t* dp_blocks = nullptr) {
@@ -1004,20 +1164,26 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
   const std::size_t lanes = (gram && norm_part) ? n * reduce::kLanes : 0;  // the Gram kernel's norm lanes
   const int nthreads = reduce::threads_for(n * d);
 #if PYAGG_FLOAT_GRAM
-  const bool fgram = std::is_same<T, float>::value && select && gram && !norm_part;
+  const bool fsel = std::is_same<T, float>::value && select && !norm_part;
+  const bool fgram = fsel && gram;         // the packed float Gram kernel
+  const bool lgram = fsel && !gram && lane_worth(n);  // the lane-wise float Gram kernel
   const std::size_t npf = fgram ? gram_npf(n) : 0;
-  const std::size_t fslot = fgram ? gram_tile_f(npf) * npf : 0;  // a thread's packed float tile
+  // a thread's packed float tile, or its zero-padded tail steps
+  const std::size_t fslot = fgram ? gram_tile_f(npf) * npf : (lgram ? lane_scratch_floats(n) : 0);
   std::vector<float> fscratch(std::size_t(nthreads) * fslot);
+  std::vector<const float*> lptr(lgram ? std::size_t(nthreads) * 2 * lane_np(n) : 0);
+  const std::size_t lslot = lgram ? lane_scratch_doubles(n) : 0;
 #else
-  const bool fgram = false;
-  const std::size_t npf = 0;
+  const bool fgram = false, lgram = false;
+  const std::size_t npf = 0, lslot = 0;
   (void)select;
 #endif
   const std::size_t nblocks = (d + kReduceBlock - 1) / kReduceBlock;
-  const bool first_alone = fgram && nblocks >= 8;
-  bool all_double = false;  // block 0 needed the double kernel: so do the others (set before they start)
-  (void)all_double;          // (read by the float kernel's targets only)
-  const std::size_t per_thread = gram ? kGramTile * np + np * np + lanes + npf * npf : npairs * kDoubleLanes;
+  const bool first_alone = (fgram || lgram) && nblocks >= 8;
+  bool all_double = false;  // block 0 needed the fallback kernel: so do the others (set before they start)
+  (void)all_double;          // (read by the float kernels' targets only)
+  const std::size_t per_thread =
+      gram ? kGramTile * np + np * np + lanes + npf * npf : std::max(npairs * kDoubleLanes, lslot);
   std::vector<std::size_t> nexact(std::size_t(nthreads), 0), ndouble(std::size_t(nthreads), 0);
   const std::size_t tile = distance_tile<T>(n);
   run_distance_blocks(
@@ -1040,6 +1206,18 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
                                  sc + kGramTile * np + np * np);
           return;  // norms from the tiles
         }
+#if PYAGG_FLOAT_GRAM
+        if constexpr (std::is_same<T, float>::value) {
+          if (lgram && !all_double) {
+            if (distance_block_lane_f(rows, n, d, c0, c1, sc, fscratch.data() + std::size_t(t) * fslot,
+                                      lptr.data() + std::size_t(t) * 2 * lane_np(n), pb, bb,
+                                      &nexact[std::size_t(t)]))
+              return;
+            if (first_alone && c0 == 0) all_double = true;  // block 0 runs alone: no reader yet
+          }
+        }
+#endif
+        ++ndouble[std::size_t(t)];
         distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
         if (norm_part) {
           for (std::size_t i = 0; i < n; ++i) {
