@@ -134,6 +134,10 @@ template <typename T>
 void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D) {
   PYAGG_FWD(pairwise_sqdist_exact_double, rows, n, d, D);
 }
+template <typename LaneT>
+double exact_kernel_rel_bound(std::size_t n, std::size_t d) {
+  PYAGG_FWD(exact_kernel_rel_bound<LaneT>, n, d);
+}
 template <typename T>
 void geometric_median(const T* const* rows, std::size_t n, std::size_t d, double nu, std::int64_t max_iter,
                       double tol, T* out) {
@@ -206,6 +210,7 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
                                           std::size_t*);                                                  \
   template void pairwise_sqdist_norms<T>(const T* const*, std::size_t, std::size_t, double*, double*);  \
   template void pairwise_sqdist_exact_double<T>(const T* const*, std::size_t, std::size_t, double*);    \
+  template double exact_kernel_rel_bound<T>(std::size_t, std::size_t);                                  \
   template void centered_clipping<T>(const T* const*, std::size_t, std::size_t, double, std::int64_t,   \
                                      const T*, T*);                                                     \
   template void pairwise_sqdist<T>(const T* const*, std::size_t, std::size_t, double*);                 \

@@ -820,6 +820,59 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
   }
 }
 
+// exact_kernel_rel_bound: the figure the coefficient-space geometric median
+// and centered clipping take for pairwise_sqdist at n <= 32, by hand from the
+// kernel's tiles (float: 1024 coordinates up to n = 6, 512 to 12, 256 to 24,
+// 128 to 32; 32 lanes), and never below the error actually made.
+TEST_CASE("exact kernel: the relative error bound callers read (exact_kernel_rel_bound) holds") {
+  auto gamma = [](double k, double u) { return k * u / (1 - k * u); };
+  const double uf = std::ldexp(1.0, -24), ud = std::ldexp(1.0, -53);
+  // n = 6, d = 1e6 (245 blocks): a lane sums 32 terms: gamma_34 > 1e-6 (the
+  // figure the geometric median used to assume), + (4 + 245 + 4) double folds.
+  CHECK(cpu::exact_kernel_rel_bound<float>(6, 1000000) == gamma(34, uf) + gamma(253, ud));
+  CHECK(cpu::exact_kernel_rel_bound<float>(6, 1000000) > 2e-6);
+  CHECK(cpu::exact_kernel_rel_bound<float>(12, 4096) == gamma(18, uf) + gamma(8 + 1 + 4, ud));
+  CHECK(cpu::exact_kernel_rel_bound<float>(20, 4097) == gamma(10, uf) + gamma(16 + 2 + 4, ud));
+  CHECK(cpu::exact_kernel_rel_bound<float>(32, 1) == gamma(6, uf) + gamma(32 + 1 + 4, ud));
+  CHECK(cpu::exact_kernel_rel_bound<double>(20, 4096) == gamma(10, ud) + gamma(32 + 1 + 4, ud));
+  // Rows with a common offset (every difference rounded) and with 1 + tiny
+  // steps (every lane's sum rounded at each term): within the bound.
+  for (std::size_t n : {2, 5, 6, 7, 12, 13, 20, 32})
+    for (int kind = 0; kind < 2; ++kind) {
+      const std::size_t d = 3 * 4096 + 37;
+      Rng rng(600 + n + std::uint64_t(kind));
+      Rows<float> r(n, d);
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t k = 0; k < d; ++k)
+          r.data[i][k] = kind == 0 ? float(3.0 + 1e-3 * rng.normal()) : float(1.0 + 1e-7 * double(i) + rng.normal());
+      // Reference to ~1e-19: float differences are exact in long double, the
+      // squares rounded once, summed with Neumaier's compensation.
+      Ref R;
+      R.n = n;
+      R.D.assign(n * n, 0.0);
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+          long double sum = 0, comp = 0;
+          for (std::size_t k = 0; k < d; ++k) {
+            const long double t = (static_cast<long double>(r.data[i][k]) - r.data[j][k]), q = t * t;
+            const long double s2 = sum + q;
+            comp += std::fabs(sum) >= std::fabs(q) ? (sum - s2) + q : (q - s2) + sum;
+            sum = s2;
+          }
+          R.D[i * n + j] = double(sum + comp);
+        }
+      const auto D = lib_D(r);
+      const double bound = cpu::exact_kernel_rel_bound<float>(n, d);
+      const double w = worst_rel(D, R);
+      CHECK_MSG(w <= bound, "n=" + std::to_string(n) + " kind " + std::to_string(kind) + ": rel. error " +
+                                std::to_string(w) + " > bound " + std::to_string(bound));
+      std::vector<double> Dx(n * n);
+      cpu::pairwise_sqdist_exact_double<float>(r.p(), n, d, Dx.data());
+      // (+ 2^-53: the reference's own rounding to double)
+      CHECK(worst_rel(Dx, R) <= cpu::exact_kernel_rel_bound<double>(n, d) + std::ldexp(1.0, -53));
+    }
+}
+
 // The lane-wise float Gram kernel (pairwise_sqdist_select, float input, n <=
 // 32 where lane_worth(n): n = 8, 11, 12, 14..32; avx2 / avx512 copies): the
 // same guard and bound as the packed kernel, its fallback per block the exact

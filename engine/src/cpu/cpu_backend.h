@@ -99,6 +99,17 @@ void pairwise_sqdist_select(const T* const* rows, std::size_t n, std::size_t d, 
 // reduce.h's row_sqnorms (the coefficient-space geometric median needs both).
 template <typename T>
 void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, double* D, double* sq);
+// A rigorous bound on the relative error of every finite D_ij that the exact
+// difference-form kernel returns: pairwise_sqdist / pairwise_sqdist_norms for
+// n <= kGramMinN rows of T (LaneT = T: lanes of T, tile from n), and
+// pairwise_sqdist_exact_double (LaneT = double: double lanes for both input
+// types). gamma_{k+2} in LaneT for the k terms a lane sums per tile (each
+// term a rounded difference, squared and rounded), plus gamma in double for
+// the folds and the tile and block sums. Callers whose results depend on
+// D's accuracy (the coefficient-space geometric median and centered
+// clipping) read it here instead of repeating a figure.
+template <typename LaneT>
+double exact_kernel_rel_bound(std::size_t n, std::size_t d);
 // The same D from the difference form in double for every n (float rows
 // converted to double): ~1e-15 relative per entry, at the cost of ~n^2/2
 // double differences per coordinate (the geometric median's refinement).

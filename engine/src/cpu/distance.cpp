@@ -1259,6 +1259,27 @@ void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, d
   for (std::size_t i = 0; i < n; ++i) sq[i] = reduce::combine_blocks(part.data() + i, nb, n);
 }
 
+// ---- exact_kernel_rel_bound --------------------------------------------------
+// distance_block_exact's rounding, lane by lane: a term fl(fl(x_ic - x_jc)^2)
+// (or its fused multiply-add into the lane) is within gamma_3 of (x_ic -
+// x_jc)^2; a lane's recursive sum of its k = tile / kLanes terms from 0 adds
+// gamma_{k-1}: all non-negative, gamma_{k+2} of the lane's exact sum. In
+// double, a lane's sum then passes through at most 2 additions (fold_to8),
+// tiles_per_block - 1 (the tiles of a block, dl), 3 (fold_8) and nblocks - 1
+// (combine_distance_blocks): gamma_{tiles_per_block + nblocks + 3} in double.
+// The sum of both bounds bounds their product up to a term below 1e-20.
+template <typename LaneT>
+double exact_kernel_rel_bound(std::size_t n, std::size_t d) {
+  auto gamma = [](double k, double u) { return k * u / (1.0 - k * u); };
+  const double u = std::is_same<LaneT, float>::value ? 0x1p-24 : 0x1p-53;
+  const std::size_t tile = distance_tile<LaneT>(n);
+  const double k = double(tile / std::size_t(kLanes<LaneT>));
+  const double folds = double(kReduceBlock / tile + (d + kReduceBlock - 1) / kReduceBlock + 4);
+  return gamma(k + 2.0, u) + gamma(folds, 0x1p-53);
+}
+template double exact_kernel_rel_bound<float>(std::size_t, std::size_t);
+template double exact_kernel_rel_bound<double>(std::size_t, std::size_t);
+
 // ---- pairwise_sqdist_exact_double --------------------------------------------
 // The difference form in double lanes for every n and both dtypes (float rows
 // are converted to double per block, which is exact): every D_ij to ~1e-15

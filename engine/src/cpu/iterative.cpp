@@ -225,15 +225,15 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
   std::vector<double> D(n * n), sq(n);
   pairwise_sqdist_norms<T>(rows, n, d, D.data(), sq.data());  // pass 1 (finiteness: D's diagonal; norms too)
   // pairwise_sqdist's accuracy (distance.cpp): n <= kGramMinN the difference
-  // form in float lanes (float input; partial sums of up to a tile, folded into
-  // double) or double lanes; above, the double Gram form (error ~ the summed
-  // norms times the double rounding of a block's sums). Conservative figures.
+  // form in lanes of T (exact_kernel_rel_bound: rigorous, from the kernel's
+  // tile); above, the double Gram form (error ~ the summed norms times the
+  // double rounding of a block's sums; a conservative figure).
   selection::DistanceAccuracy acc;
   constexpr bool is_float = std::is_same<T, float>::value;
   if (n > kGramMinN)
     acc.rel_norm = 1e-12;
   else
-    acc.rel_pair = is_float ? 1e-6 : 1e-14;
+    acc.rel_pair = exact_kernel_rel_bound<T>(n, d);
   const double target = is_float ? 1e-5 : 1e-10;  // relative error allowed on ||x_t - z||^2
   bool trusted = true;
   selection::Combo c =
@@ -243,7 +243,7 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
     // (one more pass, difference form in double), then the same iteration.
     pairwise_sqdist_exact_double<T>(rows, n, d, D.data());
     selection::DistanceAccuracy exact;
-    exact.rel_pair = 1e-14;  // double lanes, partial sums of a tile, folded in double
+    exact.rel_pair = exact_kernel_rel_bound<double>(n, d);  // double lanes for both input types
     c = selection::geometric_median_coefficients(D.data(), sq.data(), n, nu, max_iter, tol, &exact, target,
                                                  &trusted);
   }
@@ -310,11 +310,11 @@ bool centered_clipping_coef(const T* const* rows, std::size_t n, std::size_t d, 
   std::vector<double> Dx((m + 1) * (m + 1));
   for (std::size_t k = 0; k <= m; ++k)
     for (std::size_t l = 0; l <= m; ++l) Dx[k * (m + 1) + l] = D[pt[k] * ne + pt[l]];
-  // Relative accuracy of D's entries (distance.cpp): float input, n+1 <= 32:
-  // float-lane sums folded into double; Gram path ~1e-8; double input: double
-  // lanes, or the Gram path with its 2^-16 cancellation guard.
-  const bool gram = ne > 32;
-  const double rel = sizeof(T) == 4 ? (gram ? 1e-8 : 1e-6) : (gram ? 1e-10 : 1e-14);
+  // Relative accuracy of D's entries (distance.cpp): n+1 <= kGramMinN: the
+  // difference form in lanes of T (exact_kernel_rel_bound); above, the Gram
+  // path with its 2^-16 cancellation guard (~1e-8 float, ~1e-10 double).
+  const bool gram = ne > kGramMinN;
+  const double rel = gram ? (sizeof(T) == 4 ? 1e-8 : 1e-10) : exact_kernel_rel_bound<T>(ne, d);
   const double max_cancel = sizeof(T) == 4 ? 8.0 : 1e3;
   std::vector<double> w;
   if (!selection::centered_clipping_coefficients(Dx.data(), m, n, tau, iters, rel, max_cancel, &w)) return false;
