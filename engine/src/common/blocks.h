@@ -17,8 +17,9 @@ constexpr std::size_t kReduceBlock = 4096;
 // The CPU's distance pass (cpu/distance.cpp): n <= kGramMinN rows use the
 // exact difference form with float partial sums for float input (~1e-7
 // relative), n > kGramMinN the double Gram form with the exact fallback (~1e-11
-// relative or better; the selection rules on float input take a float Gram
-// form there, <= 6.2e-5 relative, see distance.cpp). The CUDA geometric median (coefficient space, whose
+// relative or better). The selection rules on float input take a float Gram
+// form instead (<= 6.2e-5 relative; for n > kGramMinN, and most n below it:
+// see distance.cpp). The CUDA geometric median (coefficient space, whose
 // quadratic forms cancel and amplify D's rounding) accumulates its distances
 // with the same precision class as the CPU for the same n.
 constexpr std::size_t kGramMinN = 32;

@@ -86,12 +86,14 @@ template <typename T>
 void pairwise_sqdist_counted(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact);
 // The distance matrix of the selection rules (krum, multi-krum, bulyan,
 // bulyan-multikrum, mda, nnm), which only rank distances: the same D, except
-// that float input with n > 32 rows takes the float Gram kernel where the
-// target has FMA (distance.cpp): relative error <= 6.2e-5 per entry (~1e-7
-// on data without cancellation), exact difference form where the Gram form
-// would cancel. *exact (if not null) = (pair, block) sums in the exact form;
-// *dp_blocks (if not null) = blocks the double Gram kernel computed (every
-// block where the float kernel is not compiled in or not used).
+// that float input takes a float Gram kernel where the target has FMA
+// (distance.cpp: the packed one for n > 32 rows, the lane-wise one for n =
+// 8, 11, 12, 14..32): relative error <= 6.2e-5 per entry (~1e-8 on data
+// without cancellation), exact difference form where the Gram form would
+// cancel. *exact (if not null) = (pair, block) sums in the exact form;
+// *dp_blocks (if not null) = blocks no float kernel computed (the double Gram
+// kernel's, or the exact kernel's at n <= 32: every block where no float
+// kernel is compiled in or used).
 template <typename T>
 void pairwise_sqdist_select(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
                             std::size_t* dp_blocks);
