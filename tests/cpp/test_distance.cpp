@@ -1413,6 +1413,11 @@ TEST_CASE("all rules vs naive reference on random data, up to f non-finite rows 
   // one larger d (several reduction blocks + tail)
   rules_vs_reference<float>(11, 2, 2 * 4096 + 13, 2, ++seed);
   rules_vs_reference<double>(11, 2, 2 * 4096 + 13, 1, ++seed);
+  // more rows: bulyan-multikrum's rounds share prefixes (the means' trie
+  // path), the float Gram kernels (lane-wise at 20, packed at 40)
+  rules_vs_reference<float>(20, 4, 4096 + 77, 1, ++seed);
+  rules_vs_reference<double>(20, 4, 1013, 0, ++seed);
+  rules_vs_reference<float>(40, 8, 1013, 2, ++seed);
 }
 
 TEST_CASE("more than f non-finite rows: finite rows still ranked first, no crash") {
