@@ -826,25 +826,30 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
 // 128 to 32; 32 lanes), and never below the error actually made.
 TEST_CASE("exact kernel: the relative error bound callers read (exact_kernel_rel_bound) holds") {
   auto gamma = [](double k, double u) { return k * u / (1 - k * u); };
-  const double uf = std::ldexp(1.0, -24), ud = std::ldexp(1.0, -53);
+  const double uf = std::ldexp(1.0, -24), ud = std::ldexp(1.0, -53), u50 = std::ldexp(1.0, -50);
   // n = 6, d = 1e6 (245 blocks): a lane sums 32 terms: gamma_34 > 1e-6 (the
   // figure the geometric median used to assume), + (4 + 245 + 4) double folds.
-  CHECK(cpu::exact_kernel_rel_bound<float>(6, 1000000) == gamma(34, uf) + gamma(253, ud));
+  CHECK(cpu::exact_kernel_rel_bound<float>(6, 1000000) == gamma(34, uf) + gamma(253, ud) + u50);
   CHECK(cpu::exact_kernel_rel_bound<float>(6, 1000000) > 2e-6);
-  CHECK(cpu::exact_kernel_rel_bound<float>(12, 4096) == gamma(18, uf) + gamma(8 + 1 + 4, ud));
-  CHECK(cpu::exact_kernel_rel_bound<float>(20, 4097) == gamma(10, uf) + gamma(16 + 2 + 4, ud));
-  CHECK(cpu::exact_kernel_rel_bound<float>(32, 1) == gamma(6, uf) + gamma(32 + 1 + 4, ud));
+  CHECK(cpu::exact_kernel_rel_bound<float>(12, 4096) == gamma(18, uf) + gamma(8 + 1 + 4, ud) + u50);
+  CHECK(cpu::exact_kernel_rel_bound<float>(20, 4097) == gamma(10, uf) + gamma(16 + 2 + 4, ud) + u50);
+  CHECK(cpu::exact_kernel_rel_bound<float>(32, 1) == gamma(6, uf) + gamma(32 + 1 + 4, ud) + u50);
   CHECK(cpu::exact_kernel_rel_bound<double>(20, 4096) == gamma(10, ud) + gamma(32 + 1 + 4, ud));
-  // Rows with a common offset (every difference rounded) and with 1 + tiny
-  // steps (every lane's sum rounded at each term): within the bound.
+  // Rows with a common offset (every difference rounded), with 1 + tiny
+  // steps (every lane's sum rounded at each term), and tiny rows (x ~ 1e-21:
+  // float squares underflow; those pairs are recomputed in double) and rows
+  // of mixed scale (1e-21 next to 1): within the bound.
   for (std::size_t n : {2, 5, 6, 7, 12, 13, 20, 32})
-    for (int kind = 0; kind < 2; ++kind) {
+    for (int kind = 0; kind < 4; ++kind) {
       const std::size_t d = 3 * 4096 + 37;
       Rng rng(600 + n + std::uint64_t(kind));
       Rows<float> r(n, d);
       for (std::size_t i = 0; i < n; ++i)
         for (std::size_t k = 0; k < d; ++k)
-          r.data[i][k] = kind == 0 ? float(3.0 + 1e-3 * rng.normal()) : float(1.0 + 1e-7 * double(i) + rng.normal());
+          r.data[i][k] = kind == 0   ? float(3.0 + 1e-3 * rng.normal())
+                         : kind == 1 ? float(1.0 + 1e-7 * double(i) + rng.normal())
+                         : kind == 2 ? float(1e-21 * rng.normal())
+                                     : float((i % 2 ? 1e-21 : 1.0) * rng.normal());
       // Reference to ~1e-19: float differences are exact in long double, the
       // squares rounded once, summed with Neumaier's compensation.
       Ref R;
@@ -972,16 +977,17 @@ TEST_CASE("lane-wise float Gram distances (selection rules, n <= 32): bound, gua
     CHECK(e2.dp_blocks == (fa ? 1 : 9));
     CHECK(worst_rel(e2.D, ref_distances(r)) < 6.2e-5);
   }
-  // (e) squares beyond the float range (x ~ 1e21): every pair fails the guard
-  //     (a non-finite float G_ii of a finite row), the exact kernel takes the
-  //     blocks and its overflow fallback computes them in double.
-  {
+  // (e) squares outside the float range: huge rows (x ~ 1e21: a non-finite
+  //     float G_ii of a finite row) and tiny rows (x ~ 1e-22: G below the
+  //     guard's absolute term) fail the guard, the exact kernel takes the
+  //     blocks and its overflow / underflow fallback computes them in double.
+  for (double scale : {1e-22, 1e21}) {
     auto r = gaussian_rows<float>(n, d, 556);
     for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(double(r.data[i][k]) * 1e21);
+      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(double(r.data[i][k]) * scale);
     const SelectD t = select_D(r);
     CHECK(t.dp_blocks == nblocks);
-    CHECK_MSG(worst_rel(t.D, ref_distances(r)) < 1e-10, "huge rows: rel. error");
+    CHECK_MSG(worst_rel(t.D, ref_distances(r)) < 1e-10, "scale " + std::to_string(scale) + ": rel. error");
     CHECK(all_finite(t.D));
   }
   // (f) non-finite rows: +inf to everything, D[i][i] = +inf, not counted.

@@ -358,6 +358,7 @@ bool all_finite(const T* x, std::size_t len) {
 // finite on the block (a NaN/inf coordinate makes every sum it enters NaN or
 // inf); only a row none of whose pair sums is finite (a non-finite row, or a
 // finite row whose sums all overflowed, or n == 1) is scanned again.
+constexpr double kExactTinyF = 0x1p-100;  // per coordinate: see the end of distance_block_exact
 template <typename T>
 void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
                     std::size_t tile, double* dl, double* part, unsigned char* bad) {
@@ -397,12 +398,18 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
       if (std::isfinite(part[p])) bad[i] = bad[j] = 0;
   for (std::size_t i = 0; i < n; ++i)
     if (bad[i] && all_finite(rows[i] + c0, c1 - c0)) bad[i] = 0;
-  // float: a pair sum that overflowed although both rows are finite.
-  if (std::is_same<T, float>::value)
+  // float: a pair sum that overflowed although both rows are finite, or one
+  // so small that its squares may have underflowed (mean term below 2^-100:
+  // a float square below 2^-126 is off by up to 2^-150 absolute), in double
+  // from the block in cache. Above 2^-100 the underflow adds at most 2^-50
+  // of the sum: exact_kernel_rel_bound counts it.
+  if (std::is_same<T, float>::value) {
+    const double tiny = kExactTinyF * double(c1 - c0);
     for (std::size_t i = 0, p = 0; i < n; ++i)
       for (std::size_t j = i + 1; j < n; ++j, ++p)
-        if (!std::isfinite(part[p]) && !bad[i] && !bad[j])
+        if ((!std::isfinite(part[p]) || part[p] < tiny) && !bad[i] && !bad[j])
           part[p] = sqdist_double(rows[i] + c0, rows[j] + c0, c1 - c0);
+  }
 }
 
 // Combines per-block pair sums (npairs per block, block order: deterministic)
@@ -1267,15 +1274,21 @@ void pairwise_sqdist_norms(const T* const* rows, std::size_t n, std::size_t d, d
 // double, a lane's sum then passes through at most 2 additions (fold_to8),
 // tiles_per_block - 1 (the tiles of a block, dl), 3 (fold_8) and nblocks - 1
 // (combine_distance_blocks): gamma_{tiles_per_block + nblocks + 3} in double.
-// The sum of both bounds bounds their product up to a term below 1e-20.
+// Float lanes: squares below the normal range are off by up to 2^-150
+// absolute; a block sum kept in float form has a mean term >= 2^-100
+// (distance_block_exact recomputes the others in double), so that adds at
+// most 2^-50 relative. Double lanes: the bound assumes no square underflows
+// double (every nonzero |x_ic - x_jc| above 2^-511). The sum of the bounds
+// bounds their product up to a term below 1e-20.
 template <typename LaneT>
 double exact_kernel_rel_bound(std::size_t n, std::size_t d) {
   auto gamma = [](double k, double u) { return k * u / (1.0 - k * u); };
-  const double u = std::is_same<LaneT, float>::value ? 0x1p-24 : 0x1p-53;
+  const bool is_float = std::is_same<LaneT, float>::value;
+  const double u = is_float ? 0x1p-24 : 0x1p-53;
   const std::size_t tile = distance_tile<LaneT>(n);
   const double k = double(tile / std::size_t(kLanes<LaneT>));
   const double folds = double(kReduceBlock / tile + (d + kReduceBlock - 1) / kReduceBlock + 4);
-  return gamma(k + 2.0, u) + gamma(folds, 0x1p-53);
+  return gamma(k + 2.0, u) + gamma(folds, 0x1p-53) + (is_float ? 0x1p-50 : 0.0);
 }
 template double exact_kernel_rel_bound<float>(std::size_t, std::size_t);
 template double exact_kernel_rel_bound<double>(std::size_t, std::size_t);
