@@ -667,70 +667,66 @@ double worst_rel(const std::vector<double>& D, const Ref& R) {
   return worst;
 }
 
-TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair, double kernel per block / from block 0") {
-  const std::size_t n = 40, d = 2 * 4096 + 100, nblocks = 3, npairs = n * (n - 1) / 2;
+// Whether the float kernel took every block of Gaussian rows (a: their
+// select_D): it must on the avx2 / avx512 levels, and must not on base.
+bool float_kernel_taken(const SelectD& a, std::size_t nblocks, const std::string& what) {
   const std::string isa = cpu::isa_in_use();
-  // (a) Gaussian rows: no cancellation. The float kernel takes every block
-  //     (the avx2 / avx512 copies) or the double kernel all of them (base).
-  auto g = plain_gaussian(n, d, 4243);
-  const SelectD a = select_D(g);
   const bool fa = a.dp_blocks == 0;
-  if (isa == "avx2" || isa == "avx512") CHECK_MSG(fa, "the float Gram kernel is compiled in for " + isa);
+  if (isa == "avx2" || isa == "avx512") CHECK_MSG(fa, what + " is compiled in for " + isa);
   if (isa == "base") CHECK(!fa);
   CHECK(a.exact == 0);
   CHECK(a.dp_blocks == (fa ? 0 : nblocks));
-  const Ref RG = ref_distances(g);
-  // Within the documented bound (6.2e-5), and in fact ~1e-8 here (rounding
-  // errors of independent runs do not add up).
-  CHECK_MSG(worst_rel(a.D, RG) < (fa ? 1e-7 : 1e-12), "gaussian rel. error " + std::to_string(worst_rel(a.D, RG)));
-  const auto Ddp = lib_D(g);
-  if (fa) CHECK_MSG(!same_bits(a.D, Ddp), "the float kernel's D should not be the double kernel's bits");
-  else CHECK(same_bits(a.D, Ddp));
+  return fa;
+}
+
+// The scenarios both float Gram kernels share, on n rows (d = 2 blocks +
+// 100, 9 blocks for block 0's decision). fa: the float kernel is in use;
+// fallback_counts: the fallback kernel counts its exact-form pairs (the
+// double Gram kernel does, the exact kernel has none); fallback_tol: its
+// accuracy on a cancelling pair; mimic: rows copied from the last one.
+void float_gram_scenarios(std::size_t n, bool fa, bool fallback_counts, double fallback_tol, std::size_t mimic,
+                          std::uint64_t seed) {
+  const std::size_t d = 2 * 4096 + 100, nblocks = 3, npairs = n * (n - 1) / 2;
+  const std::string tag = " (n=" + std::to_string(n) + ")";
   // (b) per pair: rows 0..4 a cancelling cluster (1e3 + 1e-2 noise), the rest
-  //     Gaussian: the cluster's 10 pairs take the exact form on every block
-  //     (10 <= npairs / 4: no hand-over), exact to ~1e-12.
+  //     Gaussian: the cluster's 10 pairs take the exact form in double on
+  //     every block (10 <= npairs / 4: no hand-over), exact to ~1e-12.
   {
-    Rng rng(17);
+    Rng rng(seed);
     Rows<float> r(n, d);
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t k = 0; k < d; ++k) r.data[i][k] = i < 5 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
     const SelectD b = select_D(r);
-    CHECK(b.exact == 10 * nblocks);
+    CHECK_MSG(b.exact == (fa || fallback_counts ? 10 * nblocks : 0), "cluster exact" + tag);
     CHECK(b.dp_blocks == (fa ? 0 : nblocks));
     const Ref R = ref_distances(r);
     for (std::size_t i = 0; i < 5; ++i)
-      for (std::size_t j = i + 1; j < 5; ++j) CHECK(std::fabs(b.D[i * n + j] - R.at(i, j)) <= 1e-12 * R.at(i, j));
+      for (std::size_t j = i + 1; j < 5; ++j)
+        CHECK(std::fabs(b.D[i * n + j] - R.at(i, j)) <= (fa ? 1e-12 : fallback_tol) * R.at(i, j));
     CHECK(worst_rel(b.D, R) < 6.2e-5);
   }
-  // (b') rows sharing a large common component (x = 5 + noise: g / (G_ii +
-  //     G_jj) ~ 1/26, under the guard's 1/16; the double kernel's 2^-16 guard
-  //     keeps them): the float kernel sends those pairs to the exact form.
+  // (b') a mimic attack: rows 0..mimic-1 copies of the last row plus 0.1
+  //     noise (cos ~0.99): the pairs among them and the last row take the
+  //     exact form on every block (the double kernel's 2^-16 guard keeps
+  //     them in the Gram form); no block is handed over.
   {
-    auto r = gaussian_rows<float>(n, d, 4244);  // rows 4, 9, ..., 39 around 5: 28 pairs
-    const SelectD b = select_D(r);
-    CHECK(b.exact == (fa ? 28 * nblocks : 0));
-    CHECK(worst_rel(b.D, ref_distances(r)) < 6.2e-5);
-  }
-  // (b'') a mimic attack: rows 0..7 copies of row 39 plus 0.1 noise (cos
-  //     ~0.99): the 36 pairs among rows {0..7, 39} take the exact form on
-  //     every block, exact to ~1e-12; no block goes to the double kernel.
-  {
-    auto r = plain_gaussian(n, d, 4245);
-    Rng rng(20);
-    for (std::size_t b = 0; b < 8; ++b)
+    auto r = plain_gaussian(n, d, seed + 1);
+    Rng rng(seed + 2);
+    for (std::size_t b = 0; b < mimic; ++b)
       for (std::size_t k = 0; k < d; ++k) r.data[b][k] = float(double(r.data[n - 1][k]) + 0.1 * rng.normal());
     const SelectD m = select_D(r);
-    CHECK(m.exact == (fa ? 36 * nblocks : 0));
+    CHECK_MSG(m.exact == (fa ? (mimic + 1) * mimic / 2 * nblocks : 0), "mimic exact" + tag);
     CHECK(m.dp_blocks == (fa ? 0 : nblocks));
     const Ref R = ref_distances(r);
-    CHECK(std::fabs(m.D[0 * n + (n - 1)] - R.at(0, n - 1)) <= 1e-12 * R.at(0, n - 1));
+    CHECK(std::fabs(m.D[0 * n + (n - 1)] - R.at(0, n - 1)) <= (fa ? 1e-12 : fallback_tol) * R.at(0, n - 1));
     CHECK(worst_rel(m.D, R) < 6.2e-5);
   }
   // (c) per block: every row is 1e3 + noise on block 1 only: all its pairs
-  //     fail the guard, the double kernel takes that block (and its own
-  //     guard sends every pair to the exact form); blocks 0 and 2 stay float.
+  //     fail the guard, the fallback kernel takes that block (the double
+  //     kernel's own guard sends every pair to the exact form); blocks 0 and
+  //     2 stay float.
   {
-    Rng rng(18);
+    Rng rng(seed + 3);
     Rows<float> r(n, d);
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t k = 0; k < d; ++k) {
@@ -738,17 +734,18 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
         r.data[i][k] = blk1 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
       }
     const SelectD c = select_D(r);
-    CHECK(c.exact == npairs);
+    CHECK_MSG(c.exact == (fallback_counts ? npairs : 0), "per-block exact" + tag);
     CHECK(c.dp_blocks == (fa ? 1 : nblocks));
     CHECK(worst_rel(c.D, ref_distances(r)) < 6.2e-5);
   }
   // (d) block 0 decides (>= 8 blocks): rows highly correlated (cos ~0.99, no
-  //     cancellation for the double guard) on block 0 only: block 0 goes to
-  //     the double kernel, and so does every other block without a float
-  //     attempt: D is the double kernel's, bit for bit.
+  //     cancellation for the fallback) on block 0 only: block 0 goes to the
+  //     fallback kernel, and so does every other block without a float
+  //     attempt: D is pairwise_sqdist's, bit for bit. Correlated on block 1
+  //     only: block 0 is float, block 1 alone goes to the fallback.
   {
     const std::size_t d9 = 8 * 4096 + 5;
-    Rng rng(19);
+    Rng rng(seed + 4);
     Rows<float> r(n, d9);
     std::vector<double> base(4096);
     for (auto& v : base) v = rng.normal();
@@ -758,8 +755,6 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
     CHECK(e.exact == 0);
     CHECK(e.dp_blocks == 9);
     CHECK(same_bits(e.D, lib_D(r)));
-    //     ... and the same rows correlated on block 1 only: block 0 is float,
-    //     block 1 alone goes to the double kernel.
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t k = 0; k < 2 * 4096; ++k)
         r.data[i][k] = k >= 4096 ? float(base[k - 4096] + 0.1 * rng.normal()) : float(rng.normal());
@@ -769,23 +764,25 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
   }
   // (e) squares outside the float range: tiny rows (x ~ 1e-22: squares
   //     underflow) and huge rows (x ~ 1e21: squares overflow float) are
-  //     computed in double (exact form or double kernel), accurately.
+  //     computed in double (the exact form, or the fallback kernel and its
+  //     own fallbacks), accurately.
   for (double scale : {1e-22, 1e21}) {
-    auto r = gaussian_rows<float>(n, d, 555);
+    auto r = gaussian_rows<float>(n, d, seed + 5);
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(double(r.data[i][k]) * scale);
     const SelectD t = select_D(r);
     const double w = worst_rel(t.D, ref_distances(r));
-    CHECK_MSG(w < 1e-10, "scale " + std::to_string(scale) + ": rel. error " + std::to_string(w));
+    CHECK_MSG(w < 1e-10, "scale " + std::to_string(scale) + ": rel. error " + std::to_string(w) + tag);
     CHECK(all_finite(t.D));
   }
   // (f) non-finite rows: +inf to everything, D[i][i] = +inf, not counted.
   {
-    auto r = plain_gaussian(n, d, 99);
+    auto r = plain_gaussian(n, d, seed + 6);
     r.data[3][5000] = std::numeric_limits<float>::quiet_NaN();
     r.data[17][10] = -std::numeric_limits<float>::infinity();
     const SelectD f = select_D(r);
-    CHECK_MSG(f.exact == 0, "exact " + std::to_string(f.exact) + " dp " + std::to_string(f.dp_blocks));
+    CHECK_MSG(f.exact == 0 && f.dp_blocks == (fa ? 0 : nblocks),
+              "exact " + std::to_string(f.exact) + " dp " + std::to_string(f.dp_blocks) + tag);
     for (std::size_t j = 0; j < n; ++j) {
       CHECK(f.D[3 * n + j] == Inf && f.D[j * n + 3] == Inf);
       CHECK(f.D[17 * n + j] == Inf && f.D[j * n + 17] == Inf);
@@ -795,7 +792,7 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
   // (g) bitwise the same with 1, 2, 3 threads (a fallback pair; 9 blocks:
   //     block 0 alone first).
   {
-    auto r = gaussian_rows<float>(n, 8 * 4096 + 77, 6);
+    auto r = gaussian_rows<float>(n, 8 * 4096 + 77, seed + 7);
     for (std::size_t k = 0; k < r.d(); ++k) r.data[1][k] = r.data[0][k] + 1e-4f * float(k % 7);
     set_threads(1);
     const SelectD s1 = select_D(r);
@@ -804,12 +801,39 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
     set_threads(3);
     const SelectD s3 = select_D(r);
     set_threads(2);
-    CHECK(s1.exact >= 9 && s1.exact == s2.exact && s2.exact == s3.exact);
+    CHECK(s1.exact == s2.exact && s2.exact == s3.exact && (!(fa || fallback_counts) || s1.exact >= 9));
     CHECK(s1.dp_blocks == s2.dp_blocks && s2.dp_blocks == s3.dp_blocks);
     CHECK(same_bits(s1.D, s2.D) && same_bits(s1.D, s3.D));
   }
-  // (h) double input: the double Gram kernel (n <= 32: the lane-wise
-  //     kernel's test case below).
+}
+
+TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair, double kernel per block / from block 0") {
+  const std::size_t n = 40, d = 2 * 4096 + 100, nblocks = 3;
+  // (a) Gaussian rows: no cancellation. The float kernel takes every block
+  //     (the avx2 / avx512 copies) or the double kernel all of them (base).
+  auto g = plain_gaussian(n, d, 4243);
+  const SelectD a = select_D(g);
+  const bool fa = float_kernel_taken(a, nblocks, "the float Gram kernel");
+  const Ref RG = ref_distances(g);
+  // Within the documented bound (6.2e-5), and in fact ~1e-8 here (rounding
+  // errors of independent runs do not add up).
+  CHECK_MSG(worst_rel(a.D, RG) < (fa ? 1e-7 : 1e-12), "gaussian rel. error " + std::to_string(worst_rel(a.D, RG)));
+  const auto Ddp = lib_D(g);
+  if (fa) CHECK_MSG(!same_bits(a.D, Ddp), "the float kernel's D should not be the double kernel's bits");
+  else CHECK(same_bits(a.D, Ddp));
+  // (b') rows sharing a large common component (x = 5 + noise: g / (G_ii +
+  //     G_jj) ~ 1/26, under the guard's 1/16; the double kernel's 2^-16 guard
+  //     keeps them): the float kernel sends those pairs to the exact form.
+  {
+    auto r = gaussian_rows<float>(n, d, 4244);  // rows 4, 9, ..., 39 around 5: 28 pairs
+    const SelectD b = select_D(r);
+    CHECK(b.exact == (fa ? 28 * nblocks : 0));
+    CHECK(worst_rel(b.D, ref_distances(r)) < 6.2e-5);
+  }
+  // The rest: the double Gram kernel as the fallback (it counts its exact
+  // pairs; a cancelling pair to ~1e-12).
+  float_gram_scenarios(n, fa, true, 1e-12, 8, 17);
+  // (h) double input: the double Gram kernel.
   {
     auto rd = gaussian_rows<double>(n, d, 8);
     std::vector<double> D1(n * n), D2(n * n);
@@ -820,10 +844,6 @@ TEST_CASE("float Gram distances (selection rules, n > 32): bound, guard per pair
   }
 }
 
-// exact_kernel_rel_bound: the figure the coefficient-space geometric median
-// and centered clipping take for pairwise_sqdist at n <= 32, by hand from the
-// kernel's tiles (float: 1024 coordinates up to n = 6, 512 to 12, 256 to 24,
-// 128 to 32; 32 lanes), and never below the error actually made.
 TEST_CASE("exact kernel: the relative error bound callers read (exact_kernel_rel_bound) holds") {
   auto gamma = [](double k, double u) { return k * u / (1 - k * u); };
   const double uf = std::ldexp(1.0, -24), ud = std::ldexp(1.0, -53), u50 = std::ldexp(1.0, -50);
@@ -884,16 +904,13 @@ TEST_CASE("exact kernel: the relative error bound callers read (exact_kernel_rel
 // kernel (pairwise_sqdist's at these n, counted in dp_blocks), block 0's
 // decision for the whole pass (>= 8 blocks).
 TEST_CASE("lane-wise float Gram distances (selection rules, n <= 32): bound, guard per pair, exact kernel per block / from block 0") {
-  const std::size_t n = 20, d = 2 * 4096 + 100, nblocks = 3, npairs = n * (n - 1) / 2;
-  const std::string isa = cpu::isa_in_use();
+  const std::size_t n = 20, d = 2 * 4096 + 100, nblocks = 3;
   // (a) Gaussian rows, and the sizes around the kernel's choice; d with a
   //     tail of len % 16 coordinates (the zero-padded step) or only a tail.
   auto g = plain_gaussian(n, d, 5243);
   const SelectD a = select_D(g);
-  const bool fa = a.dp_blocks == 0;
-  if (isa == "avx2" || isa == "avx512") CHECK_MSG(fa, "the lane-wise kernel is compiled in for " + isa);
-  if (isa == "base") CHECK(!fa && a.dp_blocks == nblocks && same_bits(a.D, lib_D(g)));
-  CHECK(a.exact == 0);
+  const bool fa = float_kernel_taken(a, nblocks, "the lane-wise kernel");
+  if (!fa) CHECK(same_bits(a.D, lib_D(g)));
   CHECK_MSG(worst_rel(a.D, ref_distances(g)) < (fa ? 1e-7 : 1e-6),
             "gaussian rel. error " + std::to_string(worst_rel(a.D, ref_distances(g))));
   if (fa) CHECK_MSG(!same_bits(a.D, lib_D(g)), "the lane-wise kernel's D should not be the exact kernel's bits");
@@ -908,117 +925,9 @@ TEST_CASE("lane-wise float Gram distances (selection rules, n <= 32): bound, gua
       // (1 coordinate: rounding of a single product, relative 2^-24 of it)
       CHECK_MSG(worst_rel(s.D, ref_distances(r)) < (lane ? 1e-6 : 2e-6), tag + ": rel. error");
     }
-  // (b) per pair: rows 0..4 a cancelling cluster (1e3 + 1e-2 noise), the rest
-  //     Gaussian: the cluster's 10 pairs take the exact form in double on
-  //     every block (10 <= npairs / 4), exact to ~1e-12.
-  {
-    Rng rng(27);
-    Rows<float> r(n, d);
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = i < 5 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
-    const SelectD b = select_D(r);
-    CHECK(b.exact == (fa ? 10 * nblocks : 0));
-    CHECK(b.dp_blocks == (fa ? 0 : nblocks));
-    const Ref R = ref_distances(r);
-    for (std::size_t i = 0; i < 5; ++i)
-      for (std::size_t j = i + 1; j < 5; ++j)
-        CHECK(std::fabs(b.D[i * n + j] - R.at(i, j)) <= (fa ? 1e-12 : 1e-6) * R.at(i, j));
-    CHECK(worst_rel(b.D, R) < 6.2e-5);
-  }
-  // (b') a mimic attack: rows 0..5 copies of row 19 plus 0.1 noise (cos
-  //     ~0.99): the 21 pairs among rows {0..5, 19} take the exact form.
-  {
-    auto r = plain_gaussian(n, d, 5245);
-    Rng rng(21);
-    for (std::size_t b = 0; b < 6; ++b)
-      for (std::size_t k = 0; k < d; ++k) r.data[b][k] = float(double(r.data[n - 1][k]) + 0.1 * rng.normal());
-    const SelectD m = select_D(r);
-    CHECK(m.exact == (fa ? 21 * nblocks : 0));
-    CHECK(m.dp_blocks == (fa ? 0 : nblocks));
-    const Ref R = ref_distances(r);
-    CHECK(std::fabs(m.D[0 * n + (n - 1)] - R.at(0, n - 1)) <= (fa ? 1e-12 : 1e-6) * R.at(0, n - 1));
-    CHECK(worst_rel(m.D, R) < 6.2e-5);
-  }
-  // (c) per block: every row 1e3 + noise on block 1 only: all its pairs fail
-  //     the guard, the exact kernel takes that block; blocks 0 and 2 stay.
-  {
-    Rng rng(28);
-    Rows<float> r(n, d);
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t k = 0; k < d; ++k) {
-        const bool blk1 = k >= 4096 && k < 8192;
-        r.data[i][k] = blk1 ? float(1e3 + 1e-2 * rng.normal()) : float(rng.normal());
-      }
-    const SelectD c = select_D(r);
-    CHECK(c.exact == 0);
-    CHECK(c.dp_blocks == (fa ? 1 : nblocks));
-    CHECK(worst_rel(c.D, ref_distances(r)) < 6.2e-5);
-  }
-  // (d) block 0 decides (>= 8 blocks): rows correlated (cos ~0.99) on block 0
-  //     only: block 0 and every other block go to the exact kernel: D is
-  //     pairwise_sqdist's, bit for bit. Correlated on block 1 only: block 1
-  //     alone goes to the exact kernel.
-  {
-    const std::size_t d9 = 8 * 4096 + 5;
-    Rng rng(29);
-    Rows<float> r(n, d9);
-    std::vector<double> base(4096);
-    for (auto& v : base) v = rng.normal();
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t k = 0; k < d9; ++k) r.data[i][k] = k < 4096 ? float(base[k] + 0.1 * rng.normal()) : float(rng.normal());
-    const SelectD e = select_D(r);
-    CHECK(e.exact == 0);
-    CHECK(e.dp_blocks == 9);
-    CHECK(same_bits(e.D, lib_D(r)));
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t k = 0; k < 2 * 4096; ++k)
-        r.data[i][k] = k >= 4096 ? float(base[k - 4096] + 0.1 * rng.normal()) : float(rng.normal());
-    const SelectD e2 = select_D(r);
-    CHECK(e2.dp_blocks == (fa ? 1 : 9));
-    CHECK(worst_rel(e2.D, ref_distances(r)) < 6.2e-5);
-  }
-  // (e) squares outside the float range: huge rows (x ~ 1e21: a non-finite
-  //     float G_ii of a finite row) and tiny rows (x ~ 1e-22: G below the
-  //     guard's absolute term) fail the guard, the exact kernel takes the
-  //     blocks and its overflow / underflow fallback computes them in double.
-  for (double scale : {1e-22, 1e21}) {
-    auto r = gaussian_rows<float>(n, d, 556);
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t k = 0; k < d; ++k) r.data[i][k] = float(double(r.data[i][k]) * scale);
-    const SelectD t = select_D(r);
-    CHECK(t.dp_blocks == nblocks);
-    CHECK_MSG(worst_rel(t.D, ref_distances(r)) < 1e-10, "scale " + std::to_string(scale) + ": rel. error");
-    CHECK(all_finite(t.D));
-  }
-  // (f) non-finite rows: +inf to everything, D[i][i] = +inf, not counted.
-  {
-    auto r = plain_gaussian(n, d, 98);
-    r.data[3][5000] = std::numeric_limits<float>::quiet_NaN();
-    r.data[17][10] = -std::numeric_limits<float>::infinity();
-    const SelectD f = select_D(r);
-    CHECK(f.exact == 0 && f.dp_blocks == (fa ? 0 : nblocks));
-    for (std::size_t j = 0; j < n; ++j) {
-      CHECK(f.D[3 * n + j] == Inf && f.D[j * n + 3] == Inf);
-      CHECK(f.D[17 * n + j] == Inf && f.D[j * n + 17] == Inf);
-    }
-    CHECK(f.D[0] == 0.0 && std::isfinite(f.D[1]));
-  }
-  // (g) bitwise the same with 1, 2, 3 threads (a fallback pair; 9 blocks).
-  {
-    auto r = gaussian_rows<float>(n, 8 * 4096 + 77, 16);
-    for (std::size_t k = 0; k < r.d(); ++k) r.data[1][k] = r.data[0][k] + 1e-4f * float(k % 7);
-    set_threads(1);
-    const SelectD s1 = select_D(r);
-    set_threads(2);
-    const SelectD s2 = select_D(r);
-    set_threads(3);
-    const SelectD s3 = select_D(r);
-    set_threads(2);
-    CHECK(s1.exact == s2.exact && s2.exact == s3.exact && (!fa || s1.exact >= 9));
-    CHECK(s1.dp_blocks == s2.dp_blocks && s2.dp_blocks == s3.dp_blocks);
-    CHECK(same_bits(s1.D, s2.D) && same_bits(s1.D, s3.D));
-  }
-  (void)npairs;
+  // The rest: the exact kernel as the fallback (no exact-form pairs counted;
+  // a cancelling pair to its float-lane accuracy).
+  float_gram_scenarios(n, fa, false, 1e-6, 6, 27);
 }
 
 TEST_CASE("selection rules at n = 20 / 40 / 100 on the float Gram paths pick what exact distances pick") {

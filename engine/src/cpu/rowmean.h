@@ -139,6 +139,20 @@ inline void sum_sets(const double* tile, const std::size_t* idx, const std::size
     finish_mean(acc[k], cnt[k], outs[k] + c);
   }
 }
+// The used rows' coordinates [c, c + Units * kUnitDoubles) converted to
+// double into the tile (row r at tile + r * step), their next step hinted.
+template <std::size_t Units, typename T>
+inline void convert_step(const T* const* rows, const std::size_t* used, std::size_t nused, std::size_t c,
+                         double* tile) {
+  constexpr std::size_t W = reduce::kUnitDoubles, step = Units * W;
+  for (std::size_t u = 0; u < nused; ++u) {
+    const std::size_t r = used[u];
+    const T* x = rows[r] + c;
+    reduce::prefetch_span(x + step, step * sizeof(T));
+    double* t = tile + r * step;
+    for (std::size_t v = 0; v < Units; ++v) store_unit(t + v * W, reduce::load_unit(x + v * W));
+  }
+}
 }  // namespace rowmean_detail
 
 template <typename T, bool ZeroStart = false>
@@ -146,16 +160,9 @@ inline void mean_sets_chunk(const T* const* rows, const std::size_t* used, std::
                             const std::size_t* idx, const std::size_t* start, std::size_t nsets, std::size_t c0,
                             std::size_t len, T* const* outs, double* tile) {
   using namespace rowmean_detail;
-  constexpr std::size_t W = reduce::kUnitDoubles;
   std::size_t c = 0;
   for (; c + kSetStep <= len; c += kSetStep) {
-    for (std::size_t u = 0; u < nused; ++u) {
-      const std::size_t r = used[u];
-      const T* x = rows[r] + c0 + c;
-      reduce::prefetch_span(x + kSetStep, kSetStep * sizeof(T));
-      double* t = tile + r * kSetStep;
-      for (std::size_t v = 0; v < kSetUnits; ++v) store_unit(t + v * W, reduce::load_unit(x + v * W));
-    }
+    convert_step<kSetUnits>(rows, used, nused, c0 + c, tile);
     std::size_t k = 0;
     for (; k + kSetsTogether <= nsets; k += kSetsTogether)
       sum_sets<T, ZeroStart, kSetsTogether>(tile, idx, start + k, outs + k, c);
@@ -199,13 +206,7 @@ inline void mean_sets_trie_chunk(const T* const* rows, const std::size_t* used, 
   constexpr std::size_t W = reduce::kUnitDoubles;
   std::size_t c = 0;
   for (; c + kTrieStep <= len; c += kTrieStep) {
-    for (std::size_t u = 0; u < nused; ++u) {
-      const std::size_t r = used[u];
-      const T* x = rows[r] + c0 + c;
-      reduce::prefetch_span(x + kTrieStep, kTrieStep * sizeof(T));
-      double* t = tile + r * kTrieStep;
-      for (std::size_t v = 0; v < kTrieUnits; ++v) store_unit(t + v * W, reduce::load_unit(x + v * W));
-    }
+    convert_step<kTrieUnits>(rows, used, nused, c0 + c, tile);
     for (std::size_t o = 0; o < nops; ++o) {
       const TrieOp& op = ops[o];
       const std::size_t* e = idx + start[op.set];
