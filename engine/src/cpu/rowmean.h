@@ -246,7 +246,7 @@ inline void mean_sets_trie_chunk(const T* const* rows, const std::size_t* used, 
 // form and the rows they name (each once, increasing).
 struct MeanSets {
   std::vector<std::size_t> idx, start{0}, used;
-  std::size_t nrows = 0;  // every index < nrows: a tile holds nrows * 32 doubles
+  std::size_t nrows = 0;  // every index < nrows: a tile holds nrows steps of doubles (tile_doubles)
   void add(const std::size_t* s, std::size_t cnt) {
     idx.insert(idx.end(), s, s + cnt);
     start.push_back(idx.size());
