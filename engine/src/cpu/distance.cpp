@@ -935,6 +935,21 @@ void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::s
   }
 }
 
+// Both float kernels' read-out of a block from its float Gram matrix Gb
+// (gram_guard's layout): the guard with the float bounds; false, having kept
+// nothing, when more than a quarter of the pairs fail it (the caller hands
+// the block to its fallback kernel); otherwise the failing pairs in the exact
+// form, counted in *exact.
+bool keep_float_block(const float* const* rows, std::size_t n, std::size_t c0, std::size_t c1, const double* Gb,
+                      std::size_t ld, std::size_t full, double* part, unsigned char* bad, std::size_t* exact) {
+  const std::size_t nu =
+      gram_guard(rows, n, c0, c1, Gb, ld, full, kGramSafeF, kGramTinyF * double(c1 - c0), part, bad);
+  if (nu > n * (n - 1) / 2 / 4) return false;
+  fill_exact(rows, n, c0, c1, part);
+  *exact += nu;
+  return true;
+}
+
 // One block by the float Gram kernel: part[npairs], bad[n] as
 // distance_block_gram. Returns false, having written nothing the caller keeps,
 // when more than a quarter of the pairs fail the guard (the caller then runs
@@ -943,14 +958,8 @@ bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t 
                            std::size_t c1, float* pf, double* Gb, double* part, unsigned char* bad,
                            std::size_t* exact) {
   const std::size_t npf = gram_npf(n), full = gram_fullf(npf);
-  const std::size_t npairs = n * (n - 1) / 2;
   gram_block_f(rows, n, d, c0, c1, pf, Gb);
-  const std::size_t nu =
-      gram_guard(rows, n, c0, c1, Gb, npf, full, kGramSafeF, kGramTinyF * double(c1 - c0), part, bad);
-  if (nu > npairs / 4) return false;
-  fill_exact(rows, n, c0, c1, part);
-  *exact += nu;
-  return true;
+  return keep_float_block(rows, n, c0, c1, Gb, npf, full, part, bad, exact);
 }
 
 // ---- Lane-wise float Gram kernel (selection rules, float input, n <= kGramMinN) --
@@ -981,7 +990,7 @@ bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t 
 //    2^-150 on g) holds a fortiori, with the same guard (kGramSafeF,
 //    kGramTinyF): a kept Gram form is within 6.2e-5 of the exact distance
 //    (in fact 3.1e-5 with gamma_16; typically ~1e-9).
-//  - Measured (2-core AVX-512 VM, float32, distance pass alone): n = 20,
+//  - Measured (2-core AMD EPYC Zen 4 VM, float32, distance pass alone): n = 20,
 //    d = 1e6 / 1e7: 0.65-0.77x the exact kernel's time; n = 32: 0.5-0.6x.
 //    Per coordinate it does (n rounded up to 4)(n rounded up to 4 + 1) / 2
 //    multiply-adds against the exact kernel's n (n - 1) (a difference and a
@@ -1025,10 +1034,8 @@ inline void lane_flush(double* g, VF a0, VF a1) {
 #endif
 }
 
-// One tile's runs for the entries (i0 + r, j0 + s), r, s < kLaneRows (Diag:
-// i0 == j0 and r <= s only): x[q] = row q's tile (len16 coordinates, a
-// multiple of 16), tl[q] = its zero-padded tail step (null: none); flushed
-// into gl (entry (i, j) at gl + (i * np + j) * 8).
+// One step of 16 coordinates at c for the entries (r, s), r, s < kLaneRows,
+// of rows xi[r] and xj[s] (Diag: xi == xj and r <= s only).
 template <bool Diag>
 __attribute__((always_inline)) inline void lane_step(const float* const* xi, const float* const* xj, std::size_t c,
                                                      VF (&acc)[kLaneRows][kLaneRows][kLaneUnits]) {
@@ -1041,6 +1048,10 @@ __attribute__((always_inline)) inline void lane_step(const float* const* xi, con
       for (std::size_t s = Diag ? r : 0; s < R; ++s) acc[r][s][u] = vf_fma(a[r], b[s], acc[r][s][u]);
   }
 }
+// One tile's runs for the entries (i0 + r, j0 + s), r, s < kLaneRows (Diag:
+// i0 == j0 and r <= s only): x[q] = row q's tile (len16 coordinates, a
+// multiple of 16), tl[q] = its zero-padded tail step (null: none); flushed
+// into gl (entry (i, j) at gl + (i * np + j) * 8).
 template <bool Diag>
 inline void lane_micro(const float* const* x, const float* const* tl, std::size_t len16, std::size_t i0,
                        std::size_t j0, std::size_t np, double* gl) {
@@ -1074,7 +1085,7 @@ inline std::size_t lane_scratch_floats(std::size_t n) { return lane_np(n) * kLan
 bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t d, std::size_t c0,
                            std::size_t c1, double* sc, float* tf, const float** ptr, double* part,
                            unsigned char* bad, std::size_t* exact) {
-  const std::size_t np = lane_np(n), npairs = n * (n - 1) / 2, ng = np / kLaneRows;
+  const std::size_t np = lane_np(n), ng = np / kLaneRows;
   double* gl = sc;
   double* Gb = sc + np * np * 8;
   std::fill(gl, gl + np * np * 8, 0.0);
@@ -1104,11 +1115,7 @@ bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t 
   }
   for (std::size_t i = 0; i < n; ++i)
     for (std::size_t j = i; j < n; ++j) Gb[i * n + j] = fold_8(gl + (i * np + j) * 8);
-  const std::size_t nu = gram_guard(rows, n, c0, c1, Gb, n, n, kGramSafeF, kGramTinyF * double(c1 - c0), part, bad);
-  if (nu > npairs / 4) return false;
-  fill_exact(rows, n, c0, c1, part);
-  *exact += nu;
-  return true;
+  return keep_float_block(rows, n, c0, c1, Gb, n, n, part, bad, exact);
 }
 #else
 #define PYAGG_FLOAT_GRAM 0
@@ -1158,7 +1165,8 @@ namespace {
 // exact path: after the block): row_sqnorms's partials, in its layout.
 // select: the caller only ranks distances (the selection rules): float input
 // may take a float Gram kernel (PYAGG_FLOAT_GRAM targets, no norms wanted: the
-// packed one for n > kGramMinN, the lane-wise one for 2 <= n <= kGramMinN);
+// packed one for n > kGramMinN, the lane-wise one for n <= kGramMinN where
+// lane_worth(n));
 // *dp_blocks (if not null) = the blocks a float kernel did not compute (the
 // double Gram kernel's, or the exact kernel's at n <= kGramMinN: all of them
 // when no float kernel is used).
@@ -1197,34 +1205,26 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
       n, d, per_thread,
       [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
         double* np_b = norm_part ? norm_part + (c0 / kReduceBlock) * n : nullptr;
-        if (gram) {
-#if PYAGG_FLOAT_GRAM
-          if constexpr (std::is_same<T, float>::value) {
-            if (fgram && !all_double) {
-              if (distance_block_gram_f(rows, n, d, c0, c1, fscratch.data() + std::size_t(t) * fslot,
-                                        sc + kGramTile * np + np * np + lanes, pb, bb, &nexact[std::size_t(t)]))
-                return;
-              if (first_alone && c0 == 0) all_double = true;  // block 0 runs alone: no reader yet
-            }
-          }
-#endif
-          ++ndouble[std::size_t(t)];
-          distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)], np_b,
-                                 sc + kGramTile * np + np * np);
-          return;  // norms from the tiles
-        }
 #if PYAGG_FLOAT_GRAM
         if constexpr (std::is_same<T, float>::value) {
-          if (lgram && !all_double) {
-            if (distance_block_lane_f(rows, n, d, c0, c1, sc, fscratch.data() + std::size_t(t) * fslot,
-                                      lptr.data() + std::size_t(t) * 2 * lane_np(n), pb, bb,
-                                      &nexact[std::size_t(t)]))
+          if ((fgram || lgram) && !all_double) {
+            float* fs = fscratch.data() + std::size_t(t) * fslot;
+            if (fgram ? distance_block_gram_f(rows, n, d, c0, c1, fs, sc + kGramTile * np + np * np + lanes, pb, bb,
+                                              &nexact[std::size_t(t)])
+                      : distance_block_lane_f(rows, n, d, c0, c1, sc, fs,
+                                              lptr.data() + std::size_t(t) * 2 * lane_np(n), pb, bb,
+                                              &nexact[std::size_t(t)]))
               return;
             if (first_alone && c0 == 0) all_double = true;  // block 0 runs alone: no reader yet
           }
         }
 #endif
-        ++ndouble[std::size_t(t)];
+        ++ndouble[std::size_t(t)];  // the fallback (or only) kernel
+        if (gram) {
+          distance_block_gram<T>(rows, n, d, c0, c1, sc, sc + kGramTile * np, pb, bb, &nexact[std::size_t(t)], np_b,
+                                 sc + kGramTile * np + np * np);
+          return;  // norms from the tiles
+        }
         distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
         if (norm_part) {
           for (std::size_t i = 0; i < n; ++i) {
