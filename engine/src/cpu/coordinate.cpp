@@ -112,19 +112,38 @@ constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per 
 // and store per vector and row (average, n = 20, d = 1e4: 37 us serial).
 constexpr std::size_t kSumTileBytes = (kVecBytes == 64 ? 16 : 8) * kVecBytes;
 // Each row's next coordinates are hinted this many coordinates ahead,
-// whatever the tile: far (2 KiB of float) when G streams from memory, near
-// (one tile) when G is small enough to sit in cache, where the far hints
-// (n rows x 2 KiB in flight: the whole L1 at n = 20) evicted lines before
-// their use. Alternating runs (min of 3 each), n = 20, float32: d = 1e4
-// average 22.8 -> 19.5 us with the near distance; n = 100, d = 1e6 (400 MB)
-// 4-10% slower with it, hence far there.
+// whatever the tile: far (2 KiB of float) into L2 when G streams from memory,
+// near (one tile) into L1 when G is small enough to sit in cache, where the
+// far hints (n rows x 2 KiB in flight: the whole L1 at n = 20) evicted lines
+// before their use. Alternating runs (min of 3 each), n = 20, float32: d =
+// 1e4 average 22.8 -> 19.5 us with the near distance; n = 100, d = 1e6 (400
+// MB) 4-10% slower with it, hence far there. The far hints went to L1 until
+// the AMD EPYC host showed the cost (see prefetch_span): L2 halves average's
+// time there at n = 20, d = 1e7 (C++ harness, 44 -> 23 ms).
 constexpr std::size_t kSumPrefetchFar = 512;
 constexpr std::size_t kSumPrefetchNear = 128;
 constexpr std::size_t kSumNearBytes = std::size_t(32) << 20;  // G up to this size: near
 template <typename T>
-std::size_t sum_prefetch(std::size_t rows, std::size_t d) {
-  return rows * d * sizeof(T) <= kSumNearBytes ? kSumPrefetchNear : kSumPrefetchFar;
-}
+struct SumPrefetch {
+  std::size_t ahead;  // coordinates
+  bool far;
+  SumPrefetch(std::size_t rows, std::size_t d)
+      : ahead(rows * d * sizeof(T) <= kSumNearBytes ? kSumPrefetchNear : kSumPrefetchFar),
+        far(ahead == kSumPrefetchFar) {}
+  // Hints coordinates [j0 + ahead, j0 + ahead + w) of a row whose tile at j0
+  // is src (nothing past d). The two loops are written out on purpose: with
+  // `far ? prefetch_span_l2(..) : prefetch_span(..)` GCC 12 (-O1 and up)
+  // emitted neither hint (checked in the assembly).
+  void operator()(const T* src, std::size_t j0, std::size_t w, std::size_t d) const {
+    if (j0 + ahead + w > d) return;
+    const char* c = reinterpret_cast<const char*>(src + ahead);
+    if (far) {
+      for (std::size_t q = 0; q < w * sizeof(T); q += 64) __builtin_prefetch(c + q, 0, 2);
+    } else {
+      for (std::size_t q = 0; q < w * sizeof(T); q += 64) __builtin_prefetch(c + q, 0, 3);
+    }
+  }
+};
 constexpr std::size_t kMaxNetworkN = netbuild::kMaxNetworkN;   // above: per-lane std::sort
 
 // ---- explicit SIMD (vector extensions) ------------------------------------------
@@ -323,7 +342,7 @@ inline void load_tile(const T* const* rows, std::size_t n, std::size_t j0, std::
       for (std::size_t l = 0; l < W; ++l) dst[l] = l < wl ? src[l] : T(0);
       src = dst;
     } else {
-      reduce::prefetch_span(reinterpret_cast<const char*>(src) + kPrefetchBytes, W * sizeof(T));
+      reduce::prefetch_span_l2(reinterpret_cast<const char*>(src) + kPrefetchBytes, W * sizeof(T));
     }
     for (std::size_t v = 0; v < NV; ++v) {
       V x = *reinterpret_cast<const VU*>(src + v * L);
@@ -485,7 +504,7 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
   const double dn = double(n);
-  const std::size_t pf = sum_prefetch<T>(n, d);
+  const SumPrefetch<T> pf(n, d);
   parallel_tiles<W>(n, d, W * sizeof(T), [&](std::size_t j0, std::size_t wl, void* scratch) {
     T* pad = static_cast<T*>(scratch);
     VD acc[NG];
@@ -494,7 +513,7 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
       if (keep && !keep[i]) continue;
       const T* src = rows[i] + j0;
       const double s = scale ? scale[i] : 1.0;
-      if (j0 + pf + W <= d) reduce::prefetch_span(src + pf, W * sizeof(T));
+      pf(src, j0, W, d);
       if (s < 1.0 && wl == W && std::is_same<T, float>::value) {
         // float: T(double(x) * s) in registers (the rounding to float keeps
         // the product from being contracted into the sum)
@@ -529,7 +548,7 @@ template <typename T>
 void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out) {
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
-  const std::size_t pf = sum_prefetch<T>(cnt, d);
+  const SumPrefetch<T> pf(cnt, d);
   parallel_tiles<W>(cnt, d, W * sizeof(T), [&](std::size_t j0, std::size_t wl, void* scratch) {
     T* pad = static_cast<T*>(scratch);
     VD acc[NG];
@@ -540,8 +559,8 @@ void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::s
         for (std::size_t l = 0; l < wl; ++l) pad[l] = src[l];
         for (std::size_t l = wl; l < W; ++l) pad[l] = T(0);
         src = pad;
-      } else if (j0 + pf + W <= d) {
-        reduce::prefetch_span(src + pf, W * sizeof(T));
+      } else {
+        pf(src, j0, W, d);
       }
       const VD av = VD{} + a[t];
       for (std::size_t g = 0; g < NG; ++g) acc[g] += av * load_d(src + g * G);
@@ -576,7 +595,7 @@ template <typename T>
 void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out) {
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
-  const std::size_t pf = sum_prefetch<T>(n, d);
+  const SumPrefetch<T> pf(n, d);
   parallel_tiles<W>(n, d, W * sizeof(T), [&](std::size_t j0, std::size_t wl, void* scratch) {
     T* pad = static_cast<T*>(scratch);
     VD sum[NG], cnt[NG];
@@ -586,8 +605,8 @@ void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out) {
       if (wl < W) {
         for (std::size_t l = 0; l < W; ++l) pad[l] = l < wl ? src[l] : T(0);
         src = pad;
-      } else if (j0 + pf + W <= d) {
-        reduce::prefetch_span(src + pf, W * sizeof(T));
+      } else {
+        pf(src, j0, W, d);
       }
       for (std::size_t g = 0; g < NG; ++g) {
         const VD x = load_d(src + g * G);

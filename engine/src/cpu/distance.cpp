@@ -372,7 +372,7 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
       // Prefetch row i's next tile, spread over this tile's computation.
       if (pf_bytes) {
         const char* pf = reinterpret_cast<const char*>(rows[i] + t0 + tile);
-        for (std::size_t o = 0; o < pf_bytes; o += 64) __builtin_prefetch(pf + o, 0, 3);
+        for (std::size_t o = 0; o < pf_bytes; o += 64) __builtin_prefetch(pf + o, 0, 2);
       }
       std::size_t j = i + 1;
       for (; j + kPairGroup <= n; j += kPairGroup, pl += kPairGroup * kDoubleLanes)

@@ -172,7 +172,7 @@ void geometric_median_direct(const T* const* rows, std::size_t n, std::size_t d,
           for (std::size_t l = 0; l < cl; ++l) acc[l] = 0.0;
           for (std::size_t t = 0; t < nlive; ++t) {
             const T* __restrict x = lr[t] + lo + c0;
-            if (lo + c0 + 3 * kChunk <= d) reduce::prefetch_span(x + 2 * kChunk, kChunk * sizeof(T));
+            if (lo + c0 + 3 * kChunk <= d) reduce::prefetch_span_l2(x + 2 * kChunk, kChunk * sizeof(T));
             const double wt = wp[t];
             for (std::size_t l = 0; l < cl; ++l) acc[l] += wt * static_cast<double>(x[l]);
           }
@@ -413,7 +413,7 @@ void centered_clipping(const T* const* rows, std::size_t n, std::size_t d, doubl
           for (std::size_t l = 0; l < cl; ++l) acc[l] = 0.0;
           for (std::size_t t = 0; t < nlive; ++t) {
             const T* __restrict x = lr[t] + lo + c0;
-            if (lo + c0 + 3 * kChunk <= d) reduce::prefetch_span(x + 2 * kChunk, kChunk * sizeof(T));
+            if (lo + c0 + 3 * kChunk <= d) reduce::prefetch_span_l2(x + 2 * kChunk, kChunk * sizeof(T));
             const double ct = cp[t];
             for (std::size_t l = 0; l < cl; ++l) acc[l] += ct * (static_cast<double>(x[l]) - vv[l]);
           }

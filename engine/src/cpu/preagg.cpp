@@ -86,7 +86,7 @@ void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s
     for (std::size_t l = 0; l < kBucketTile; ++l) acc[l] = 0.0;
     for (std::size_t r = r0; r < r1; ++r) {
       const T* __restrict src = pr[r] + j0;
-      if (j0 + 3 * kBucketTile <= d) reduce::prefetch_span(src + 2 * kBucketTile, kBucketTile * sizeof(T));
+      if (j0 + 3 * kBucketTile <= d) reduce::prefetch_span_l2(src + 2 * kBucketTile, kBucketTile * sizeof(T));
       if (wl == kBucketTile)
         for (std::size_t l = 0; l < kBucketTile; ++l) acc[l] += static_cast<double>(src[l]);
       else
