@@ -474,9 +474,10 @@ void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, B
 // The Gram kernels' prefetch of the next tile: its lines (lines_per_row per
 // row, from column `from` of every row) are hinted a few per micro-kernel
 // call, spread over the current tile's arithmetic (all ~800 at once at n =
-// 100 wait on the line-fill buffers and stall the packing). Locality: the
-// __builtin_prefetch hint (3: L1, 2: L2). total = 0: nothing to hint.
-template <typename T, int Locality>
+// 100 wait on the line-fill buffers and stall the packing), into L2 (see
+// reduce::prefetch_span_l2; the double kernel's L1 hints were 3-11% slower at
+// n = 40-100 on the AMD host). total = 0: nothing to hint.
+template <typename T>
 struct SpreadHints {
   const T* const* rows;
   std::size_t from, lines_per_row, total, step, next = 0;
@@ -487,7 +488,7 @@ struct SpreadHints {
     for (std::size_t e = std::min(total, next + step); next < e; ++next)
       __builtin_prefetch(reinterpret_cast<const char*>(rows[next / lines_per_row] + from) +
                              (next % lines_per_row) * 64,
-                         0, Locality);
+                         0, 2);
   }
 };
 
@@ -610,7 +611,7 @@ void gram_block(const T* const* rows, std::size_t n, std::size_t d, std::size_t 
   for (std::size_t j0 = 0; j0 < full; j0 += 2 * kGramLanes) ncalls += (j0 + 2 * kGramLanes) / kGramRows;
   for (std::size_t t0 = c0; t0 < c1; t0 += kGramTile) {
     const std::size_t len = std::min(kGramTile, c1 - t0);
-    SpreadHints<T, 3> hint(rows, t0 + kGramTile, kGramTile * sizeof(T) / 64, n, t0 + 2 * kGramTile <= d, ncalls);
+    SpreadHints<T> hint(rows, t0 + kGramTile, kGramTile * sizeof(T) / 64, n, t0 + 2 * kGramTile <= d, ncalls);
     std::size_t i = 0, c = 0;
 #if defined(__AVX512F__)
     const std::size_t len8 = len / 8 * 8;
@@ -891,7 +892,7 @@ void gram_block_f(const float* const* rows, std::size_t n, std::size_t d, std::s
   ncalls *= tile / kGramRunF;  // per whole tile
   for (std::size_t t0 = c0; t0 < c1; t0 += tile) {
     const std::size_t len = std::min(tile, c1 - t0);
-    SpreadHints<float, 2> hint(rows, t0 + tile, tile * sizeof(float) / 64, n, t0 + 2 * tile <= d, ncalls);
+    SpreadHints<float> hint(rows, t0 + tile, tile * sizeof(float) / 64, n, t0 + 2 * tile <= d, ncalls);
     const std::size_t len8 = len / 8 * 8;
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -1102,7 +1103,7 @@ bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t 
         tl[q] = t;
       }
     }
-    SpreadHints<float, 2> hint(rows, t0 + kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
+    SpreadHints<float> hint(rows, t0 + kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
                                t0 + 2 * kLaneTileF <= d, ng * (ng + 1) / 2);
     for (std::size_t gi = 0; gi < ng; ++gi) {
       hint();
