@@ -113,37 +113,32 @@ constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per 
 // AMD EPYC host in cache (n = 20, d = 1e4, one thread: 17.3 -> 15.3 us;
 // d = 1e5, two threads: 96-107 -> 89 us) and no faster from memory.
 constexpr std::size_t kSumTileBytes = 8 * kVecBytes;
-// Each row's next coordinates are hinted this many coordinates ahead,
-// whatever the tile: far (2 KiB of float) into L2 when G streams from memory,
-// near (one tile) into L1 when G is small enough to sit in cache, where the
-// far hints (n rows x 2 KiB in flight: the whole L1 at n = 20) evicted lines
-// before their use. Alternating runs (min of 3 each), n = 20, float32: d =
-// 1e4 average 22.8 -> 19.5 us with the near distance; n = 100, d = 1e6 (400
-// MB) 4-10% slower with it, hence far there. The far hints went to L1 until
-// the AMD EPYC host showed the cost (see prefetch_span): L2 halves average's
-// time there at n = 20, d = 1e7 (C++ harness, 44 -> 23 ms).
+// The sum kernels hint each row's next coordinates this many coordinates
+// ahead, whatever the tile: far (2 KiB of float) into L2 when G streams from
+// memory, near (one tile) into L1 when G is small enough to sit in cache,
+// where the far hints (n rows x 2 KiB in flight: the whole L1 at n = 20)
+// evicted lines before their use. Alternating runs (min of 3 each), n = 20,
+// float32: d = 1e4 average 22.8 -> 19.5 us with the near distance; n = 100,
+// d = 1e6 (400 MB) 4-10% slower with it, hence far there. The far hints went
+// to L1 until the AMD EPYC host showed the cost (see prefetch_span): L2
+// halves average's time there at n = 20, d = 1e7 (C++ harness, 44 -> 23 ms).
 constexpr std::size_t kSumPrefetchFar = 512;
 constexpr std::size_t kSumPrefetchNear = 128;
 constexpr std::size_t kSumNearBytes = std::size_t(32) << 20;  // G up to this size: near
 template <typename T>
 struct SumPrefetch {
-  std::size_t ahead;  // coordinates
   bool far;
+  std::size_t ahead;  // coordinates
   SumPrefetch(std::size_t rows, std::size_t d)
-      : ahead(rows * d * sizeof(T) <= kSumNearBytes ? kSumPrefetchNear : kSumPrefetchFar),
-        far(ahead == kSumPrefetchFar) {}
+      : far(rows * d * sizeof(T) > kSumNearBytes), ahead(far ? kSumPrefetchFar : kSumPrefetchNear) {}
   // Hints coordinates [j0 + ahead, j0 + ahead + w) of a row whose tile at j0
-  // is src (nothing past d). The two loops are written out on purpose: with
-  // `far ? prefetch_span_l2(..) : prefetch_span(..)` GCC 12 (-O1 and up)
-  // emitted neither hint (checked in the assembly).
+  // is src (nothing past d).
   void operator()(const T* src, std::size_t j0, std::size_t w, std::size_t d) const {
     if (j0 + ahead + w > d) return;
-    const char* c = reinterpret_cast<const char*>(src + ahead);
-    if (far) {
-      for (std::size_t q = 0; q < w * sizeof(T); q += 64) __builtin_prefetch(c + q, 0, 2);
-    } else {
-      for (std::size_t q = 0; q < w * sizeof(T); q += 64) __builtin_prefetch(c + q, 0, 3);
-    }
+    if (far)
+      reduce::prefetch_span_l2(src + ahead, w * sizeof(T));
+    else
+      reduce::prefetch_span(src + ahead, w * sizeof(T));
   }
 };
 constexpr std::size_t kMaxNetworkN = netbuild::kMaxNetworkN;   // above: per-lane std::sort

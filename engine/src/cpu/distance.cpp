@@ -372,7 +372,7 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
       // Prefetch row i's next tile, spread over this tile's computation.
       if (pf_bytes) {
         const char* pf = reinterpret_cast<const char*>(rows[i] + t0 + tile);
-        for (std::size_t o = 0; o < pf_bytes; o += 64) __builtin_prefetch(pf + o, 0, 2);
+        reduce::prefetch_span_l2(pf, pf_bytes);
       }
       std::size_t j = i + 1;
       for (; j + kPairGroup <= n; j += kPairGroup, pl += kPairGroup * kDoubleLanes)
@@ -486,9 +486,8 @@ struct SpreadHints {
         step((total + calls - 1) / calls) {}
   void operator()() {
     for (std::size_t e = std::min(total, next + step); next < e; ++next)
-      __builtin_prefetch(reinterpret_cast<const char*>(rows[next / lines_per_row] + from) +
-                             (next % lines_per_row) * 64,
-                         0, 2);
+      reduce::prefetch_l2(reinterpret_cast<const char*>(rows[next / lines_per_row] + from) +
+                          (next % lines_per_row) * 64);
   }
 };
 

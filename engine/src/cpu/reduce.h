@@ -105,14 +105,22 @@ inline void prefetch_span(const void* p, std::size_t bytes) {
   (void)bytes;
 #endif
 }
-inline void prefetch_span_l2(const void* p, std::size_t bytes) {
-#if defined(__GNUC__)
-  const char* c = static_cast<const char*>(p);
-  for (std::size_t q = 0; q < bytes; q += 64) __builtin_prefetch(c + q, 0, 2);
+// One L2 hint. On x86 it is written in assembly: GCC 12 treated
+// __builtin_prefetch(p, 0, 2) and (p, 0, 3) on the two arms of a branch as the
+// same statement and merged them into the L1 hint (checked in its optimized
+// tree dump and the assembly).
+inline void prefetch_l2(const void* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__ __volatile__("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+#elif defined(__GNUC__)
+  __builtin_prefetch(p, 0, 2);
 #else
   (void)p;
-  (void)bytes;
 #endif
+}
+inline void prefetch_span_l2(const void* p, std::size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t q = 0; q < bytes; q += 64) prefetch_l2(c + q);
 }
 
 // ---- block partition ----------------------------------------------------------
