@@ -279,7 +279,7 @@ inline __attribute__((always_inline)) void store_tile(T* out, const VD* v, std::
 // into buf (row i at buf + i * W, lanes >= wl zero), so that the row loop
 // holds no copy (a memcpy call there made GCC keep the accumulators in
 // memory: average, n = 20, d = 1e4, one thread, 19.7 -> 27 us). buf:
-// tail_bytes<T, W>(rows, d) of scratch.
+// TileRows::tail_bytes(rows, d) of scratch.
 template <typename T, std::size_t W>
 struct TileRows {
   const T* const* rows;
