@@ -109,9 +109,9 @@ constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per 
 // accumulator vectors, enough independent additions to fill the adders. With
 // 256 coordinates (32 vectors) GCC kept the sums on the stack: a load, add
 // and store per vector and row (average, n = 20, d = 1e4: 37 us serial); 16
-// vectors (the earlier choice, made on a Xeon) were 10-15% slower than 8 on the
-// AMD EPYC host in cache (n = 20, d = 1e4, one thread: 17.3 -> 15.3 us;
-// d = 1e5, two threads: 96-107 -> 89 us) and no faster from memory.
+// vectors (the earlier choice, made on a Xeon) were 13% slower than 8 on the
+// AMD EPYC host in cache (average, n = 20, d = 1e4, one thread: 17.6 -> 15.3
+// us) and no faster from memory.
 constexpr std::size_t kSumTileBytes = 8 * kVecBytes;
 // The sum kernels hint each row's next coordinates this many coordinates
 // ahead, whatever the tile: far (2 KiB of float) into L2 when G streams from
