@@ -555,14 +555,15 @@ void average_tiles(const T* const* rows, std::size_t n, std::size_t d, const dou
       pf(src, j0, W, d);
       if constexpr (!Plain) {
         const double s = scale ? scale[i] : 1.0;
-        if (s < 1.0 && wl == W && std::is_same<T, float>::value) {
+        if (s < 1.0 && std::is_same<T, float>::value) {
           // float: T(double(x) * s) in registers (the rounding to float keeps
-          // the product from being contracted into the sum)
+          // the product from being contracted into the sum); a partial
+          // tile's lanes >= wl are TileRows' zeros
           const VD sv = VD{} + s;
           for (std::size_t g = 0; g < NG; ++g) acc[g] += round_through<T>(load_d(src + g * G) * sv);
           continue;
         }
-        if (s < 1.0) {
+        if (s < 1.0) {  // double: the scaled row in the scratch
           T* pad = static_cast<T*>(scratch);
           for (std::size_t l = 0; l < W; ++l) pad[l] = static_cast<T>(static_cast<double>(src[l]) * s);
           src = pad;
