@@ -108,10 +108,13 @@ inline void prefetch_span(const void* p, std::size_t bytes) {
 // One L2 hint. On x86 it is written in assembly: GCC 12 treated
 // __builtin_prefetch(p, 0, 2) and (p, 0, 3) on the two arms of a branch as the
 // same statement and merged them into the L1 hint (checked in its optimized
-// tree dump and the assembly).
+// tree dump and the assembly). The address goes in a register ("r"), not as a
+// memory operand ("m"): with "m" GCC 12 kept the sum kernels' accumulator
+// arrays on the stack (a load and a store per vector and row; average, n = 20,
+// d = 1e5, two threads: 128 -> 93 us with "r").
 inline void prefetch_l2(const void* p) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  __asm__ __volatile__("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+  __asm__ __volatile__("prefetcht1 (%0)" : : "r"(p));
 #elif defined(__GNUC__)
   __builtin_prefetch(p, 0, 2);
 #else
