@@ -629,6 +629,48 @@ void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::s
 template void weighted_sum<float>(const float* const*, const double*, std::size_t, std::size_t, double, float*);
 template void weighted_sum<double>(const double* const*, const double*, std::size_t, std::size_t, double, double*);
 
+// ------------------------------------------------------------ bucket means ---
+// Output row b = the mean of rows [b*s, min(n, (b+1)*s)): per coordinate
+// 0.0 + the rows in order, in double, then divided by the bucket's size (for
+// a power of two, the product by its reciprocal: the same number, without a
+// division), rounded to T. Per tile, every bucket in turn from registers, as
+// average: all n rows of a tile are read at about the same time (n streams
+// hinted ahead, whatever s), each bucket's sum never leaves the registers.
+template <typename T>
+void bucket_means(const T* const* rows, std::size_t n, std::size_t d, std::size_t s, T* out) {
+  constexpr std::size_t W = kSumTileBytes / sizeof(double);
+  constexpr std::size_t NG = W / G;
+  const std::size_t nbk = (n + s - 1) / s;
+  const SumPrefetch<T> pf(n, d);
+  parallel_tiles<W>(n, d, TileRows<T, W>::tail_bytes(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
+    const TileRows<T, W> tile(rows, n, j0, wl, static_cast<T*>(scratch));
+    for (std::size_t b = 0; b < nbk; ++b) {
+      const std::size_t r0 = b * s, r1 = std::min(n, r0 + s), size = r1 - r0;
+      VD acc[NG];
+#pragma GCC unroll 16
+      for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
+      for (std::size_t r = r0; r < r1; ++r) {
+        const T* src = tile[r];
+        pf(src, j0, W, d);
+#pragma GCC unroll 16
+        for (std::size_t g = 0; g < NG; ++g) acc[g] += load_d(src + g * G);
+      }
+      if ((size & (size - 1)) == 0) {
+        const double inv = 1.0 / double(size);
+#pragma GCC unroll 16
+        for (std::size_t g = 0; g < NG; ++g) acc[g] *= inv;
+      } else {
+        const double cnt = double(size);
+#pragma GCC unroll 16
+        for (std::size_t g = 0; g < NG; ++g) acc[g] /= cnt;
+      }
+      store_tile<W>(out + b * d + j0, acc, wl);
+    }
+  });
+}
+template void bucket_means<float>(const float* const*, std::size_t, std::size_t, std::size_t, float*);
+template void bucket_means<double>(const double* const*, std::size_t, std::size_t, std::size_t, double*);
+
 // ---------------------------------------------------------------- average ---
 // average_scaled with every row kept and unscaled.
 template <typename T>

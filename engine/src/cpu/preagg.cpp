@@ -37,8 +37,8 @@
 //   has norm +inf: static clipping turns it into zeros, ARC ranks it first.)
 //
 // IMPLEMENTATION. bucketing: the permutation on the caller's thread, then
-// OpenMP over (tile of 512 coordinates, bucket) pairs, double accumulators in
-// L1, software prefetch of each row ahead. clipping: see clipping() below.
+// rowmean.h bucket_means (per tile of coordinates, every bucket's sum in
+// registers). clipping: see clipping() below.
 // Determinism: norms are reduce.h blocked reductions; everything else is
 // element-wise.
 //
@@ -59,50 +59,13 @@
 
 namespace pyagg {
 namespace cpu {
-namespace {
-
-constexpr std::size_t kBucketTile = 512;  // coordinates per accumulator tile (4 KiB of doubles)
-
-}  // namespace
-
 // ---------------------------------------------------------------- bucketing ---
 template <typename T>
 void bucketing(const T* const* rows, std::size_t n, std::size_t d, std::size_t s, std::uint64_t seed, T* out) {
   const std::vector<std::size_t> perm = shuffled_indices(n, seed);
-  const std::size_t nbk = (n + s - 1) / s;
   std::vector<const T*> prow(n);
   for (std::size_t i = 0; i < n; ++i) prow[i] = rows[perm[i]];
-  const T* const* pr = prow.data();
-
-  const std::size_t ntiles = (d + kBucketTile - 1) / kBucketTile;
-  const std::int64_t total = static_cast<std::int64_t>(ntiles * nbk);
-#pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * d))
-  for (std::int64_t t = 0; t < total; ++t) {
-    const std::size_t tile = std::size_t(t) / nbk, bk = std::size_t(t) % nbk;
-    const std::size_t j0 = tile * kBucketTile, wl = std::min(kBucketTile, d - j0);
-    const std::size_t r0 = bk * s, r1 = std::min(n, r0 + s);
-    const double cnt = static_cast<double>(r1 - r0);
-    alignas(64) double acc[kBucketTile];
-    for (std::size_t l = 0; l < kBucketTile; ++l) acc[l] = 0.0;
-    for (std::size_t r = r0; r < r1; ++r) {
-      const T* __restrict src = pr[r] + j0;
-      if (j0 + 3 * kBucketTile <= d) reduce::prefetch_span_l2(src + 2 * kBucketTile, kBucketTile * sizeof(T));
-      if (wl == kBucketTile)
-        for (std::size_t l = 0; l < kBucketTile; ++l) acc[l] += static_cast<double>(src[l]);
-      else
-        for (std::size_t l = 0; l < wl; ++l) acc[l] += static_cast<double>(src[l]);
-    }
-    T* __restrict dst = out + bk * d + j0;
-    // Division by the bucket size; for a power of two the product by its
-    // reciprocal is the same number (and ~10x cheaper than a division).
-    const std::size_t size = r1 - r0;
-    if ((size & (size - 1)) == 0) {
-      const double inv = 1.0 / cnt;
-      for (std::size_t l = 0; l < wl; ++l) dst[l] = static_cast<T>(acc[l] * inv);
-    } else {
-      for (std::size_t l = 0; l < wl; ++l) dst[l] = static_cast<T>(acc[l] / cnt);
-    }
-  }
+  bucket_means(prow.data(), n, d, s, out);
 }
 
 // ----------------------------------------------------------------- clipping ---

@@ -403,6 +403,12 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
 template <typename T>
 void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out);
 
+// Bucketing's means (preagg.cpp): output row b = the mean of rows [b*s,
+// min(n, (b+1)*s)), 0.0 + the rows in order in double, divided by the
+// bucket's size, rounded to T (coordinate.cpp).
+template <typename T>
+void bucket_means(const T* const* rows, std::size_t n, std::size_t d, std::size_t s, T* out);
+
 // The zeroing pre-aggregator's decisions (next.cpp): keep[i] = 1 -> row i is
 // copied, 0 -> it becomes a zero row. Same norms and decisions as zeroing_pre().
 template <typename T>
