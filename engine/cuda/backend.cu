@@ -52,9 +52,11 @@ Status upload(V* dst, const std::vector<V>& src) {
 // D (host, n*n) of the rows of x (device).
 // exact_double: accumulate float input in double from the start (the
 // coefficient-space geometric median: its quadratic forms cancel, see below).
+// rel (optional): the plan's relative error bound of every finite D_ij for
+// the accumulation actually used (DistancePlan::rel_window / rel_double).
 template <typename T>
 Status distance_matrix(const T* x, std::size_t n, std::size_t d, const DeviceInfo& dev, Workspace& ws,
-                       std::vector<double>* D, bool exact_double = false) {
+                       std::vector<double>* D, bool exact_double = false, double* rel = nullptr) {
   DistancePlan plan;
   PYAGG_RETURN_IF_ERROR(plan_distance<T>(n, d, dev, &plan));
   double *part = nullptr, *Dd = nullptr;
@@ -67,6 +69,7 @@ Status distance_matrix(const T* x, std::size_t n, std::size_t d, const DeviceInf
   D->assign(n * n, 0.0);
   for (int attempt = exact_double ? 1 : 0; attempt < 2; ++attempt) {
     const bool force_double = attempt == 1;
+    if (rel) *rel = (std::is_same<T, float>::value && !force_double) ? plan.rel_window : plan.rel_double;
     PYAGG_RETURN_IF_ERROR(run_distance<T>(plan, x, part, bad, Dd, force_double, kStream));
     PYAGG_CUDA_CHECK(cudaMemcpyAsync(D->data(), Dd, n * n * sizeof(double), cudaMemcpyDeviceToHost, kStream));
     PYAGG_CUDA_CHECK(cudaStreamSynchronize(kStream));
@@ -286,24 +289,24 @@ Status run_rule(const RuleConfig& r, const T* x, std::size_t n, std::size_t d, T
       // Gram form); float partials against the CPU's double Gram gave errors
       // up to 1e2 relative at n = 150 (byz-big) in test_cuda.
       std::vector<double> D;
-      PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D, /*exact_double=*/n > kGramMinN));
+      selection::DistanceAccuracy acc;
+      PYAGG_RETURN_IF_ERROR(
+          distance_matrix<T>(x, n, d, dev, ws, &D, /*exact_double=*/n > kGramMinN, &acc.rel_pair));
       std::vector<selection::RowStat> st;
       PYAGG_RETURN_IF_ERROR(row_stats<T>(x, n, d, false, ws, &st));
       std::vector<double> sq(n);
       for (std::size_t i = 0; i < n; ++i) sq[i] = st[i].sumsq;
-      // The accuracy check of the CPU (cpu/iterative.cpp): float partial sums
+      // The accuracy check of the CPU (cpu/iterative.cpp), with the kernel's
+      // rigorous bound for the accumulation it used: float partial sums
       // (float input, n <= kGramMinN) or double accumulation, then exact D,
       // then the direct iteration from the mean of the finite rows.
       constexpr bool is_float = std::is_same<T, float>::value;
-      selection::DistanceAccuracy acc;
-      acc.rel_pair = (is_float && n <= kGramMinN) ? 1e-6 : 1e-14;
       const double target = is_float ? 1e-5 : 1e-10;
       bool trusted = true;
       selection::Combo c = selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol,
                                                                     &acc, target, &trusted);
       if (!trusted && is_float && n <= kGramMinN) {
-        PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D, /*exact_double=*/true));
-        acc.rel_pair = 1e-14;
+        PYAGG_RETURN_IF_ERROR(distance_matrix<T>(x, n, d, dev, ws, &D, /*exact_double=*/true, &acc.rel_pair));
         c = selection::geometric_median_coefficients(D.data(), sq.data(), n, r.nu, r.max_iter, r.tol, &acc, target,
                                                      &trusted);
       }

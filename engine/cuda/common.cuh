@@ -214,6 +214,11 @@ struct DistancePlan {
   std::size_t dacc_off = 0;
   bool row_major = false;  // shared-memory layout (see distance.cu)
   std::size_t partial_doubles = 0;  // slabs * npairs
+  int flush_every = 1;     // chunks per float window (float input)
+  // Rigorous relative error bound of every finite D_ij computed with this
+  // plan: rel_window for float input summed in float windows, rel_double for
+  // double accumulation (double input, or float input with force_double).
+  double rel_window = 0.0, rel_double = 0.0;
 };
 template <typename T>
 Status plan_distance(std::size_t n, std::size_t d, const DeviceInfo& dev, DistancePlan* plan);

@@ -21,9 +21,11 @@
 //     4*nb+1, conflict-free both for KG = 32 (lanes differ in k) and KG = 1
 //     (lanes differ in the row block).
 //   - float input: per-thread float partial sums over a window of about 32
-//     coordinates, added to double accumulators (relative error ~1e-7 of D);
-//     double input: double throughout. A float partial that overflows for a
-//     pair of finite rows makes the caller rerun the pass in double.
+//     coordinates, added to double accumulators (relative error ~1e-7 of D
+//     measured, at most ~2e-6: DistancePlan::rel_window); double input:
+//     double throughout (DistancePlan::rel_double). A float partial that
+//     overflows for a pair of finite rows makes the caller rerun the pass in
+//     double.
 //   - Non-finite rows are detected in the same pass by the diagonal tiles
 //     (which cover every row once) and flagged with atomicOr (order-free).
 //   - Determinism: block s of grid.x ("slab") owns chunks s, s+S, s+2S, ...
@@ -346,7 +348,24 @@ Status plan_distance(std::size_t n, std::size_t d, const DeviceInfo& dev, Distan
   // float input: room for the double window sums (unused by the double pass).
   p.smem = p.dacc_off + (sizeof(T) == 4 ? 16 * threads * sizeof(double) : 0);
   p.partial_doubles = std::max<std::size_t>(1, slabs * npairs);
-  (void)per_chunk;
+  // float partial window: about 32 coordinates per thread.
+  p.flush_every = std::max(1, 32 / per_chunk);
+  // Error bounds (the terms are non-negative, so relative bounds add up). A
+  // thread sums per_chunk coordinates of each of its chunks (at most
+  // ceil(nchunks / slabs)); a term fl(x_i - x_j)^2 added by one multiply-add
+  // is within gamma_2 of (x_i - x_j)^2, and a recursive sum of k terms adds
+  // gamma_{k-1}. Float windows of w = flush_every * per_chunk terms, each
+  // converted to double and added to the thread's double sum (one addition
+  // per window and one for the last partial window); then the KG threads of a
+  // tile, then the slab partials from 0.0 (dist_finalize_kernel).
+  auto gamma = [](double k, double u) { return k * u / (1.0 - k * u); };
+  const double chunks_per_thread = double((nchunks + slabs - 1) / slabs);
+  const double terms = chunks_per_thread * double(per_chunk);
+  const double w = double(p.flush_every * per_chunk);
+  const double windows = std::ceil(chunks_per_thread / double(p.flush_every));
+  const double folds = double(kg) + double(slabs) + 1.0;
+  p.rel_window = (1.0 + gamma(w + 2.0, 0x1p-24)) * (1.0 + gamma(windows + 1.0 + folds, 0x1p-53)) - 1.0;
+  p.rel_double = gamma(terms + 2.0 + folds, 0x1p-53);
   *plan = p;
   return Status::Ok();
 }
@@ -368,8 +387,7 @@ Status run_distance(const DistancePlan& p, const T* x, double* part, int* bad, d
   a.off_tiles = int(nb * (nb - 1) / 2);
   a.nchunks = int((p.d + std::size_t(p.tk) - 1) / std::size_t(p.tk));
   a.slabs = p.slabs;
-  // float partial window: about 32 coordinates per thread.
-  a.flush_every = std::max(1, 32 / std::max(1, p.tk / p.kg));
+  a.flush_every = p.flush_every;
   a.npairs = (long long)(n * (n - 1) / 2);
   a.dacc_off = int(p.dacc_off);
   a.vec = (reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && p.d % (16 / sizeof(T)) == 0) ? 1 : 0;
