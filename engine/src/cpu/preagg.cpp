@@ -37,8 +37,9 @@
 //   has norm +inf: static clipping turns it into zeros, ARC ranks it first.)
 //
 // IMPLEMENTATION. bucketing: the permutation on the caller's thread, then
-// rowmean.h bucket_means (per tile of coordinates, every bucket's sum in
-// registers). clipping: see clipping() below.
+// bucket_means (rowmean.h; coordinate.cpp, with the other sum kernels: per
+// tile of coordinates, every bucket's sum in registers). clipping: see
+// clipping() below.
 // Determinism: norms are reduce.h blocked reductions; everything else is
 // element-wise.
 //
