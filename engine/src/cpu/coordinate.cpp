@@ -693,7 +693,11 @@ template void average_scaled<double>(const double* const*, std::size_t, std::siz
 // ------------------------------------------------------------ average-nan ---
 template <typename T>
 void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out) {
-  constexpr std::size_t W = kSumTileBytes / sizeof(double);
+  // Two accumulators per vector of the tile (a sum and a count): 8 vectors
+  // (16 accumulators) fill AVX2's and SSE2's 16 registers and GCC kept some
+  // on the stack (bench/asm_check.py: 12 stack operations per row); half the
+  // tile there. Per coordinate the same operations: the same bits.
+  constexpr std::size_t W = (kVecBytes >= 64 ? kSumTileBytes : kSumTileBytes / 2) / sizeof(double);
   constexpr std::size_t NG = W / G;
   const SumPrefetch<T> pf(n, d);
   parallel_tiles<W>(n, d, TileRows<T, W>::tail_bytes(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
