@@ -116,6 +116,11 @@ constexpr std::size_t kPrefetchBytes = 1024;  // software prefetch distance per 
 // the array's home on the stack, zeroed it per tile (rep stos) and staged the
 // stores through it (average, n = 20, d = 1e5, two threads: 93 -> 83 us).
 constexpr std::size_t kSumTileBytes = 8 * kVecBytes;
+// average-nan keeps two accumulators per vector (a sum and a count): 8 vectors
+// (16 accumulators) fill AVX2's and SSE2's 16 registers and GCC kept some on
+// the stack (bench/asm_check.py: 12 stack operations per row), so its tile is
+// half as wide there. Per coordinate the same operations: the same bits.
+constexpr std::size_t kNanTileBytes = kVecBytes >= 64 ? kSumTileBytes : kSumTileBytes / 2;
 // The sum kernels hint each row's next coordinates this many coordinates
 // ahead, whatever the tile: far (2 KiB of float) into L2 when G streams from
 // memory, near (one tile) into L1 when G is small enough to sit in cache,
@@ -277,6 +282,22 @@ inline __attribute__((always_inline)) void store_tile(T* out, const VD* v, std::
 #pragma GCC unroll 16
   for (std::size_t g = 0; g < W / G; ++g) store_d(res + g * G, v[g]);
   write_out<W>(out, res, wl);
+}
+
+// acc[g] / count for the NG sum vectors of a tile (a mean of count rows); for
+// a power-of-two count the product by its reciprocal, which is the same number
+// (exact scaling) without a division.
+template <std::size_t NG>
+inline __attribute__((always_inline)) void divide_by_count(VD* acc, std::size_t count) {
+  if ((count & (count - 1)) == 0) {
+    const double inv = 1.0 / double(count);
+#pragma GCC unroll 16
+    for (std::size_t g = 0; g < NG; ++g) acc[g] *= inv;
+  } else {
+    const double c = double(count);
+#pragma GCC unroll 16
+    for (std::size_t g = 0; g < NG; ++g) acc[g] /= c;
+  }
 }
 
 // The sum kernels' rows on a tile: a full tile's rows are read in place; on
@@ -553,7 +574,6 @@ void average_tiles(const T* const* rows, std::size_t n, std::size_t d, const dou
                    const unsigned char* keep, T* out) {
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
-  const double dn = double(n);
   const SumPrefetch<T> pf(n, d);
   // scratch: a scaled row (W values), then the partial tile's rows
   parallel_tiles<W>(n, d, W * sizeof(T) + TileRows<T, W>::tail_bytes(n, d),
@@ -586,8 +606,7 @@ void average_tiles(const T* const* rows, std::size_t n, std::size_t d, const dou
 #pragma GCC unroll 16
       for (std::size_t g = 0; g < NG; ++g) acc[g] += load_d(src + g * G);
     }
-#pragma GCC unroll 16
-    for (std::size_t g = 0; g < NG; ++g) acc[g] /= dn;
+    divide_by_count<NG>(acc, n);
     store_tile<W>(out + j0, acc, wl);
   });
 }
@@ -638,9 +657,8 @@ template void weighted_sum<double>(const double* const*, const double*, std::siz
 
 // ------------------------------------------------------------ bucket means ---
 // Output row b = the mean of rows [b*s, min(n, (b+1)*s)): per coordinate
-// 0.0 + the rows in order, in double, then divided by the bucket's size (for
-// a power of two, the product by its reciprocal: the same number, without a
-// division), rounded to T. Per tile, every bucket in turn from registers, as
+// 0.0 + the rows in order, in double, then divided by the bucket's size
+// (divide_by_count), rounded to T. Per tile, every bucket in turn from registers, as
 // average: all n rows of a tile are read at about the same time (n streams
 // hinted ahead, whatever s), each bucket's sum never leaves the registers.
 template <typename T>
@@ -652,7 +670,7 @@ void bucket_means(const T* const* rows, std::size_t n, std::size_t d, std::size_
   parallel_tiles<W>(n, d, TileRows<T, W>::tail_bytes(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
     const TileRows<T, W> tile(rows, n, j0, wl, static_cast<T*>(scratch));
     for (std::size_t b = 0; b < nbk; ++b) {
-      const std::size_t r0 = b * s, r1 = std::min(n, r0 + s), size = r1 - r0;
+      const std::size_t r0 = b * s, r1 = std::min(n, r0 + s);
       VD acc[NG];
 #pragma GCC unroll 16
       for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
@@ -662,15 +680,7 @@ void bucket_means(const T* const* rows, std::size_t n, std::size_t d, std::size_
 #pragma GCC unroll 16
         for (std::size_t g = 0; g < NG; ++g) acc[g] += load_d(src + g * G);
       }
-      if ((size & (size - 1)) == 0) {
-        const double inv = 1.0 / double(size);
-#pragma GCC unroll 16
-        for (std::size_t g = 0; g < NG; ++g) acc[g] *= inv;
-      } else {
-        const double cnt = double(size);
-#pragma GCC unroll 16
-        for (std::size_t g = 0; g < NG; ++g) acc[g] /= cnt;
-      }
+      divide_by_count<NG>(acc, r1 - r0);
       store_tile<W>(out + b * d + j0, acc, wl);
     }
   });
@@ -693,11 +703,7 @@ template void average_scaled<double>(const double* const*, std::size_t, std::siz
 // ------------------------------------------------------------ average-nan ---
 template <typename T>
 void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out) {
-  // Two accumulators per vector of the tile (a sum and a count): 8 vectors
-  // (16 accumulators) fill AVX2's and SSE2's 16 registers and GCC kept some
-  // on the stack (bench/asm_check.py: 12 stack operations per row); half the
-  // tile there. Per coordinate the same operations: the same bits.
-  constexpr std::size_t W = (kVecBytes >= 64 ? kSumTileBytes : kSumTileBytes / 2) / sizeof(double);
+  constexpr std::size_t W = kNanTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
   const SumPrefetch<T> pf(n, d);
   parallel_tiles<W>(n, d, TileRows<T, W>::tail_bytes(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
