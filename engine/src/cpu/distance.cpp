@@ -80,8 +80,10 @@
 //  n <= 32 rows (kGramMinN): the exact difference form only, sum_k (x_ik -
 //  x_jk)^2 in float/double lanes per tile of 64..1024 coordinates (each lane a
 //  fixed-order sum; four rows j against one row i; tiles folded into double;
-//  see distance_block_exact): at small n its ~n^2/2 differences per
-//  coordinate cost less than the Gram kernel's padded multiply-adds.
+//  see distance_block_exact; a tile whose rows are off 64-byte lines is
+//  first copied to an aligned scratch tile, TileView): at small n its ~n^2/2
+//  differences per coordinate cost less than the Gram kernel's padded
+//  multiply-adds.
 //  n > 32: the Gram form below, in double. The selection rules on float input
 //  (pairwise_sqdist_select) take a float Gram kernel instead where the target
 //  has FMA: the packed one for n > 32 ("Float Gram kernel" below), the
@@ -222,7 +224,8 @@ inline double fold_8(const double* c) {
 
 // For the P rows b_p: sum over the tile of (a[c] - b_p[c])^2 in kLanes lanes of
 // T (coordinate c -> lane c % kLanes), folded into the pairs' double lanes
-// dl[p*8 .. p*8+7] (fold_to8).
+// dl[p*8 .. p*8+7] (fold_to8). len: a multiple of kLanes (TileView pads the
+// last tile of d with zeros: (0 - 0)^2 adds 0 to the lanes past its end).
 template <typename T, int P>
 inline void tile_sqdist(const T* a, const T* const* b, std::size_t len, double* dl) {
   typedef typename Simd<T>::V V;
@@ -233,28 +236,12 @@ inline void tile_sqdist(const T* a, const T* const* b, std::size_t len, double* 
   U acc[P][NU];
   for (int p = 0; p < P; ++p)
     for (int u = 0; u < NU; ++u) acc[p][u] = U{};
-  std::size_t c = 0;
-  for (; c + L <= len; c += L) {
+  for (std::size_t c = 0; c < len; c += L) {
     U x[NU];
     for (int u = 0; u < NU; ++u) x[u] = load_vec<T, U>(a + c + u * UL);
     for (int p = 0; p < P; ++p)
       for (int u = 0; u < NU; ++u) {
         const U dd = x[u] - load_vec<T, U>(b[p] + c + u * UL);
-        acc[p][u] += dd * dd;
-      }
-  }
-  if (c < len) {
-    // Tail of the last tile of d (len % L coordinates): one more step on
-    // zero-padded copies, so coordinate c+l still goes to lane l and the
-    // padding adds (0-0)^2 = 0 to the other lanes.
-    alignas(64) T ta[L], tb[P][L];
-    const std::size_t r = len - c;
-    for (int l = 0; l < L; ++l) ta[l] = std::size_t(l) < r ? a[c + l] : T(0);
-    for (int p = 0; p < P; ++p)
-      for (int l = 0; l < L; ++l) tb[p][l] = std::size_t(l) < r ? b[p][c + l] : T(0);
-    for (int p = 0; p < P; ++p)
-      for (int u = 0; u < NU; ++u) {
-        const U dd = load_vec<T, U>(ta + u * UL) - load_vec<T, U>(tb[p] + u * UL);
         acc[p][u] += dd * dd;
       }
   }
@@ -294,12 +281,61 @@ inline void tile_sqdist(const T* a, const T* const* b, std::size_t len, double* 
   }
 }
 
+// One tile of the n rows as the exact kernel reads it: in place (row i at
+// rows[i] + t0), or staged, i.e. copied to `stage` (64-byte aligned, row i at
+// stage + i * tile) with the last step padded with zeros. Staged: a tile that
+// is not a whole number of kLanes steps (the last tile of d), and, from
+// kStageMinN rows on, a tile with a row off a 64-byte line. numpy hands out
+// rows 16 bytes past a line (an allocation's header), and a 64-byte load
+// that straddles two lines cost the kernel 1.45x its time (AMD Zen 4, n = 20,
+// d = 1e7, 2 threads: 74 ms with the rows 16 bytes off a line, 51 ms on
+// lines); each row's copy buys back its ~n/2 straddling loads. Below 16
+// rows the copy cost more than it saved (n = 5: 1.25-1.5x slower; n = 8, 12:
+// the same; n = 16, 20: 0.87-0.92x, L3-resident). Staging moves values, not
+// lanes: the result bits are the same either way.
+template <typename T>
+struct TileView {
+  const T* const* rows;
+  std::size_t t0;
+  const T* stage;  // null: in place
+  std::size_t tile;
+  const T* row(std::size_t i) const { return stage ? stage + i * tile : rows[i] + t0; }
+};
+
+inline bool on_line(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
+constexpr std::size_t kStageMinN = 16;
+
+// The tile [t0, t0 + len) of the n rows as a TileView (stage: n * tile
+// elements, 64-byte aligned); *steps = len rounded up to kLanes.
+template <typename T>
+TileView<T> view_tile(const T* const* rows, std::size_t n, std::size_t t0, std::size_t len, std::size_t tile,
+                      T* stage, std::size_t* steps) {
+  constexpr std::size_t L = std::size_t(kLanes<T>);
+  *steps = (len + L - 1) / L * L;
+  bool in_place = *steps == len;  // no padding needed
+  if (n >= kStageMinN)
+    for (std::size_t i = 0; i < n && in_place; ++i) in_place = on_line(rows[i] + t0);
+  if (in_place) return TileView<T>{rows, t0, nullptr, tile};
+  for (std::size_t i = 0; i < n; ++i) {
+    T* y = stage + i * tile;
+    std::memcpy(y, rows[i] + t0, len * sizeof(T));
+    std::fill(y + len, y + *steps, T(0));
+  }
+  return TileView<T>{rows, t0, stage, tile};
+}
+
+// Doubles of a thread's scratch for distance_block_exact: the pairs' double
+// lanes, then the staged tile (64-byte aligned).
+template <typename T>
+std::size_t exact_scratch_doubles(std::size_t n, std::size_t tile) {
+  return n * (n - 1) / 2 * kDoubleLanes + (n * tile * sizeof(T) + 63) / sizeof(double) + 8;
+}
+
 template <typename T, int P>
-inline void pair_group(const T* const* rows, std::size_t i, std::size_t j, std::size_t t0, std::size_t len,
-                       double* dl) {
+inline void pair_group(const TileView<T>& v, std::size_t i, std::size_t j, std::size_t len, double* dl) {
   const T* b[P];
-  for (int q = 0; q < P; ++q) b[q] = rows[j + q] + t0;
-  tile_sqdist<T, P>(rows[i] + t0, b, len, dl);
+  for (int q = 0; q < P; ++q) b[q] = v.row(j + q);
+  tile_sqdist<T, P>(v.row(i), b, len, dl);
 }
 
 // The exact difference form, in double, of a pair over a block (the Gram
@@ -352,40 +388,54 @@ bool all_finite(const T* x, std::size_t len) {
 
 // One block [c0, c1): writes the block's sum of each pair (i<j, row-major
 // triangle order) to part[npairs] and flags the block's non-finite rows in
-// bad[n]. dl: this thread's scratch, npairs*8 doubles.
+// bad[n]. sc: this thread's scratch, exact_scratch_doubles<T>(n, tile).
 //
 // Finiteness comes from the same pass: a finite pair sum proves both rows
 // finite on the block (a NaN/inf coordinate makes every sum it enters NaN or
 // inf); only a row none of whose pair sums is finite (a non-finite row, or a
 // finite row whose sums all overflowed, or n == 1) is scanned again.
 constexpr double kExactTinyF = 0x1p-100;  // per coordinate: see the end of distance_block_exact
+// How far ahead the hints fetch: ~3 KiB of each row, whole tiles, at least
+// one (n = 20, float: 3 tiles of 1 KiB; 1 ahead, the staged tiles' copies
+// waited on memory: d = 1e7, rows 16 bytes off a line, 2 threads: 72-92 ms
+// before staging, 57-64 ms staged with 3 ahead, 2 to 6 ahead within noise;
+// n = 5, float: 1 tile of 4 KiB, as before: 3 ahead was 1.12x slower).
+constexpr std::size_t kExactLeadBytes = 3072;
 template <typename T>
 void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
-                    std::size_t tile, double* dl, double* part, unsigned char* bad) {
+                    std::size_t tile, double* sc, double* part, unsigned char* bad) {
   const std::size_t npairs = n * (n - 1) / 2;
+  double* dl = sc;
   std::fill(dl, dl + npairs * kDoubleLanes, 0.0);
+  char* sb = reinterpret_cast<char*>(sc + npairs * kDoubleLanes);
+  T* stage = reinterpret_cast<T*>(sb + (64 - reinterpret_cast<std::uintptr_t>(sb) % 64) % 64);
   for (std::size_t t0 = c0; t0 < c1; t0 += tile) {
     const std::size_t len = std::min(tile, c1 - t0);
-    const std::size_t pf_bytes = t0 + tile < d ? std::min(tile, d - (t0 + tile)) * sizeof(T) : 0;
+    std::size_t steps = 0;
+    const TileView<T> v = view_tile(rows, n, t0, len, tile, stage, &steps);
+    const std::size_t t_pf = t0 + std::max<std::size_t>(1, kExactLeadBytes / (tile * sizeof(T))) * tile;
+    const std::size_t pf_bytes = t_pf < d ? std::min(tile, d - t_pf) * sizeof(T) : 0;
     double* pl = dl;
     for (std::size_t i = 0; i < n; ++i) {
-      // Prefetch row i's next tile, spread over this tile's computation.
-      if (pf_bytes) {
-        const char* pf = reinterpret_cast<const char*>(rows[i] + t0 + tile);
-        reduce::prefetch_span_l2(pf, pf_bytes);
-      }
+      // Prefetch rows 2i and 2i+1's next tile: every hint is out by row n/2,
+      // with a quarter of the tile's pairs still to compute.
+      // Hint rows 2i and 2i+1 of the tile at t_pf: every hint
+      // is out by row n/2 (a quarter of the tile's pairs still to compute).
+      if (pf_bytes)
+        for (std::size_t q = 2 * i; q < std::min(n, 2 * i + 2); ++q)
+          reduce::prefetch_span_l2(reinterpret_cast<const char*>(rows[q] + t_pf), pf_bytes);
       std::size_t j = i + 1;
       for (; j + kPairGroup <= n; j += kPairGroup, pl += kPairGroup * kDoubleLanes)
-        pair_group<T, kPairGroup>(rows, i, j, t0, len, pl);
+        pair_group<T, kPairGroup>(v, i, j, steps, pl);
       const std::size_t rem = n - j;  // < kPairGroup rows left
       if constexpr (kPairGroup > 3) {
-        if (rem == 3) pair_group<T, 3>(rows, i, j, t0, len, pl);
+        if (rem == 3) pair_group<T, 3>(v, i, j, steps, pl);
       }
       if constexpr (kPairGroup > 2) {
-        if (rem == 2) pair_group<T, 2>(rows, i, j, t0, len, pl);
+        if (rem == 2) pair_group<T, 2>(v, i, j, steps, pl);
       }
       if constexpr (kPairGroup > 1) {
-        if (rem == 1) pair_group<T, 1>(rows, i, j, t0, len, pl);
+        if (rem == 1) pair_group<T, 1>(v, i, j, steps, pl);
       }
       pl += (n - j) * kDoubleLanes;
     }
@@ -1004,6 +1054,10 @@ bool distance_block_gram_f(const float* const* rows, std::size_t n, std::size_t 
 //    whole pass (>= 8 blocks), as for the packed kernel.
 constexpr std::size_t kLaneF = 16;                       // float lanes per accumulator
 constexpr std::size_t kLaneTileF = 256;  // coordinates per tile: 16 products per lane
+// The tile the hints fetch: 2 ahead (1 ahead left the rows' first loads waiting
+// on memory: n = 20, d = 1e7, 2 threads, the pass alone 53-60 ms, 2 ahead
+// 43-47 ms, 3 or 4 ahead 46-48 ms; AMD Zen 4 host).
+constexpr std::size_t kLaneLead = 2;
 constexpr std::size_t kLaneUnits = kLaneF / kFW;         // vectors per accumulator: 1 (AVX-512) or 2 (AVX2)
 #if defined(__AVX512F__)
 constexpr std::size_t kLaneRows = 4;  // 4 x 4 accumulators + 8 loaded vectors: 24 of 32 zmm
@@ -1102,8 +1156,8 @@ bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t 
         tl[q] = t;
       }
     }
-    SpreadHints<float> hint(rows, t0 + kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
-                               t0 + 2 * kLaneTileF <= d, ng * (ng + 1) / 2);
+    SpreadHints<float> hint(rows, t0 + kLaneLead * kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
+                            t0 + (kLaneLead + 1) * kLaneTileF <= d, ng * (ng + 1) / 2);
     for (std::size_t gi = 0; gi < ng; ++gi) {
       hint();
       lane_micro<true>(x, rem ? tl : nullptr, len16, gi * kLaneRows, gi * kLaneRows, np, gl);
@@ -1173,7 +1227,6 @@ namespace {
 template <typename T>
 void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D, std::size_t* exact,
                    double* norm_part, bool select = false, std::size_t* dp_blocks = nullptr) {
-  const std::size_t npairs = n * (n - 1) / 2;
   const bool gram = n > kGramMinN;
   const std::size_t np = gram_np(n);
   const std::size_t lanes = (gram && norm_part) ? n * reduce::kLanes : 0;  // the Gram kernel's norm lanes
@@ -1197,10 +1250,10 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
   const bool first_alone = (fgram || lgram) && nblocks >= 8;
   bool all_double = false;  // block 0 needed the fallback kernel: so do the others (set before they start)
   (void)all_double;          // (read by the float kernels' targets only)
-  const std::size_t per_thread =
-      gram ? kGramTile * np + np * np + lanes + npf * npf : std::max(npairs * kDoubleLanes, lslot);
-  std::vector<std::size_t> nexact(std::size_t(nthreads), 0), ndouble(std::size_t(nthreads), 0);
   const std::size_t tile = distance_tile<T>(n);
+  const std::size_t per_thread =
+      gram ? kGramTile * np + np * np + lanes + npf * npf : std::max(exact_scratch_doubles<T>(n, tile), lslot);
+  std::vector<std::size_t> nexact(std::size_t(nthreads), 0), ndouble(std::size_t(nthreads), 0);
   run_distance_blocks(
       n, d, per_thread,
       [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
@@ -1301,19 +1354,22 @@ template double exact_kernel_rel_bound<double>(std::size_t, std::size_t);
 // blocks, non-finite semantics and determinism as pairwise_sqdist.
 template <typename T>
 void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size_t d, double* D) {
-  const std::size_t npairs = n * (n - 1) / 2;
   constexpr bool is_double = std::is_same<T, double>::value;
-  const std::size_t conv = is_double ? 0 : n * kReduceBlock;  // a thread's block of rows in double
-  std::vector<const double*> ptrs(std::size_t(reduce::threads_for(n * d)) * n);
   const std::size_t tile = distance_tile<double>(n);
+  const std::size_t ex = exact_scratch_doubles<double>(n, tile);
+  // a thread's block of rows in double, on 64-byte lines (the kernel then reads
+  // its full tiles in place)
+  const std::size_t conv = is_double ? 0 : n * kReduceBlock + 8;
+  std::vector<const double*> ptrs(std::size_t(reduce::threads_for(n * d)) * n);
   run_distance_blocks(
-      n, d, npairs * kDoubleLanes + conv,
+      n, d, ex + conv,
       [&](std::size_t c0, std::size_t c1, int t, double* sc, double* pb, unsigned char* bb) {
         if constexpr (is_double) {
           distance_block_exact<double>(rows, n, d, c0, c1, tile, sc, pb, bb);
         } else {
           const std::size_t len = c1 - c0;
-          double* cv = sc + npairs * kDoubleLanes;
+          double* cv = sc + ex;
+          cv += (64 - reinterpret_cast<std::uintptr_t>(cv) % 64) % 64 / sizeof(double);
           const double** rp = ptrs.data() + std::size_t(t) * n;
           for (std::size_t i = 0; i < n; ++i) {
             const T* x = rows[i] + c0;
