@@ -417,8 +417,6 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
     const std::size_t pf_bytes = t_pf < d ? std::min(tile, d - t_pf) * sizeof(T) : 0;
     double* pl = dl;
     for (std::size_t i = 0; i < n; ++i) {
-      // Prefetch rows 2i and 2i+1's next tile: every hint is out by row n/2,
-      // with a quarter of the tile's pairs still to compute.
       // Hint rows 2i and 2i+1 of the tile at t_pf: every hint
       // is out by row n/2 (a quarter of the tile's pairs still to compute).
       if (pf_bytes)
