@@ -1446,6 +1446,59 @@ TEST_CASE("public API: contiguous block == separate row allocations (bitwise)") 
   api_contiguous_vs_rows<double>();
 }
 
+// The distance kernels read a tile in place when every row's slice is on a
+// 64-byte line and otherwise (from 16 rows, and the last tile of d always)
+// stage it in an aligned scratch tile (distance.cpp: TileView). Same values,
+// same lanes: D must be bitwise the same at every placement of the rows, for
+// every distance pass (exact kernel, lane-wise and packed float Gram kernels,
+// the exact double rerun). Placements: rows on lines (the in-place reference),
+// all rows 1 or 4 elements past a line, and each row at its own offset.
+template <typename T>
+void placement_case(std::size_t n, std::size_t d) {
+  const auto r = gaussian_rows<T>(n, d, 31 * n + d);
+  std::vector<T> pool(n * (d + 64) + 64);
+  auto place = [&](std::size_t shift, bool per_row) {
+    T* base = pool.data();
+    while (reinterpret_cast<std::uintptr_t>(base) % 64) ++base;
+    const std::size_t stride = (d + 16 + 15) / 16 * 16;  // on a line
+    std::vector<const T*> p(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      T* row = base + i * stride + (per_row ? (shift + i) % 5 : shift);
+      std::copy(r.data[i].begin(), r.data[i].end(), row);
+      p[i] = row;
+    }
+    return p;
+  };
+  auto passes = [&](const std::vector<const T*>& p) {
+    std::vector<double> out;
+    std::vector<double> D(n * n), sq(n);
+    std::size_t ex = 0, dpb = 0;
+    cpu::pairwise_sqdist<T>(p.data(), n, d, D.data());
+    out.insert(out.end(), D.begin(), D.end());
+    cpu::pairwise_sqdist_select<T>(p.data(), n, d, D.data(), &ex, &dpb);
+    out.insert(out.end(), D.begin(), D.end());
+    cpu::pairwise_sqdist_norms<T>(p.data(), n, d, D.data(), sq.data());
+    out.insert(out.end(), D.begin(), D.end());
+    out.insert(out.end(), sq.begin(), sq.end());
+    cpu::pairwise_sqdist_exact_double<T>(p.data(), n, d, D.data());
+    out.insert(out.end(), D.begin(), D.end());
+    return out;
+  };
+  const std::vector<double> ref = passes(place(0, false));
+  for (std::size_t shift : {1, 4})
+    for (bool per_row : {false, true})
+      CHECK_MSG(same_bits(passes(place(shift, per_row)), ref),
+                "n=" + std::to_string(n) + " d=" + std::to_string(d) + " shift=" + std::to_string(shift) +
+                    (per_row ? " per row" : " all rows") + (sizeof(T) == 4 ? " float" : " double"));
+}
+TEST_CASE("distance passes: same bits whatever the rows' placement (tiles staged or read in place)") {
+  for (std::size_t n : {5, 8, 15, 16, 20, 32, 40})
+    for (std::size_t d : {1, 33, 1024, 4112, 9001}) {
+      placement_case<float>(n, d);
+      placement_case<double>(n, d);
+    }
+}
+
 // =============================================================================
 // timings (not a test: printed with PYAGG_TIMING=1)
 // =============================================================================

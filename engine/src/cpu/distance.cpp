@@ -303,17 +303,25 @@ struct TileView {
 };
 
 inline bool on_line(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
+// The first 64-byte line at or after p (scratch carved from a std::vector).
+template <typename T>
+T* to_line(void* p) {
+  char* c = static_cast<char*>(p);
+  return reinterpret_cast<T*>(c + (64 - reinterpret_cast<std::uintptr_t>(c) % 64) % 64);
+}
 constexpr std::size_t kStageMinN = 16;
 
 // The tile [t0, t0 + len) of the n rows as a TileView (stage: n * tile
-// elements, 64-byte aligned); *steps = len rounded up to kLanes.
+// elements, 64-byte aligned); *steps = len rounded up to the kernel's step
+// (kLanes<T> for the exact kernel, kLaneF for the lane-wise Gram kernel).
+// realign: stage a tile with a row off a line (from kStageMinN rows); false:
+// stage only to pad the last tile of d.
 template <typename T>
 TileView<T> view_tile(const T* const* rows, std::size_t n, std::size_t t0, std::size_t len, std::size_t tile,
-                      T* stage, std::size_t* steps) {
-  constexpr std::size_t L = std::size_t(kLanes<T>);
-  *steps = (len + L - 1) / L * L;
+                      std::size_t step, bool realign, T* stage, std::size_t* steps) {
+  *steps = (len + step - 1) / step * step;
   bool in_place = *steps == len;  // no padding needed
-  if (n >= kStageMinN)
+  if (realign && n >= kStageMinN)
     for (std::size_t i = 0; i < n && in_place; ++i) in_place = on_line(rows[i] + t0);
   if (in_place) return TileView<T>{rows, t0, nullptr, tile};
   for (std::size_t i = 0; i < n; ++i) {
@@ -325,10 +333,10 @@ TileView<T> view_tile(const T* const* rows, std::size_t n, std::size_t t0, std::
 }
 
 // Doubles of a thread's scratch for distance_block_exact: the pairs' double
-// lanes, then the staged tile (64-byte aligned).
+// lanes, the rows' norm lanes, then the staged tile (64-byte aligned).
 template <typename T>
 std::size_t exact_scratch_doubles(std::size_t n, std::size_t tile) {
-  return n * (n - 1) / 2 * kDoubleLanes + (n * tile * sizeof(T) + 63) / sizeof(double) + 8;
+  return n * (n - 1) / 2 * kDoubleLanes + n * reduce::kLanes + (n * tile * sizeof(T) + 63) / sizeof(double) + 8;
 }
 
 template <typename T, int P>
@@ -389,6 +397,11 @@ bool all_finite(const T* x, std::size_t len) {
 // One block [c0, c1): writes the block's sum of each pair (i<j, row-major
 // triangle order) to part[npairs] and flags the block's non-finite rows in
 // bad[n]. sc: this thread's scratch, exact_scratch_doubles<T>(n, tile).
+// norms (may be null): the rows' block sums of squares with block_sumsq's
+// bits, taken tile by tile from the tile just read (reduce.h sumsq_lanes), as
+// the Gram kernel takes them. A pass over each block after it, from L2, cost
+// pairwise_sqdist_norms 10.6 ms over pairwise_sqdist at n = 20, d = 1e7
+// (2 threads, mean of 4 alternating runs); from the tiles, 6.6 ms.
 //
 // Finiteness comes from the same pass: a finite pair sum proves both rows
 // finite on the block (a NaN/inf coordinate makes every sum it enters NaN or
@@ -403,16 +416,20 @@ constexpr double kExactTinyF = 0x1p-100;  // per coordinate: see the end of dist
 constexpr std::size_t kExactLeadBytes = 3072;
 template <typename T>
 void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, std::size_t c0, std::size_t c1,
-                    std::size_t tile, double* sc, double* part, unsigned char* bad) {
+                    std::size_t tile, double* sc, double* part, unsigned char* bad, double* norms = nullptr) {
   const std::size_t npairs = n * (n - 1) / 2;
   double* dl = sc;
   std::fill(dl, dl + npairs * kDoubleLanes, 0.0);
-  char* sb = reinterpret_cast<char*>(sc + npairs * kDoubleLanes);
-  T* stage = reinterpret_cast<T*>(sb + (64 - reinterpret_cast<std::uintptr_t>(sb) % 64) % 64);
+  double* lanes = sc + npairs * kDoubleLanes;
+  if (norms) std::fill(lanes, lanes + n * reduce::kLanes, 0.0);
+  T* stage = to_line<T>(lanes + n * reduce::kLanes);
   for (std::size_t t0 = c0; t0 < c1; t0 += tile) {
     const std::size_t len = std::min(tile, c1 - t0);
     std::size_t steps = 0;
-    const TileView<T> v = view_tile(rows, n, t0, len, tile, stage, &steps);
+    const TileView<T> v = view_tile(rows, n, t0, len, tile, std::size_t(kLanes<T>), true, stage, &steps);
+    if (norms)
+      for (std::size_t r = 0; r < n; ++r)
+        reduce::sumsq_lanes(v.row(r), len - len % reduce::kLanes, lanes + r * reduce::kLanes);
     const std::size_t t_pf = t0 + std::max<std::size_t>(1, kExactLeadBytes / (tile * sizeof(T))) * tile;
     const std::size_t pf_bytes = t_pf < d ? std::min(tile, d - t_pf) * sizeof(T) : 0;
     double* pl = dl;
@@ -439,6 +456,11 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
     }
   }
   for (std::size_t p = 0; p < npairs; ++p) part[p] = fold_8(dl + p * kDoubleLanes);
+  if (norms) {
+    const std::size_t rem = (c1 - c0) % reduce::kLanes;
+    for (std::size_t i = 0; i < n; ++i)
+      norms[i] = reduce::sumsq_tail_fold(lanes + i * reduce::kLanes, rows[i] + c1 - rem, rem);
+  }
   // Finiteness of the rows on this block.
   std::fill(bad, bad + n, static_cast<unsigned char>(1));
   for (std::size_t i = 0, p = 0; i < n; ++i)
@@ -1062,7 +1084,7 @@ constexpr std::size_t kLaneRows = 4;  // 4 x 4 accumulators + 8 loaded vectors: 
 #else
 constexpr std::size_t kLaneRows = 2;  // 2 x 2 x 2 ymm accumulators + 4 loaded: 12 of 16 ymm
 #endif
-alignas(64) const float kLaneZeros[kLaneTileF] = {};  // a padding row's tile (and tail step)
+alignas(64) const float kLaneZeros[kLaneTileF] = {};  // a padding row's tile
 
 // g[l] += double(lane l) + double(lane l + 8), l < 8 (lanes 0..15: a0, then
 // a1 with AVX2; values, not an array: GCC then keeps the accumulators in
@@ -1102,11 +1124,11 @@ __attribute__((always_inline)) inline void lane_step(const float* const* xi, con
 }
 // One tile's runs for the entries (i0 + r, j0 + s), r, s < kLaneRows (Diag:
 // i0 == j0 and r <= s only): x[q] = row q's tile (len16 coordinates, a
-// multiple of 16), tl[q] = its zero-padded tail step (null: none); flushed
-// into gl (entry (i, j) at gl + (i * np + j) * 8).
+// multiple of 16: the last tile of d comes zero-padded from view_tile);
+// flushed into gl (entry (i, j) at gl + (i * np + j) * 8).
 template <bool Diag>
-inline void lane_micro(const float* const* x, const float* const* tl, std::size_t len16, std::size_t i0,
-                       std::size_t j0, std::size_t np, double* gl) {
+inline void lane_micro(const float* const* x, std::size_t len16, std::size_t i0, std::size_t j0, std::size_t np,
+                       double* gl) {
   constexpr std::size_t R = kLaneRows;
   VF acc[R][R][kLaneUnits];
   for (std::size_t r = 0; r < R; ++r)
@@ -1114,7 +1136,6 @@ inline void lane_micro(const float* const* x, const float* const* tl, std::size_
       for (std::size_t u = 0; u < kLaneUnits; ++u) acc[r][s][u] = vf_zero();
 #pragma GCC unroll 2
   for (std::size_t c = 0; c < len16; c += kLaneF) lane_step<Diag>(x + i0, x + j0, c, acc);
-  if (tl) lane_step<Diag>(tl + i0, tl + j0, 0, acc);  // the zero-padded tail step
   for (std::size_t r = 0; r < R; ++r)
     for (std::size_t s = Diag ? r : 0; s < R; ++s)
       lane_flush(gl + ((i0 + r) * np + j0 + s) * 8, acc[r][s][0], acc[r][s][kLaneUnits - 1]);
@@ -1126,14 +1147,20 @@ inline bool lane_worth(std::size_t n) {
   return n >= 2 && 5 * (n4 * (n4 + 1) / 2) < 4 * n * (n - 1);
 }
 // A thread's scratch: np * np * 8 double lanes + n * n Gram entries (doubles);
-// np row pointers (x2) and np zero-padded tail steps (floats).
+// np row pointers and a staged tile of n rows (floats, with room to start it
+// on a line: the padded last tile of d).
 inline std::size_t lane_scratch_doubles(std::size_t n) { return lane_np(n) * lane_np(n) * 8 + n * n; }
-inline std::size_t lane_scratch_floats(std::size_t n) { return lane_np(n) * kLaneF; }
+inline std::size_t lane_scratch_floats(std::size_t n) { return n * kLaneTileF + 16; }
 
 // One block [c0, c1) by the lane-wise kernel: part[npairs], bad[n] as
 // distance_block_gram; false (nothing the caller keeps written) when more than
 // a quarter of the pairs fail the guard. sc: lane_scratch_doubles(n), tf:
-// lane_scratch_floats(n), ptr: 2 * lane_np(n) pointers.
+// lane_scratch_floats(n), ptr: lane_np(n) pointers. Tiles are read in place,
+// through view_tile: only the last tile of d is staged, zero-padded to 16.
+// Staging the tiles whose rows are off a line as the exact kernel does was
+// slower here (krum n = 16..32, d = 1e6 / 1e7: 1.2-1.3x): with 8 loads per
+// 16 multiply-adds this kernel loses less to straddling loads than the
+// copy costs.
 bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t d, std::size_t c0,
                            std::size_t c1, double* sc, float* tf, const float** ptr, double* part,
                            unsigned char* bad, std::size_t* exact) {
@@ -1142,26 +1169,21 @@ bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t 
   double* Gb = sc + np * np * 8;
   std::fill(gl, gl + np * np * 8, 0.0);
   const float** x = ptr;
-  const float** tl = ptr + np;
-  for (std::size_t q = n; q < np; ++q) x[q] = tl[q] = kLaneZeros;
+  for (std::size_t q = n; q < np; ++q) x[q] = kLaneZeros;
+  float* stage = to_line<float>(tf);
   for (std::size_t t0 = c0; t0 < c1; t0 += kLaneTileF) {
-    const std::size_t len = std::min(kLaneTileF, c1 - t0), len16 = len / kLaneF * kLaneF, rem = len - len16;
-    for (std::size_t q = 0; q < n; ++q) x[q] = rows[q] + t0;
-    if (rem) {
-      for (std::size_t q = 0; q < n; ++q) {
-        float* t = tf + q * kLaneF;
-        for (std::size_t l = 0; l < kLaneF; ++l) t[l] = l < rem ? rows[q][t0 + len16 + l] : 0.0f;
-        tl[q] = t;
-      }
-    }
+    std::size_t len16 = 0;
+    const TileView<float> v =
+        view_tile(rows, n, t0, std::min(kLaneTileF, c1 - t0), kLaneTileF, kLaneF, false, stage, &len16);
+    for (std::size_t q = 0; q < n; ++q) x[q] = v.row(q);
     SpreadHints<float> hint(rows, t0 + kLaneLead * kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
                             t0 + (kLaneLead + 1) * kLaneTileF <= d, ng * (ng + 1) / 2);
     for (std::size_t gi = 0; gi < ng; ++gi) {
       hint();
-      lane_micro<true>(x, rem ? tl : nullptr, len16, gi * kLaneRows, gi * kLaneRows, np, gl);
+      lane_micro<true>(x, len16, gi * kLaneRows, gi * kLaneRows, np, gl);
       for (std::size_t gj = gi + 1; gj < ng; ++gj) {
         hint();
-        lane_micro<false>(x, rem ? tl : nullptr, len16, gi * kLaneRows, gj * kLaneRows, np, gl);
+        lane_micro<false>(x, len16, gi * kLaneRows, gj * kLaneRows, np, gl);
       }
     }
   }
@@ -1213,8 +1235,9 @@ using ::pyagg::kGramMinN;  // common/blocks.h (the CUDA geometric median reads i
 namespace {
 // The distance pass; with norm_part (nblocks * n doubles) also every row's
 // block sum of squares, the bits of reduce.h's block_sumsq_finite of the
-// block, taken from cache (Gram path: tile by tile as each tile is packed;
-// exact path: after the block): row_sqnorms's partials, in its layout.
+// block, taken tile by tile from the tile in L1 (Gram path: as each tile is
+// packed; exact path: as each tile is read or staged): row_sqnorms's
+// partials, in its layout.
 // select: the caller only ranks distances (the selection rules): float input
 // may take a float Gram kernel (PYAGG_FLOAT_GRAM targets, no norms wanted: the
 // packed one for n > kGramMinN, the lane-wise one for n <= kGramMinN where
@@ -1237,7 +1260,7 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
   // a thread's packed float tile, or its zero-padded tail steps
   const std::size_t fslot = fgram ? gram_tile_f(npf) * npf : (lgram ? lane_scratch_floats(n) : 0);
   std::vector<float> fscratch(std::size_t(nthreads) * fslot);
-  std::vector<const float*> lptr(lgram ? std::size_t(nthreads) * 2 * lane_np(n) : 0);
+  std::vector<const float*> lptr(lgram ? std::size_t(nthreads) * lane_np(n) : 0);
   const std::size_t lslot = lgram ? lane_scratch_doubles(n) : 0;
 #else
   const bool fgram = false, lgram = false;
@@ -1263,7 +1286,7 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
             if (fgram ? distance_block_gram_f(rows, n, d, c0, c1, fs, sc + kGramTile * np + np * np + lanes, pb, bb,
                                               &nexact[std::size_t(t)])
                       : distance_block_lane_f(rows, n, d, c0, c1, sc, fs,
-                                              lptr.data() + std::size_t(t) * 2 * lane_np(n), pb, bb,
+                                              lptr.data() + std::size_t(t) * lane_np(n), pb, bb,
                                               &nexact[std::size_t(t)]))
               return;
             if (first_alone && c0 == 0) all_double = true;  // block 0 runs alone: no reader yet
@@ -1276,13 +1299,7 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
                                  sc + kGramTile * np + np * np);
           return;  // norms from the tiles
         }
-        distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb);
-        if (norm_part) {
-          for (std::size_t i = 0; i < n; ++i) {
-            bool ok = true;
-            np_b[i] = reduce::block_sumsq_finite(rows[i] + c0, c1 - c0, &ok);
-          }
-        }
+        distance_block_exact<T>(rows, n, d, c0, c1, tile, sc, pb, bb, np_b);  // norms from the tiles too
       },
       D, first_alone);
   if (exact) {
@@ -1366,8 +1383,7 @@ void pairwise_sqdist_exact_double(const T* const* rows, std::size_t n, std::size
           distance_block_exact<double>(rows, n, d, c0, c1, tile, sc, pb, bb);
         } else {
           const std::size_t len = c1 - c0;
-          double* cv = sc + ex;
-          cv += (64 - reinterpret_cast<std::uintptr_t>(cv) % 64) % 64 / sizeof(double);
+          double* cv = to_line<double>(sc + ex);
           const double** rp = ptrs.data() + std::size_t(t) * n;
           for (std::size_t i = 0; i < n; ++i) {
             const T* x = rows[i] + c0;
