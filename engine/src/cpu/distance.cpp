@@ -398,10 +398,11 @@ bool all_finite(const T* x, std::size_t len) {
 // triangle order) to part[npairs] and flags the block's non-finite rows in
 // bad[n]. sc: this thread's scratch, exact_scratch_doubles<T>(n, tile).
 // norms (may be null): the rows' block sums of squares with block_sumsq's
-// bits, taken tile by tile from the tile just read (reduce.h sumsq_lanes), as
-// the Gram kernel takes them. A pass over each block after it, from L2, cost
-// pairwise_sqdist_norms 10.6 ms over pairwise_sqdist at n = 20, d = 1e7
-// (2 threads, mean of 4 alternating runs); from the tiles, 6.6 ms.
+// bits, taken tile by tile from the tile in L1 (reduce.h sumsq_lanes), as the
+// Gram kernel takes them, instead of a pass over each block after it (from
+// L2). pairwise_sqdist_norms over pairwise_sqdist, n = 20, d = 1e7, float, 2
+// threads, mean of 4 alternating runs: 12.3 ms -> 10.5 ms (the widening to
+// double is most of it); geometric median at n = 8..20: within noise.
 //
 // Finiteness comes from the same pass: a finite pair sum proves both rows
 // finite on the block (a NaN/inf coordinate makes every sum it enters NaN or
@@ -427,9 +428,6 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
     const std::size_t len = std::min(tile, c1 - t0);
     std::size_t steps = 0;
     const TileView<T> v = view_tile(rows, n, t0, len, tile, std::size_t(kLanes<T>), true, stage, &steps);
-    if (norms)
-      for (std::size_t r = 0; r < n; ++r)
-        reduce::sumsq_lanes(v.row(r), len - len % reduce::kLanes, lanes + r * reduce::kLanes);
     const std::size_t t_pf = t0 + std::max<std::size_t>(1, kExactLeadBytes / (tile * sizeof(T))) * tile;
     const std::size_t pf_bytes = t_pf < d ? std::min(tile, d - t_pf) * sizeof(T) : 0;
     double* pl = dl;
@@ -454,6 +452,12 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
       }
       pl += (n - j) * kDoubleLanes;
     }
+    // The norms once the pairs have brought the tile into L1 (before them, the
+    // first touch of a tile read in place waited on L2: float64, n = 8,
+    // geometric median 1.15x slower).
+    if (norms)
+      for (std::size_t r = 0; r < n; ++r)
+        reduce::sumsq_lanes(v.row(r), len - len % reduce::kLanes, lanes + r * reduce::kLanes);
   }
   for (std::size_t p = 0; p < npairs; ++p) part[p] = fold_8(dl + p * kDoubleLanes);
   if (norms) {
