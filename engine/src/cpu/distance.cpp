@@ -1240,8 +1240,8 @@ namespace {
 // The distance pass; with norm_part (nblocks * n doubles) also every row's
 // block sum of squares, the bits of reduce.h's block_sumsq_finite of the
 // block, taken tile by tile from the tile in L1 (Gram path: as each tile is
-// packed; exact path: as each tile is read or staged): row_sqnorms's
-// partials, in its layout.
+// packed; exact path: once a tile's pairs are done): row_sqnorms's partials,
+// in its layout.
 // select: the caller only ranks distances (the selection rules): float input
 // may take a float Gram kernel (PYAGG_FLOAT_GRAM targets, no norms wanted: the
 // packed one for n > kGramMinN, the lane-wise one for n <= kGramMinN where
