@@ -331,11 +331,7 @@ class Scratch {
     stride_ = (bytes_per_thread + 63) / 64 * 64;
     bytes_.resize(stride_ * std::size_t(threads) + 64);
   }
-  void* get(int thread) {
-    auto base = reinterpret_cast<std::uintptr_t>(bytes_.data());
-    base = (base + 63) / 64 * 64;
-    return reinterpret_cast<void*>(base + stride_ * std::size_t(thread));
-  }
+  void* get(int thread) { return reduce::to_line<unsigned char>(bytes_.data()) + stride_ * std::size_t(thread); }
 
  private:
   std::size_t stride_ = 0;

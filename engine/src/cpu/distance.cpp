@@ -302,13 +302,8 @@ struct TileView {
   const T* row(std::size_t i) const { return stage ? stage + i * tile : rows[i] + t0; }
 };
 
-inline bool on_line(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
-// The first 64-byte line at or after p (scratch carved from a std::vector).
-template <typename T>
-T* to_line(void* p) {
-  char* c = static_cast<char*>(p);
-  return reinterpret_cast<T*>(c + (64 - reinterpret_cast<std::uintptr_t>(c) % 64) % 64);
-}
+using reduce::on_line;
+using reduce::to_line;
 constexpr std::size_t kStageMinN = 16;
 
 // The tile [t0, t0 + len) of the n rows as a TileView (stage: n * tile

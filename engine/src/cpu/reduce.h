@@ -126,6 +126,16 @@ inline void prefetch_span_l2(const void* p, std::size_t bytes) {
   for (std::size_t q = 0; q < bytes; q += 64) prefetch_l2(c + q);
 }
 
+// ---- 64-byte lines ----------------------------------------------------------------
+inline bool on_line(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
+// The first 64-byte line at or after p (scratch carved from a std::vector,
+// which promises 16 bytes at most).
+template <typename T>
+T* to_line(void* p) {
+  char* c = static_cast<char*>(p);
+  return reinterpret_cast<T*>(c + (64 - reinterpret_cast<std::uintptr_t>(c) % 64) % 64);
+}
+
 // ---- block partition ----------------------------------------------------------
 inline std::size_t num_blocks(std::size_t d) { return (d + kReduceBlock - 1) / kReduceBlock; }
 inline std::size_t block_begin(std::size_t b) { return b * kReduceBlock; }
