@@ -1448,7 +1448,7 @@ TEST_CASE("public API: contiguous block == separate row allocations (bitwise)") 
 
 // The distance kernels read a tile in place when every row's slice is on a
 // 64-byte line and otherwise (from 16 rows, and the last tile of d always)
-// stage it in an aligned scratch tile (distance.cpp: TileView). Same values,
+// stage it in an aligned scratch tile (distance.cpp: view_tile). Same values,
 // same lanes: D must be bitwise the same at every placement of the rows, for
 // every distance pass (exact kernel, lane-wise and packed float Gram kernels,
 // the exact double rerun). Placements: rows on lines (the in-place reference),

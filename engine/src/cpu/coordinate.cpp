@@ -300,29 +300,22 @@ inline __attribute__((always_inline)) void divide_by_count(VD* acc, std::size_t 
   }
 }
 
-// The sum kernels' rows on a tile: a full tile's rows are read in place; on
-// the last, partial tile (wl < W) the rows' wl coordinates are first copied
-// into buf (row i at buf + i * W, lanes >= wl zero), so that the row loop
-// holds no copy (a memcpy call there made GCC keep the accumulators in
-// memory: average, n = 20, d = 1e4, one thread, 19.7 -> 27 us). buf:
-// TileRows::tail_bytes(rows, d) of scratch.
+// The sum kernels' rows on a tile of W (reduce::TileRows): a full tile's rows
+// are read in place; on the last, partial tile (wl < W) the rows' wl
+// coordinates are first copied into tail (row i at tail + i * W, lanes >= wl
+// zero), so that the row loop holds no copy (a memcpy call there made GCC
+// keep the accumulators in memory: average, n = 20, d = 1e4, one thread,
+// 19.7 -> 27 us). tail: tail_bytes<T, W>(nrows, d) of scratch.
 template <typename T, std::size_t W>
-struct TileRows {
-  const T* const* rows;
-  std::size_t j0;
-  T* buf = nullptr;
-  TileRows(const T* const* r, std::size_t nrows, std::size_t j0_, std::size_t wl, T* tail) : rows(r), j0(j0_) {
-    if (wl == W) return;
-    buf = tail;
-    for (std::size_t i = 0; i < nrows; ++i) {
-      std::memcpy(buf + i * W, rows[i] + j0, wl * sizeof(T));
-      std::fill(buf + i * W + wl, buf + (i + 1) * W, T(0));
-    }
-  }
-  const T* operator[](std::size_t i) const { return buf ? buf + i * W : rows[i] + j0; }
-  // The scratch a partial tile needs (none when W divides d).
-  static std::size_t tail_bytes(std::size_t nrows, std::size_t d) { return d % W ? nrows * W * sizeof(T) : 0; }
-};
+reduce::TileRows<T> sum_tile(const T* const* rows, std::size_t nrows, std::size_t j0, std::size_t wl, T* tail) {
+  if (wl == W) return reduce::TileRows<T>{rows, j0, nullptr, W};
+  return reduce::copy_tile(rows, nrows, j0, wl, W, W, tail);
+}
+// The scratch a partial tile needs (none when W divides d).
+template <typename T, std::size_t W>
+std::size_t tail_bytes(std::size_t nrows, std::size_t d) {
+  return d % W ? nrows * W * sizeof(T) : 0;
+}
 
 // 64-byte aligned per-thread scratch.
 class Scratch {
@@ -572,9 +565,9 @@ void average_tiles(const T* const* rows, std::size_t n, std::size_t d, const dou
   constexpr std::size_t NG = W / G;
   const SumPrefetch<T> pf(n, d);
   // scratch: a scaled row (W values), then the partial tile's rows
-  parallel_tiles<W>(n, d, W * sizeof(T) + TileRows<T, W>::tail_bytes(n, d),
+  parallel_tiles<W>(n, d, W * sizeof(T) + tail_bytes<T, W>(n, d),
                     [=](std::size_t j0, std::size_t wl, void* scratch) {
-    const TileRows<T, W> tile(rows, n, j0, wl, static_cast<T*>(scratch) + W);
+    const auto tile = sum_tile<T, W>(rows, n, j0, wl, static_cast<T*>(scratch) + W);
     VD acc[NG];
 #pragma GCC unroll 16
     for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
@@ -628,8 +621,8 @@ void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::s
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
   const SumPrefetch<T> pf(cnt, d);
-  parallel_tiles<W>(cnt, d, TileRows<T, W>::tail_bytes(cnt, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
-    const TileRows<T, W> tile(rows, cnt, j0, wl, static_cast<T*>(scratch));
+  parallel_tiles<W>(cnt, d, tail_bytes<T, W>(cnt, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
+    const auto tile = sum_tile<T, W>(rows, cnt, j0, wl, static_cast<T*>(scratch));
     VD acc[NG];
 #pragma GCC unroll 16
     for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{};
@@ -663,8 +656,8 @@ void bucket_means(const T* const* rows, std::size_t n, std::size_t d, std::size_
   constexpr std::size_t NG = W / G;
   const std::size_t nbk = (n + s - 1) / s;
   const SumPrefetch<T> pf(n, d);
-  parallel_tiles<W>(n, d, TileRows<T, W>::tail_bytes(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
-    const TileRows<T, W> tile(rows, n, j0, wl, static_cast<T*>(scratch));
+  parallel_tiles<W>(n, d, tail_bytes<T, W>(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
+    const auto tile = sum_tile<T, W>(rows, n, j0, wl, static_cast<T*>(scratch));
     for (std::size_t b = 0; b < nbk; ++b) {
       const std::size_t r0 = b * s, r1 = std::min(n, r0 + s);
       VD acc[NG];
@@ -702,8 +695,8 @@ void average_nan(const T* const* rows, std::size_t n, std::size_t d, T* out) {
   constexpr std::size_t W = kNanTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
   const SumPrefetch<T> pf(n, d);
-  parallel_tiles<W>(n, d, TileRows<T, W>::tail_bytes(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
-    const TileRows<T, W> tile(rows, n, j0, wl, static_cast<T*>(scratch));
+  parallel_tiles<W>(n, d, tail_bytes<T, W>(n, d), [&](std::size_t j0, std::size_t wl, void* scratch) {
+    const auto tile = sum_tile<T, W>(rows, n, j0, wl, static_cast<T*>(scratch));
     VD sum[NG], cnt[NG];
 #pragma GCC unroll 16
     for (std::size_t g = 0; g < NG; ++g) sum[g] = cnt[g] = VD{};

@@ -81,7 +81,7 @@
 //  x_jk)^2 in float/double lanes per tile of 64..1024 coordinates (each lane a
 //  fixed-order sum; four rows j against one row i; tiles folded into double;
 //  see distance_block_exact; a tile whose rows are off 64-byte lines is
-//  first copied to an aligned scratch tile, TileView): at small n its ~n^2/2
+//  first copied to an aligned scratch tile, view_tile): at small n its ~n^2/2
 //  differences per coordinate cost less than the Gram kernel's padded
 //  multiply-adds.
 //  n > 32: the Gram form below, in double. The selection rules on float input
@@ -224,7 +224,7 @@ inline double fold_8(const double* c) {
 
 // For the P rows b_p: sum over the tile of (a[c] - b_p[c])^2 in kLanes lanes of
 // T (coordinate c -> lane c % kLanes), folded into the pairs' double lanes
-// dl[p*8 .. p*8+7] (fold_to8). len: a multiple of kLanes (TileView pads the
+// dl[p*8 .. p*8+7] (fold_to8). len: a multiple of kLanes (view_tile pads the
 // last tile of d with zeros: (0 - 0)^2 adds 0 to the lanes past its end).
 template <typename T, int P>
 inline void tile_sqdist(const T* a, const T* const* b, std::size_t len, double* dl) {
@@ -281,50 +281,36 @@ inline void tile_sqdist(const T* a, const T* const* b, std::size_t len, double* 
   }
 }
 
-// One tile of the n rows as the exact kernel reads it: in place (row i at
-// rows[i] + t0), or staged, i.e. copied to `stage` (64-byte aligned, row i at
-// stage + i * tile) with the last step padded with zeros. Staged: a tile that
-// is not a whole number of kLanes steps (the last tile of d), and, from
-// kStageMinN rows on, a tile with a row off a 64-byte line. numpy hands out
-// rows 16 bytes past a line (an allocation's header), and a 64-byte load
-// that straddles two lines cost the kernel 1.45x its time (AMD Zen 4, n = 20,
-// d = 1e7, 2 threads: 74 ms with the rows 16 bytes off a line, 51 ms on
-// lines); each row's copy buys back its ~n/2 straddling loads. Below 16
-// rows the copy cost more than it saved (n = 5: 1.25-1.5x slower; n = 8, 12:
-// the same; n = 16, 20: 0.87-0.92x, L3-resident). Staging moves values, not
-// lanes: the result bits are the same either way.
-template <typename T>
-struct TileView {
-  const T* const* rows;
-  std::size_t t0;
-  const T* stage;  // null: in place
-  std::size_t tile;
-  const T* row(std::size_t i) const { return stage ? stage + i * tile : rows[i] + t0; }
-};
-
+// The distance kernels' tiles (reduce::TileRows): read in place, or copied to
+// `stage` (64-byte aligned, row i at stage + i * tile) with the last step
+// padded with zeros. Copied: a tile that is not a whole number of steps (the
+// last tile of d), and, with realign, from kStageMinN rows on, a tile with a
+// row off a 64-byte line. numpy hands out rows 16 bytes past a line (an
+// allocation's header), and a 64-byte load that straddles two lines cost the
+// exact kernel 1.45x its time (AMD Zen 4, n = 20, d = 1e7, 2 threads: 74 ms
+// with the rows 16 bytes off a line, 51 ms on lines); each row's copy buys
+// back its ~n/2 straddling loads. Below 16 rows the copy cost more than it
+// saved (n = 5: 1.25-1.5x slower; n = 8, 12: the same; n = 16, 20:
+// 0.87-0.92x, L3-resident).
 using reduce::on_line;
 using reduce::to_line;
+using reduce::TileRows;
 constexpr std::size_t kStageMinN = 16;
 
-// The tile [t0, t0 + len) of the n rows as a TileView (stage: n * tile
-// elements, 64-byte aligned); *steps = len rounded up to the kernel's step
-// (kLanes<T> for the exact kernel, kLaneF for the lane-wise Gram kernel).
-// realign: stage a tile with a row off a line (from kStageMinN rows); false:
-// stage only to pad the last tile of d.
+// The tile [t0, t0 + len) of the n rows (stage: n * tile elements, 64-byte
+// aligned); *steps = len rounded up to the kernel's step (kLanes<T> for the
+// exact kernel, kLaneF for the lane-wise Gram kernel). realign: copy a tile
+// with a row off a line (from kStageMinN rows); false: copy only to pad the
+// last tile of d.
 template <typename T>
-TileView<T> view_tile(const T* const* rows, std::size_t n, std::size_t t0, std::size_t len, std::size_t tile,
+TileRows<T> view_tile(const T* const* rows, std::size_t n, std::size_t t0, std::size_t len, std::size_t tile,
                       std::size_t step, bool realign, T* stage, std::size_t* steps) {
   *steps = (len + step - 1) / step * step;
   bool in_place = *steps == len;  // no padding needed
   if (realign && n >= kStageMinN)
     for (std::size_t i = 0; i < n && in_place; ++i) in_place = on_line(rows[i] + t0);
-  if (in_place) return TileView<T>{rows, t0, nullptr, tile};
-  for (std::size_t i = 0; i < n; ++i) {
-    T* y = stage + i * tile;
-    std::memcpy(y, rows[i] + t0, len * sizeof(T));
-    std::fill(y + len, y + *steps, T(0));
-  }
-  return TileView<T>{rows, t0, stage, tile};
+  if (in_place) return TileRows<T>{rows, t0, nullptr, tile};
+  return reduce::copy_tile(rows, n, t0, len, *steps, tile, stage);
 }
 
 // Doubles of a thread's scratch for distance_block_exact: the pairs' double
@@ -335,10 +321,10 @@ std::size_t exact_scratch_doubles(std::size_t n, std::size_t tile) {
 }
 
 template <typename T, int P>
-inline void pair_group(const TileView<T>& v, std::size_t i, std::size_t j, std::size_t len, double* dl) {
+inline void pair_group(const TileRows<T>& v, std::size_t i, std::size_t j, std::size_t len, double* dl) {
   const T* b[P];
-  for (int q = 0; q < P; ++q) b[q] = v.row(j + q);
-  tile_sqdist<T, P>(v.row(i), b, len, dl);
+  for (int q = 0; q < P; ++q) b[q] = v[j + q];
+  tile_sqdist<T, P>(v[i], b, len, dl);
 }
 
 // The exact difference form, in double, of a pair over a block (the Gram
@@ -422,7 +408,7 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
   for (std::size_t t0 = c0; t0 < c1; t0 += tile) {
     const std::size_t len = std::min(tile, c1 - t0);
     std::size_t steps = 0;
-    const TileView<T> v = view_tile(rows, n, t0, len, tile, std::size_t(kLanes<T>), true, stage, &steps);
+    const TileRows<T> v = view_tile(rows, n, t0, len, tile, std::size_t(kLanes<T>), true, stage, &steps);
     const std::size_t t_pf = t0 + std::max<std::size_t>(1, kExactLeadBytes / (tile * sizeof(T))) * tile;
     const std::size_t pf_bytes = t_pf < d ? std::min(tile, d - t_pf) * sizeof(T) : 0;
     double* pl = dl;
@@ -452,7 +438,7 @@ void distance_block_exact(const T* const* rows, std::size_t n, std::size_t d, st
     // geometric median 1.15x slower).
     if (norms)
       for (std::size_t r = 0; r < n; ++r)
-        reduce::sumsq_lanes(v.row(r), len - len % reduce::kLanes, lanes + r * reduce::kLanes);
+        reduce::sumsq_lanes(v[r], len - len % reduce::kLanes, lanes + r * reduce::kLanes);
   }
   for (std::size_t p = 0; p < npairs; ++p) part[p] = fold_8(dl + p * kDoubleLanes);
   if (norms) {
@@ -1172,9 +1158,9 @@ bool distance_block_lane_f(const float* const* rows, std::size_t n, std::size_t 
   float* stage = to_line<float>(tf);
   for (std::size_t t0 = c0; t0 < c1; t0 += kLaneTileF) {
     std::size_t len16 = 0;
-    const TileView<float> v =
+    const TileRows<float> v =
         view_tile(rows, n, t0, std::min(kLaneTileF, c1 - t0), kLaneTileF, kLaneF, false, stage, &len16);
-    for (std::size_t q = 0; q < n; ++q) x[q] = v.row(q);
+    for (std::size_t q = 0; q < n; ++q) x[q] = v[q];
     SpreadHints<float> hint(rows, t0 + kLaneLead * kLaneTileF, kLaneTileF * sizeof(float) / 64, n,
                             t0 + (kLaneLead + 1) * kLaneTileF <= d, ng * (ng + 1) / 2);
     for (std::size_t gi = 0; gi < ng; ++gi) {

@@ -38,6 +38,7 @@
 // caught at the engine's door).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -134,6 +135,33 @@ template <typename T>
 T* to_line(void* p) {
   char* c = static_cast<char*>(p);
   return reinterpret_cast<T*>(c + (64 - reinterpret_cast<std::uintptr_t>(c) % 64) % 64);
+}
+
+// ---- the rows of a tile -------------------------------------------------------
+// Coordinates [t0, t0 + len) of n rows as a tiled kernel reads them: in place
+// (row i at rows[i] + t0), or copied to a scratch tile (row i at
+// buf + i * stride, its lanes [len, padded) zero). The kernels copy the last,
+// partial tile of d, so that their loops run whole steps without a tail
+// (coordinate.cpp's sum kernels, distance.cpp's), and distance.cpp's exact
+// kernel also a tile with a row off a 64-byte line. A copy moves values, not
+// lanes: a kernel's result bits are the same either way.
+template <typename T>
+struct TileRows {
+  const T* const* rows;
+  std::size_t t0;
+  const T* buf;  // null: in place
+  std::size_t stride;
+  const T* operator[](std::size_t i) const { return buf ? buf + i * stride : rows[i] + t0; }
+};
+template <typename T>
+TileRows<T> copy_tile(const T* const* rows, std::size_t n, std::size_t t0, std::size_t len, std::size_t padded,
+                      std::size_t stride, T* buf) {
+  for (std::size_t i = 0; i < n; ++i) {
+    T* y = buf + i * stride;
+    std::memcpy(y, rows[i] + t0, len * sizeof(T));
+    std::fill(y + len, y + padded, T(0));
+  }
+  return TileRows<T>{rows, t0, buf, stride};
 }
 
 // ---- block partition ----------------------------------------------------------
