@@ -610,14 +610,16 @@ void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const do
     average_tiles<false>(rows, n, d, scale, keep, out);
 }
 // ------------------------------------------------ weighted sums of rows ---
-// out = T(sum_t a[t] * x_t) (post = 0: the geometric median's and centered
-// clipping's combination) or T(0.0 + post * sum_t a[t] * x_t) (post != 0:
-// centered clipping from v = 0), the sum in double over the rows in the given
-// order for every coordinate, from +0.0; each term a multiply-add where the
-// target has FMA (as the scalar loop it replaces was compiled). Accumulators
-// in registers over tiles of kSumTileBytes, like average.
+// out = T(sum_t a[t] * x_t) (post = 0, den = 1: the geometric median's and
+// centered clipping's combination), T(0.0 + post * sum_t a[t] * x_t)
+// (post != 0: centered clipping from v = 0) or T(sum_t a[t] * x_t / den)
+// (den != 1: next.cpp's combinations), the sum in double over the rows in the
+// given order for every coordinate, from +0.0; each term a multiply-add where
+// the target has FMA (as the scalar loops it replaces were compiled).
+// Accumulators in registers over tiles of kSumTileBytes, like average.
 template <typename T>
-void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out) {
+void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, double den,
+                  T* out) {
   constexpr std::size_t W = kSumTileBytes / sizeof(double);
   constexpr std::size_t NG = W / G;
   const SumPrefetch<T> pf(cnt, d);
@@ -638,11 +640,18 @@ void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::s
 #pragma GCC unroll 16
       for (std::size_t g = 0; g < NG; ++g) acc[g] = VD{} + pv * acc[g];
     }
+    if (den != 1.0) {
+      const VD dv = VD{} + den;
+#pragma GCC unroll 16
+      for (std::size_t g = 0; g < NG; ++g) acc[g] /= dv;
+    }
     store_tile<W>(out + j0, acc, wl);
   });
 }
-template void weighted_sum<float>(const float* const*, const double*, std::size_t, std::size_t, double, float*);
-template void weighted_sum<double>(const double* const*, const double*, std::size_t, std::size_t, double, double*);
+template void weighted_sum<float>(const float* const*, const double*, std::size_t, std::size_t, double, double,
+                                  float*);
+template void weighted_sum<double>(const double* const*, const double*, std::size_t, std::size_t, double, double,
+                                   double*);
 
 // ------------------------------------------------------------ bucket means ---
 // Output row b = the mean of rows [b*s, min(n, (b+1)*s)): per coordinate

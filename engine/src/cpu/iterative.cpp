@@ -268,7 +268,7 @@ void geometric_median_mean_start(const T* const* rows, std::size_t n, std::size_
   // Pass 2: out = sum_t a[t] x_idx[t], in double, rows in index order.
   std::vector<const T*> lr(c.idx.size());
   for (std::size_t t = 0; t < lr.size(); ++t) lr[t] = rows[c.idx[t]];
-  weighted_sum<T>(lr.data(), c.a.data(), lr.size(), d, 0.0, out);
+  weighted_sum<T>(lr.data(), c.a.data(), lr.size(), d, 0.0, 1.0, out);
 }
 
 // -------------------------------------------------------- centered-clipping ---
@@ -329,7 +329,7 @@ bool centered_clipping_coef(const T* const* rows, std::size_t n, std::size_t d, 
     pr.push_back(rows[live[t]]);
     a.push_back(w[t + 1]);
   }
-  weighted_sum<T>(pr.data(), a.data(), pr.size(), d, 0.0, out);
+  weighted_sum<T>(pr.data(), a.data(), pr.size(), d, 0.0, 1.0, out);
   return true;
 }
 
@@ -354,7 +354,7 @@ void centered_clipping_once_from_zero(const T* const* rows, std::size_t n, std::
   }
   const std::size_t nlive = live_rows.size();
   // Pass 1: out = T(0.0 + (1/n) * sum_t c_t x_t) (the general loop's v + acc/n, v = 0).
-  weighted_sum<T>(live_rows.data(), c.data(), nlive, d, 1.0 / static_cast<double>(n), out);
+  weighted_sum<T>(live_rows.data(), c.data(), nlive, d, 1.0 / static_cast<double>(n), 1.0, out);
 }
 
 template <typename T>

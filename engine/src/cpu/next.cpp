@@ -41,12 +41,13 @@
 #include "cpu/cpu_backend.h"
 #include "common/select_next.h"
 #include "cpu/reduce.h"
+#include "cpu/rowmean.h"
 
 namespace pyagg {
 namespace cpu {
 namespace {
 
-constexpr std::size_t kCombineChunk = 1024;
+constexpr std::size_t kCombineChunk = 1024;  // zeroing_pre: coordinates per work item
 
 template <typename T>
 void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norms, std::vector<selection::RowStat>* out) {
@@ -123,6 +124,10 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
   }
 }
 
+// out = sum_t a_t x_{idx_t} / den per coordinate, in double, rows in
+// increasing index order: rowmean.h weighted_sum (its register tiles,
+// hints and threads; the scalar chunk loop it replaces, the same arithmetic,
+// was 1.8x a pass of average).
 template <typename T>
 void combine(const T* const* rows, std::size_t d, const selection::Combo& c, T* out) {
   if (c.nan || c.idx.empty()) {
@@ -130,31 +135,9 @@ void combine(const T* const* rows, std::size_t d, const selection::Combo& c, T* 
     std::fill(out, out + d, v);
     return;
   }
-  const std::size_t cnt = c.idx.size();
-  const double den = c.den;
-  const std::size_t nchunks = (d + kCombineChunk - 1) / kCombineChunk;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(reduce::threads_for(cnt * d))
-  for (std::ptrdiff_t ch = 0; ch < std::ptrdiff_t(nchunks); ++ch) {
-    const std::size_t c0 = std::size_t(ch) * kCombineChunk, len = std::min(kCombineChunk, d - c0);
-    constexpr std::size_t kStep = 32;
-    std::size_t k = 0;
-    for (; k + kStep <= len; k += kStep) {
-      double a[kStep] = {};
-      for (std::size_t t = 0; t < cnt; ++t) {
-        const T* r = rows[c.idx[t]] + c0 + k;
-        const double w = c.a[t];
-#pragma GCC unroll 32
-        for (std::size_t l = 0; l < kStep; ++l) a[l] += w * double(r[l]);
-      }
-#pragma GCC unroll 32
-      for (std::size_t l = 0; l < kStep; ++l) out[c0 + k + l] = T(a[l] / den);
-    }
-    for (; k < len; ++k) {
-      double a = 0;
-      for (std::size_t t = 0; t < cnt; ++t) a += c.a[t] * double(rows[c.idx[t]][c0 + k]);
-      out[c0 + k] = T(a / den);
-    }
-  }
+  std::vector<const T*> sel(c.idx.size());
+  for (std::size_t t = 0; t < sel.size(); ++t) sel[t] = rows[c.idx[t]];
+  weighted_sum<T>(sel.data(), c.a.data(), sel.size(), d, 0.0, c.den, out);
 }
 
 // D of the rows on the sorted coordinates `coords` (nullptr: all).

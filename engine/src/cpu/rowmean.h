@@ -413,11 +413,12 @@ template <typename T>
 void average_scaled(const T* const* rows, std::size_t n, std::size_t d, const double* scale,
                     const unsigned char* keep, T* out);
 
-// out = T(sum_t a[t] x_t) (post = 0) or T(0.0 + post * sum_t a[t] x_t), the
-// sum in double in row order (coordinate.cpp; the geometric median's and
-// centered clipping's combination pass).
+// out = T(sum_t a[t] x_t) (post = 0, den = 1), T(0.0 + post * sum_t a[t] x_t)
+// or T(sum_t a[t] x_t / den), the sum in double in row order (coordinate.cpp;
+// the geometric median's, centered clipping's and next.cpp's combination pass).
 template <typename T>
-void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, T* out);
+void weighted_sum(const T* const* rows, const double* a, std::size_t cnt, std::size_t d, double post, double den,
+                  T* out);
 
 // Bucketing's means (preagg.cpp): output row b = the mean of rows [b*s,
 // min(n, (b+1)*s)), 0.0 + the rows in order in double, divided by the
