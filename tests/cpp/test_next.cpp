@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -144,6 +145,79 @@ TEST_CASE("SMEA subsets: unrank and next follow lexicographic order") {
   CHECK(binom_u64(30, 7) == 2035800ull);
 }
 
+
+// smea's branch and bound (smea_skip, a first candidate) must pick the subset
+// the full lexicographic scan picks: the first subset of smallest
+// smea_lambda, over usable subsets. Cases: Gaussian rows, rows with far
+// (Byzantine) rows that every subset but one holds, duplicated rows (exact
+// ties between subsets), all rows equal (every lambda 0), non-finite rows,
+// fewer usable rows than m; n = 5..14, every f allowed.
+TEST_CASE("smea: the pruned scan picks the full scan's subset") {
+  std::mt19937_64 rng(41);
+  std::normal_distribution<double> N;
+  int cases = 0, pruned_cases = 0;
+  for (int kind = 0; kind < 6; ++kind)
+    for (std::size_t n = 5; n <= 14; ++n)
+      for (std::size_t f = 1; 2 * f + 1 <= n; ++f) {
+        const std::size_t d = 7, m = n - f;
+        std::vector<double> X(n * d);
+        for (double& v : X) v = N(rng);
+        std::vector<RowStat> st(n);
+        if (kind == 1)  // f far rows at random places
+          for (std::size_t k = 0; k < f; ++k) {
+            const std::size_t i = rng() % n;
+            for (std::size_t c = 0; c < d; ++c) X[i * d + c] = 1e3 * N(rng);
+          }
+        if (kind == 2)  // duplicates: rows 2i+1 = rows 2i
+          for (std::size_t i = 0; i + 1 < n; i += 2)
+            for (std::size_t c = 0; c < d; ++c) X[(i + 1) * d + c] = X[i * d + c];
+        if (kind == 3)
+          for (std::size_t i = 1; i < n; ++i)
+            for (std::size_t c = 0; c < d; ++c) X[i * d + c] = X[c];
+        if (kind == 4) st[rng() % n].finite = false;
+        if (kind == 5)
+          for (std::size_t k = 0; k <= f; ++k) st[k].finite = false;
+        std::vector<double> D = sqdist(X, n, d);
+        RuleConfig r;
+        r.rule = RuleId::kSmea;
+        r.f = f;
+        const Combo got = smea(r, D.data(), n, st);
+        // The full scan, written out here: first minimum in lexicographic order.
+        const std::vector<std::size_t> R = usable_rows(st);
+        std::vector<std::size_t> pos(n, n);
+        for (std::size_t a = 0; a < R.size(); ++a) pos[R[a]] = a;
+        const std::vector<double> K = R.empty() ? std::vector<double>() : centered_gram(D.data(), n, R);
+        std::vector<std::size_t> c(m), want;
+        std::vector<double> B, rho;
+        double best = std::numeric_limits<double>::infinity();
+        unrank_combination(0, n, m, c.data());
+        std::size_t evaluated = 0;
+        do {
+          bool ok = true;
+          for (std::size_t t = 0; t < m; ++t) ok = ok && pos[c[t]] < n;
+          const double lam = ok ? smea_lambda(K, R.size(), pos, c.data(), m, B, rho)
+                                : std::numeric_limits<double>::infinity();
+          evaluated += ok;
+          if (want.empty() || lam < best) {
+            best = lam;
+            want = c;
+          }
+        } while (next_combination(c.data(), n, m));
+        CHECK(got.idx == want);
+        ++cases;
+        // How many subsets the bound skips against the final minimum.
+        std::size_t skippable = 0;
+        unrank_combination(0, n, m, c.data());
+        do {
+          bool ok = true;
+          for (std::size_t t = 0; t < m; ++t) ok = ok && pos[c[t]] < n;
+          if (ok && smea_skip(smea_matrix(K, R.size(), pos, c.data(), m, B, rho), m, best)) ++skippable;
+        } while (next_combination(c.data(), n, m));
+        pruned_cases += kind == 1 && skippable * 2 > evaluated;
+      }
+  CHECK(cases == 6 * 40);
+  CHECK(pruned_cases > 30);  // far rows: most subsets skipped (the bound does work)
+}
 TEST_CASE("clipped clustering and zeroing on tiny inputs") {
   // Rows 0, 1, 3 along +x, rows 2, 4 along -x: the +x cluster (3 rows) wins.
   const std::size_t n = 5, d = 2;
