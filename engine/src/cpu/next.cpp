@@ -18,17 +18,19 @@
 //
 // Passes over G
 // -------------
-//  1. row statistics (row_stats; skipped for float32 smea, caf and dnc with
-//     b >= d, whose usable rows are the finite rows that pass 2 reports): per
-//     row, over the fixed blocks of
-//     kReduceBlock coordinates, the sum of squares (with finiteness) and, for
-//     zeroing with norm_order 1 or inf, the L1 and L-inf norms; partials
-//     combined in block order (deterministic).
+//  1. row statistics (row_stats; zeroing and dnc with b < d only): per row,
+//     over the fixed blocks of kReduceBlock coordinates, the sum of squares
+//     (with finiteness) and, for zeroing with norm_order 1 or inf, the L1 and
+//     L-inf norms; partials combined in block order (deterministic).
 //  2. (dnc, clipped-clustering, smea, caf) the one distance pass,
-//     cpu::pairwise_sqdist; dnc with b < d runs it once per iteration on a
-//     gathered n x b copy of the sampled coordinates (O(n b) memory).
-//  3. the output combination (combine): out = sum_t a_t x_{idx_t} / den,
-//     per chunk of coordinates, rows in increasing index order, double.
+//     cpu::pairwise_sqdist, or pairwise_sqdist_norms where the rule reads the
+//     sums of squares (clipped-clustering; float64 usability): finiteness and
+//     the sums of squares come from it with row_stats' bits, so smea, caf,
+//     clipped-clustering and dnc with b >= d read G twice in all. dnc with
+//     b < d runs it once per iteration on a gathered n x b copy of the
+//     sampled coordinates (O(n b) memory).
+//  3. the output combination (combine, through weighted_sum): out =
+//     sum_t a_t x_{idx_t} / den, rows in increasing index order, double.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -169,36 +171,44 @@ template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out) {
   std::vector<selection::RowStat> st;
   selection::Combo c;
-  // float32 input: a row's float64 sum of squares cannot overflow (|x| <=
-  // 3.4e38, d < 2^62), so "usable" is "every entry finite", which the distance
-  // pass already reports (D[i][i] = 0 exactly for those rows). smea, caf and
-  // dnc on all coordinates then read G twice (distances, output), not three
-  // times; they read nothing else of the statistics.
+  // The rules that read D on all coordinates (smea, caf, clipped-clustering,
+  // dnc with b >= d) take the row statistics they need from the distance
+  // pass, which reads G once: D[i][i] = 0 exactly for a row with every entry
+  // finite, and pairwise_sqdist_norms's sums of squares have row_stats' bits
+  // (block sums in block order). float32 smea, caf and dnc skip the sums: a
+  // row's float64 sum of squares cannot overflow (|x| <= 3.4e38, d < 2^62), so
+  // "usable" is "every entry finite". These rules then read G twice
+  // (distances, output), not three times.
   const bool full_dnc = r.rule == RuleId::kDnc && std::size_t(r.sub_dim) >= d;
-  if (std::is_same<T, float>::value && (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf || full_dnc)) {
-    std::vector<double> D(n * n);
-    pairwise_sqdist<T>(rows, n, d, D.data());
+  if (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf || r.rule == RuleId::kClippedClustering || full_dnc) {
+    std::vector<double> D(n * n), sq;
+    const bool sums = r.rule == RuleId::kClippedClustering || !std::is_same<T, float>::value;
+    if (sums) {
+      sq.resize(n);
+      pairwise_sqdist_norms<T>(rows, n, d, D.data(), sq.data());
+    } else {
+      pairwise_sqdist<T>(rows, n, d, D.data());
+    }
     st.assign(n, selection::RowStat{});
-    for (std::size_t i = 0; i < n; ++i) st[i].finite = D[i * n + i] == 0.0;
-    if (r.rule == RuleId::kSmea || r.rule == RuleId::kCaf)
-      c = selection::from_distances(r, D.data(), n, st);
-    else
+    for (std::size_t i = 0; i < n; ++i) {
+      st[i].finite = D[i * n + i] == 0.0;
+      if (sums) st[i].sumsq = sq[i];
+    }
+    if (full_dnc)
       c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>*, std::vector<double>* Dk) { *Dk = D; });
+    else
+      c = selection::from_distances(r, D.data(), n, st);
     combine(rows, d, c, out);
     return;
   }
+  // zeroing, and dnc on sampled coordinates (its norms are over all of them).
   row_stats(rows, n, d, selection::needs_abs_norms(r), &st);
-  if (r.rule == RuleId::kZeroing) {
+  if (r.rule == RuleId::kZeroing)
     c = selection::zeroing(r, st);
-  } else if (r.rule == RuleId::kDnc) {
+  else
     c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
       subset_distances(rows, n, d, coords, D);
     });
-  } else {
-    std::vector<double> D(n * n);
-    pairwise_sqdist<T>(rows, n, d, D.data());
-    c = selection::from_distances(r, D.data(), n, st);
-  }
   combine(rows, d, c, out);
 }
 
