@@ -28,7 +28,11 @@ up, sized to ``--budget`` seconds), and:
   of a fresh n' x d result);
 - ratio = pyagg time / roofline (the issue's table), and / pass.
 
-Skipped: mda at n = 100 (C(100, 20) subsets: refused by design); n = 100 with
+The rules of rules_next.md (dnc, clipped-clustering, smea, caf, zeroing) run
+at their defaults; dnc samples b = 1e4 coordinates per iteration, so its
+roofline is one pass, not the GEMM bound.
+
+Skipped: mda and smea at n = 100 (C(100, 20) subsets: refused by design); n = 100 with
 d = 1e7 unless ``--big`` (4 GB of input, 8+ GB with an nnm output, and ~15
 minutes of timing on 2 cores).
 
@@ -66,9 +70,12 @@ RULES = [
     "average", "average-nan", "median", "trimmed-mean", "averaged-median",
     "krum", "multi-krum", "bulyan", "bulyan-multikrum", "mda",
     "geometric-median", "centered-clipping",
+    # rules_next.md, at their defaults (zeroing: tau between the honest and the
+    # scaled rows' L-inf norms, so that it zeroes the f scaled rows)
+    "dnc", "clipped-clustering", "smea", "caf", "zeroing",
 ]
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "bulyan-multikrum", "mda", "geometric-median",
-                  "centered-clipping", "nnm"}
+                  "centered-clipping", "nnm", "clipped-clustering", "smea", "caf"}
 PRES = ["nnm", "clipping (ARC)", "clipping (static)", "bucketing"]
 # The same pre-aggregators writing into a caller's buffer reused across calls
 # (preaggregate(..., out=)): no page faults on a fresh n' x d result.
@@ -133,6 +140,10 @@ def case_fn(name: str, G: np.ndarray, f: int):
         inner, rows = case_fn(name[: -len(", out=")], G, f)
         buf = np.zeros((rows, G.shape[1]), dtype=G.dtype)  # faulted in once, here
         return (lambda: inner(out=buf)), rows
+    if name == "zeroing":
+        linf = np.abs(G).max(axis=1)
+        tau = float(np.sqrt(linf[f:].max() * linf[:f].min())) if f else float(2 * linf.max())
+        return (lambda: pyagg.aggregate(G, "zeroing", f, tau=tau)), 1
     if name in RULES:
         return (lambda: pyagg.aggregate(G, name, f)), 1
     if name == "nnm":
@@ -183,7 +194,7 @@ def run_cell(n: int, d: int, bw: float, gemm: float, budget: float, only: list[s
             continue
         if name in CHAINS and not only:
             continue  # chains: only when asked (--only or --chains)
-        if name == "mda" and math.comb(n, f) > 1e7:
+        if (name == "mda" and math.comb(n, f) > 1e7) or (name == "smea" and math.comb(n, f) > 1e6):
             rows.append({"name": name, "skip": f"C({n},{f}) subsets: refused"})
             continue
         fn, out_rows = case_fn(name, G, f)
