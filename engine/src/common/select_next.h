@@ -548,13 +548,11 @@ inline Combo smea(const RuleConfig& r, const double* D, std::size_t n, const std
     for (std::uint64_t q = 0; q < cnt; ++q) {
       bool ok = true;
       for (std::size_t t = 0; t < m && ok; ++t) ok = pos[c[t]] < n;
-      double lam = std::numeric_limits<double>::infinity();
-      bool skip = !ok && best_rank[ch] != ~std::uint64_t(0);
-      if (ok && !smea_skip(smea_matrix(K, mk, pos, c.data(), m, B, rho), m, std::min(bound, best[ch])))
-        lam = std::max(0.0, tridiag_max_eig(B, m));
-      else if (ok)
-        skip = true;
-      if (!skip && (best_rank[ch] == ~std::uint64_t(0) || lam < best[ch])) {
+      const bool pruned =
+          ok && smea_skip(smea_matrix(K, mk, pos, c.data(), m, B, rho), m, std::min(bound, best[ch]));
+      const double lam =
+          ok && !pruned ? std::max(0.0, tridiag_max_eig(B, m)) : std::numeric_limits<double>::infinity();
+      if (!pruned && (best_rank[ch] == ~std::uint64_t(0) || lam < best[ch])) {
         best[ch] = lam;
         best_rank[ch] = r0 + q;
         best_set[ch] = c;

@@ -1242,7 +1242,7 @@ void distance_pass(const T* const* rows, std::size_t n, std::size_t d, double* D
   const bool fgram = fsel && gram;         // the packed float Gram kernel
   const bool lgram = fsel && !gram && lane_worth(n);  // the lane-wise float Gram kernel
   const std::size_t npf = fgram ? gram_npf(n) : 0;
-  // a thread's packed float tile, or its zero-padded tail steps
+  // a thread's packed float tile, or its staged tile (lane-wise kernel)
   const std::size_t fslot = fgram ? gram_tile_f(npf) * npf : (lgram ? lane_scratch_floats(n) : 0);
   std::vector<float> fscratch(std::size_t(nthreads) * fslot);
   std::vector<const float*> lptr(lgram ? std::size_t(nthreads) * lane_np(n) : 0);
