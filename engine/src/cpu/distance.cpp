@@ -531,18 +531,25 @@ void run_distance_blocks(std::size_t n, std::size_t d, std::size_t per_thread, B
 // call, spread over the current tile's arithmetic (all ~800 at once at n =
 // 100 wait on the line-fill buffers and stall the packing), into L2 (see
 // reduce::prefetch_span_l2; the double kernel's L1 hints were 3-11% slower at
-// n = 40-100 on the AMD host). total = 0: nothing to hint.
+// n = 40-100 on the AMD host). total = 0: nothing to hint. The hint's row and
+// line are counted, not divided out of its index: with a run-time line count
+// (the packed float kernel's tile) each hint cost a 64-bit division.
 template <typename T>
 struct SpreadHints {
   const T* const* rows;
   std::size_t from, lines_per_row, total, step, next = 0;
+  std::size_t row = 0, line = 0;  // next = row * lines_per_row + line
   SpreadHints(const T* const* r, std::size_t from_, std::size_t lines, std::size_t nrows, bool on, std::size_t calls)
       : rows(r), from(from_), lines_per_row(lines), total(on ? nrows * lines : 0),
         step((total + calls - 1) / calls) {}
   void operator()() {
-    for (std::size_t e = std::min(total, next + step); next < e; ++next)
-      reduce::prefetch_l2(reinterpret_cast<const char*>(rows[next / lines_per_row] + from) +
-                          (next % lines_per_row) * 64);
+    for (std::size_t e = std::min(total, next + step); next < e; ++next) {
+      reduce::prefetch_l2(reinterpret_cast<const char*>(rows[row] + from) + line * 64);
+      if (++line == lines_per_row) {
+        line = 0;
+        ++row;
+      }
+    }
   }
 };
 
