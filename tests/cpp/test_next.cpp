@@ -61,6 +61,24 @@ TEST_CASE("PRNG: splitmix64 vector, uniform doubles, start vector, Floyd subsets
     for (int k = 0; k < 10; ++k) r2.next();
     CHECK(r.state == r2.state);  // exactly b draws
   }
+  // The bitmap and the hash set remember the taken values: the same subset
+  // and the same draws, on either side of floyd_subset's choice, at word
+  // edges (d = 63, 64, 65, 128) and at b = 1 and b = d - 1.
+  const std::size_t cases[][2] = {{2, 1},      {63, 62},    {64, 1},       {65, 64},    {128, 100},
+                                  {1000, 10},  {4097, 2048}, {100000, 3},   {100000, 1000}, {3200000, 1000},
+                                  {5000000, 100}};
+  for (const auto& dc : cases)
+    for (std::uint64_t seed : {std::uint64_t(0), std::uint64_t(7), ~std::uint64_t(0)}) {
+      const std::size_t d = dc[0], b = dc[1];
+      Stream a{seed}, h{seed}, c{seed};
+      const auto A = floyd_subset_bitmap(a, d, b), H = floyd_subset_hashed(h, d, b), C = floyd_subset(c, d, b);
+      const std::string tag = "d " + std::to_string(d) + " b " + std::to_string(b);
+      CHECK_MSG(A == H, tag + ": the bitmap's subset is the hash set's");
+      CHECK_MSG(C == H, tag + ": floyd_subset's subset");
+      CHECK_MSG(a.state == h.state && c.state == h.state, tag + ": the same draws");
+      CHECK_MSG(A.size() == b && (b == 0 || A.back() < d), tag + ": b values below d");
+      for (std::size_t k = 1; k < A.size(); ++k) CHECK_MSG(A[k - 1] < A[k], tag + ": sorted, distinct");
+    }
 }
 
 TEST_CASE("POWER: zero matrix, orthogonal start, clear gap") {
