@@ -189,6 +189,10 @@ void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::si
   PYAGG_FWD(rule_next, r, rows, n, d, out);
 }
 template <typename T>
+void dnc_sampled(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, bool ahead, T* out) {
+  PYAGG_FWD(dnc_sampled, r, rows, n, d, ahead, out);
+}
+template <typename T>
 void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau, int norm_order, T* out) {
   PYAGG_FWD(zeroing_pre, rows, n, d, tau, norm_order, out);
 }
@@ -225,6 +229,7 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   template void clipping<T>(const T* const*, std::size_t, std::size_t, std::size_t, double, T*);        \
   template void pre_rule_fused<T>(const PreConfig&, const RuleConfig&, const T* const*, std::size_t, std::size_t, T*); \
   template void rule_next<T>(const RuleConfig&, const T* const*, std::size_t, std::size_t, T*);         \
+  template void dnc_sampled<T>(const RuleConfig&, const T* const*, std::size_t, std::size_t, bool, T*); \
   template void zeroing_pre<T>(const T* const*, std::size_t, std::size_t, double, int, T*);
 
 PYAGG_INSTANTIATE(float)

@@ -313,12 +313,26 @@ inline std::vector<std::size_t> usable_rows(const std::vector<RowStat>& st) {
 }
 
 // ---- dnc --------------------------------------------------------------------
+// dnc's draws from its stream, in their order: the start vector (n values),
+// then one sample of b coordinates per iteration. They depend on the seed
+// only, so a backend may draw the samples ahead (the CPU copies the rows'
+// values on them during its row statistics pass).
+struct DncDraws {
+  Stream rng;
+  std::vector<double> start;
+  DncDraws(std::uint64_t seed, std::size_t n) : rng{seed}, start(start_vector(rng, n)) {}
+  std::vector<std::size_t> sample(std::size_t d, std::size_t b) { return floyd_subset(rng, d, b); }
+};
+
 // dist(coords, D): D (n*n) of the n rows on the coordinates `coords` (sorted;
-// nullptr: all d coordinates).
+// nullptr: all d coordinates). samples (b < d; may be null): the r.niters
+// samples already drawn, in order, by a DncDraws of seed r.seed: iteration k
+// passes &(*samples)[k] to dist instead of drawing it.
 template <typename DistFn>
-Combo dnc(const RuleConfig& r, std::size_t n, std::size_t d, const std::vector<RowStat>& st, DistFn&& dist) {
-  Stream rng{r.seed};
-  const std::vector<double> s = start_vector(rng, n);
+Combo dnc(const RuleConfig& r, std::size_t n, std::size_t d, const std::vector<RowStat>& st, DistFn&& dist,
+          const std::vector<std::vector<std::size_t>>* samples = nullptr) {
+  DncDraws draws(r.seed, n);
+  const std::vector<double>& s = draws.start;
   const std::vector<std::size_t> R = usable_rows(st);
   if (R.empty()) return combo_nan();
   const std::size_t m = R.size();
@@ -334,8 +348,12 @@ Combo dnc(const RuleConfig& r, std::size_t n, std::size_t d, const std::vector<R
     if (all) {
       if (k == 0) dist(nullptr, &D);
     } else {
-      const auto coords = floyd_subset(rng, d, std::size_t(r.sub_dim));
-      dist(&coords, &D);
+      if (samples) {
+        dist(&(*samples)[std::size_t(k)], &D);
+      } else {
+        const auto coords = draws.sample(d, std::size_t(r.sub_dim));
+        dist(&coords, &D);
+      }
     }
     const auto K = centered_gram(D.data(), n, R);
     const Eigen e = power_method(K, m, sR, r.power_iters);

@@ -151,6 +151,11 @@ void pre_rule_fused(const PreConfig& p, const RuleConfig& r, const T* const* row
 // r: a resolved RuleConfig of one of those five rules.
 template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out);
+// dnc with b < d (rule_next's path for it): ahead = copy every iteration's
+// sampled coordinates during the row statistics pass (rule_next does where
+// they fit), else gather them from G per iteration. The same bits either way.
+template <typename T>
+void dnc_sampled(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, bool ahead, T* out);
 // Pre-aggregator: a row with ||x||_p > tau (or unusable) becomes zeros, the
 // others are copied; norm_order 0 = inf, 1, 2.
 template <typename T>

@@ -27,8 +27,10 @@
 //     sums of squares (clipped-clustering; float64 usability): finiteness and
 //     the sums of squares come from it with row_stats' bits, so smea, caf,
 //     clipped-clustering and dnc with b >= d read G twice in all. dnc with
-//     b < d runs it once per iteration on a gathered n x b copy of the
-//     sampled coordinates (O(n b) memory).
+//     b < d runs it once per iteration on an n x b copy of the sampled
+//     coordinates: all iterations' copies are taken during row_stats's pass
+//     where they fit in kDncAheadBytes (DncAhead), else one gather from G per
+//     iteration.
 //  3. the output combination (combine, through weighted_sum): out =
 //     sum_t a_t x_{idx_t} / den, rows in increasing index order, double.
 #include <algorithm>
@@ -37,6 +39,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -51,8 +54,59 @@ namespace {
 
 constexpr std::size_t kCombineChunk = 1024;  // zeroing_pre: coordinates per work item
 
+// dnc with b < d: every iteration's sample drawn ahead (selection::DncDraws:
+// the samples depend on the seed only) and the rows' values on it copied
+// during row_stats's pass, block by block from the block it has just read,
+// instead of one gather per iteration from G, whose n x b scattered reads
+// each wait on memory (n = 20 and 100, d = 1e6: ~20% of dnc). Used where the
+// copies take at most kDncAheadBytes (dnc's defaults, float32: 4.4 MB at n =
+// 20, 20 MB at n = 100); the values and then the distances are the same.
+constexpr std::size_t kDncAheadBytes = std::size_t(64) << 20;
 template <typename T>
-void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norms, std::vector<selection::RowStat>* out) {
+struct DncAhead {
+  std::size_t n = 0, b = 0, nb = 0;
+  std::vector<std::vector<std::size_t>> coords;  // per iteration, sorted
+  std::vector<std::size_t> first;  // [k * (nb + 1) + blk]: coords[k]'s first index in block blk (blk = nb: b)
+  std::vector<T> vals;             // [(k * n + i) * b + p] = x_i[coords[k][p]]
+
+  // Its bytes (values, coordinates, block offsets) at most kDncAheadBytes;
+  // counted in double: niters and b are the caller's and may be huge.
+  static bool fits(const RuleConfig& r, std::size_t n, std::size_t d) {
+    const double b = double(r.sub_dim), it = double(r.niters), nb = double((d + kReduceBlock - 1) / kReduceBlock);
+    const double bytes = it * b * double(n * sizeof(T) + sizeof(std::size_t)) + it * (nb + 1) * sizeof(std::size_t);
+    return r.sub_dim >= 1 && std::size_t(r.sub_dim) < d && bytes <= double(kDncAheadBytes);
+  }
+  DncAhead(const RuleConfig& r, std::size_t n_, std::size_t d)
+      : n(n_), b(std::size_t(r.sub_dim)), nb((d + kReduceBlock - 1) / kReduceBlock) {
+    selection::DncDraws draws(r.seed, n);
+    const std::size_t it = std::size_t(r.niters);
+    coords.reserve(it);
+    first.resize(it * (nb + 1));
+    for (std::size_t k = 0; k < it; ++k) {
+      coords.push_back(draws.sample(d, b));
+      std::size_t p = 0;
+      for (std::size_t blk = 0; blk <= nb; ++blk) {
+        while (p < b && coords[k][p] < blk * kReduceBlock) ++p;
+        first[k * (nb + 1) + blk] = p;
+      }
+    }
+    vals.resize(it * n * b);
+  }
+  // x = row i's block blk (from coordinate blk * kReduceBlock)
+  void copy_block(const T* x, std::size_t i, std::size_t blk) {
+    const std::size_t c0 = blk * kReduceBlock;
+    for (std::size_t k = 0; k < coords.size(); ++k) {
+      const std::size_t* cs = coords[k].data();
+      T* o = vals.data() + (k * n + i) * b;
+      for (std::size_t p = first[k * (nb + 1) + blk], e = first[k * (nb + 1) + blk + 1]; p < e; ++p) o[p] = x[cs[p] - c0];
+    }
+  }
+};
+
+// ahead (dnc, may be null): its copies taken from each block read.
+template <typename T>
+void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norms, std::vector<selection::RowStat>* out,
+               DncAhead<T>* ahead = nullptr) {
   const std::size_t nb = (d + kReduceBlock - 1) / kReduceBlock;
   std::vector<double> sq(n * nb), l1(abs_norms ? n * nb : 0), li(abs_norms ? n * nb : 0);
   std::vector<unsigned char> fin(n * nb);
@@ -111,6 +165,7 @@ void row_stats(const T* const* rows, std::size_t n, std::size_t d, bool abs_norm
       li[k] = m;
     }
     fin[k] = ok;
+    if (ahead) ahead->copy_block(x, i, b);
   }
   out->assign(n, selection::RowStat{});
   for (std::size_t i = 0; i < n; ++i) {
@@ -169,6 +224,27 @@ void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const 
 }  // namespace
 
 template <typename T>
+void dnc_sampled(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, bool ahead, T* out) {
+  std::vector<selection::RowStat> st;
+  std::unique_ptr<DncAhead<T>> pre(ahead && std::size_t(r.sub_dim) < d ? new DncAhead<T>(r, n, d) : nullptr);
+  row_stats(rows, n, d, selection::needs_abs_norms(r), &st, pre.get());
+  std::vector<const T*> vrows(n);
+  auto dist = [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
+    if (!pre) {
+      subset_distances(rows, n, d, coords, D);
+      return;
+    }
+    // coords is &pre->coords[k] (selection::dnc's samples argument)
+    const std::size_t k = std::size_t(coords - pre->coords.data());
+    for (std::size_t i = 0; i < n; ++i) vrows[i] = pre->vals.data() + (k * n + i) * pre->b;
+    D->assign(n * n, 0.0);
+    pairwise_sqdist<T>(vrows.data(), n, pre->b, D->data());
+  };
+  const selection::Combo c = selection::dnc(r, n, d, st, dist, pre ? &pre->coords : nullptr);
+  combine(rows, d, c, out);
+}
+
+template <typename T>
 void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::size_t d, T* out) {
   std::vector<selection::RowStat> st;
   selection::Combo c;
@@ -202,14 +278,13 @@ void rule_next(const RuleConfig& r, const T* const* rows, std::size_t n, std::si
     combine(rows, d, c, out);
     return;
   }
-  // zeroing, and dnc on sampled coordinates (its norms are over all of them).
+  // dnc on sampled coordinates (its norms are over all of them), and zeroing.
+  if (r.rule == RuleId::kDnc) {
+    dnc_sampled(r, rows, n, d, DncAhead<T>::fits(r, n, d), out);
+    return;
+  }
   row_stats(rows, n, d, selection::needs_abs_norms(r), &st);
-  if (r.rule == RuleId::kZeroing)
-    c = selection::zeroing(r, st);
-  else
-    c = selection::dnc(r, n, d, st, [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
-      subset_distances(rows, n, d, coords, D);
-    });
+  c = selection::zeroing(r, st);
   combine(rows, d, c, out);
 }
 
@@ -236,6 +311,8 @@ void zeroing_pre(const T* const* rows, std::size_t n, std::size_t d, double tau,
   }
 }
 
+template void dnc_sampled<float>(const RuleConfig&, const float* const*, std::size_t, std::size_t, bool, float*);
+template void dnc_sampled<double>(const RuleConfig&, const double* const*, std::size_t, std::size_t, bool, double*);
 template void rule_next<float>(const RuleConfig&, const float* const*, std::size_t, std::size_t, float*);
 template void rule_next<double>(const RuleConfig&, const double* const*, std::size_t, std::size_t, double*);
 template std::vector<unsigned char> zeroing_keep_rows<float>(const float* const*, std::size_t, std::size_t, double,
