@@ -47,6 +47,11 @@ inline int run_all() {
     std::printf("[%s] %s\n", ok ? "  OK  " : " FAIL ", c.name);
   }
   std::printf("%zu passed, %d failed\n", ran - failed_cases, failed_cases);
+  if (ran == 0) {  // an empty run is not a pass (a filter that matches no case)
+    std::printf("no test case ran%s%s\n", filter && *filter ? " for PYAGG_TEST_FILTER=" : "",
+                filter && *filter ? filter : "");
+    return 5;
+  }
   return failed_cases == 0 ? 0 : 1;
 }
 
