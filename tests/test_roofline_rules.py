@@ -161,6 +161,27 @@ def test_many_set_means_at_n100_bitwise(dtype):
     )
 
 
+def test_bulyan_multikrum_rows_reordered_only_where_sums_are_exact():
+    """float32, n = 100 (the rounds' rows reordered by frequency: the trie
+    path with the exactness gate): bits = the index-order reference on chunks
+    of 1024 coordinates where every sum is exact (the first and last) and on
+    one where they round (values scaled by 2^22 or 2^-22), which keeps index
+    order. End to end only: rounding there rarely reaches float32, so the
+    gate's own test, which fails when the gate is skipped, is the C++ one
+    (test_distance: "set means: rows reordered by frequency ...")."""
+    rng = np.random.default_rng(2026)
+    n, f, d = 100, 20, 3 * 1024 + 5
+    G = rng.standard_normal((n, d)).astype(np.float32)
+    G[:f] *= -3.0
+    scale = np.where(rng.random((n, 1024)) < 0.5, 2.0**22, 2.0**-22)
+    G[:, 1024:2048] = (G[:, 1024:2048] * scale * 1e-6).astype(np.float32)
+    want = ref.bulyan_multikrum(G, f)
+    got = pyagg.aggregate(G, "bulyan-multikrum", f)
+    np.testing.assert_array_equal(got[:1024], want[:1024])
+    np.testing.assert_array_equal(got[1024:2048], want[1024:2048])
+    np.testing.assert_array_equal(got[2048:], want[2048:])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [33, 47, 64, 65, 100, 129, 200])
 def test_blocks_presorted_in_registers_median_family(n, dtype):

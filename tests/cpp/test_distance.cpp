@@ -34,6 +34,7 @@
 #include "check.h"
 #include "testdata.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/rowmean.h"
 #include "cpu_dispatch.h"
 #include "common/select_distance.h"
 #include "pyagg/rules.h"
@@ -1560,4 +1561,66 @@ void norms_gram_vs_exact_path() {
 TEST_CASE("pairwise_sqdist_norms: Gram-path norms (taken per tile) = exact-path norms, bitwise") {
   norms_gram_vs_exact_path<float>();
   norms_gram_vs_exact_path<double>();
+}
+
+// bulyan-multikrum's set means may add a set's rows in another order (rows
+// that more sets name first: MeanSets::finish by_frequency, whose trie shares
+// more), through mean_sets_chunks' exact_alt, only on chunks where every sum
+// is exact (sums_exact): the bits are index order's everywhere. Nested sets
+// {k..11} put the rows in reverse index order by frequency; in the middle
+// chunk rows 0 and 1 hold +2^60 and -2^60, so sets 0 and 1 round there and
+// the two orders differ (checked: the test could fail).
+TEST_CASE("set means: rows reordered by frequency only on chunks whose sums are exact, same bits") {
+  const std::size_t n = 12, chunk = 64, d = 3 * chunk + 5;
+  std::vector<float> X(n * d);
+  std::uint64_t st = 99;
+  for (auto& x : X) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    x = float(std::int64_t(st >> 40) - (1 << 23)) * 0x1p-21f;
+  }
+  for (std::size_t c = chunk; c < 2 * chunk; ++c) {
+    X[0 * d + c] = 0x1p60f;
+    X[1 * d + c] = -0x1p60f;
+  }
+  std::vector<const float*> rows(n);
+  for (std::size_t i = 0; i < n; ++i) rows[i] = X.data() + i * d;
+  cpu::MeanSets ms, fs;
+  std::vector<std::vector<std::size_t>> sets;
+  for (std::size_t k = 0; k + 2 < n; ++k) {
+    std::vector<std::size_t> set;
+    for (std::size_t r = k; r < n; ++r) set.push_back(r);
+    sets.push_back(set);
+    ms.add(set.data(), set.size());
+    fs.add(set.data(), set.size());
+  }
+  ms.finish(n);
+  fs.finish(n, true);
+  CHECK_MSG(!fs.trie.empty() && 4 * fs.additions <= ms.additions, "the reordered sets take the trie, with few additions");
+  std::vector<std::size_t> used(n);
+  for (std::size_t r = 0; r < n; ++r) used[r] = r;
+  CHECK(cpu::sums_exact(rows.data(), used.data(), n, 0, chunk, n));
+  CHECK(!cpu::sums_exact(rows.data(), used.data(), n, chunk, chunk, n));
+  CHECK(cpu::sums_exact(rows.data(), used.data() + 2, n - 2, chunk, chunk, n));  // without rows 0 and 1
+  CHECK(cpu::sums_exact(rows.data(), used.data(), n, 2 * chunk, d - 2 * chunk, n));
+  const std::size_t ns = sets.size();
+  auto run = [&](const cpu::MeanSets& m, const cpu::MeanSets* alt) {
+    std::vector<float> out(ns * d);
+    cpu::mean_sets_chunks<float>(
+        m, rows.data(), 0, d, chunk, 2, [&](std::size_t k, std::size_t c0, std::size_t) { return out.data() + k * d + c0; },
+        [](std::size_t, std::size_t, std::size_t) {}, alt);
+    return out;
+  };
+  const auto by_index = run(ms, nullptr), gated = run(ms, &fs), reordered = run(fs, nullptr);
+  CHECK_MSG(std::memcmp(gated.data(), by_index.data(), by_index.size() * sizeof(float)) == 0,
+            "exact_alt: index order's bits on every chunk");
+  bool differs = false;
+  for (std::size_t k = 0; k < 2; ++k)
+    for (std::size_t c = chunk; c < 2 * chunk; ++c) differs = differs || reordered[k * d + c] != by_index[k * d + c];
+  CHECK_MSG(differs, "reordering the rounding chunk changes its bits (the test can fail)");
+  for (std::size_t k = 0; k < ns; ++k)
+    for (std::size_t c : {std::size_t(0), std::size_t(63), 2 * chunk, d - 1})
+      CHECK(reordered[k * d + c] == by_index[k * d + c]);  // exact chunks: any order
+  // a NaN makes a chunk inexact (its payload depends on the order)
+  X[5 * d + 3] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(!cpu::sums_exact(rows.data(), used.data(), n, 0, chunk, n));
 }

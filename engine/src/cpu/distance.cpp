@@ -1424,9 +1424,20 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   const auto D = distance_matrix(rows, n, d);
   const auto sets = selection::bulyan_multikrum_select(D.data(), n, f, m);
   const std::size_t theta = sets.size();
-  MeanSets ms;
+  MeanSets ms, freq;
   for (const auto& st : sets) ms.add(st.data(), st.size());
   ms.finish(n);
+  // The rounds' rows by frequency (their shared prefixes), for the chunks of
+  // float rows where every sum is exact (the same bits), when its trie saves
+  // three quarters of the additions: the exactness test reads the chunk once
+  // more (n = 20, f = 4, far rows: 55 -> 26 additions per coordinate, 1.04x
+  // at d = 1e7 and 1.6x at d = 1e6 with the test; n = 100: 2813 -> 157, 0.78x).
+  const MeanSets* alt = nullptr;
+  if (std::is_same<T, float>::value) {
+    for (const auto& st : sets) freq.add(st.data(), st.size());
+    freq.finish(n, true);
+    if (!freq.trie.empty() && 4 * freq.additions <= ms.additions) alt = &freq;
+  }
   if (theta <= netbuild::kStaticSortN) {
     // Few rounds: per chunk of coordinates, the rounds' means go to a
     // per-thread theta x chunk buffer (L1/L2) and the coordinate phase runs
@@ -1442,7 +1453,8 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
         [&](std::size_t c0, std::size_t len, std::size_t th) {
           // serial: a chunk is small
           averaged_upper_median<T>(crows.data() + th * theta, theta, len, theta - 2 * f, out + c0);
-        });
+        },
+        alt);
     return;
   }
   // The theta contribution rows, materialised span by span in a theta x span
@@ -1466,7 +1478,7 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
     mean_sets_chunks<T>(
         ms, rows, s0, s0 + len, kMeanChunk, reduce::threads_for(n * len),
         [&](std::size_t k, std::size_t c0, std::size_t) { return buf.get() + k * span + (c0 - s0); },
-        [](std::size_t, std::size_t, std::size_t) {});
+        [](std::size_t, std::size_t, std::size_t) {}, alt);
     averaged_upper_median<T>(brows.data(), theta, len, theta - 2 * f, out + s0);
   }
 }

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/reduce.h"
@@ -277,9 +279,25 @@ struct MeanSets {
   std::vector<TrieOp> trie;
   std::vector<unsigned char> trie_save;
   std::size_t trie_depth = 0;  // the largest set size
+  std::size_t additions = 0;   // per coordinate, by the path chunk() takes (after finish)
   // After the last add: the rows any set names, and the trie if worth it.
-  void finish(std::size_t n) {
+  // by_frequency: each set's rows reordered, rows that more sets name first
+  // (ties by index), before anything else; every path then sums them in that
+  // order. Nested sets then share their prefixes in the trie: bulyan-multikrum's
+  // rounds mostly are (each removes the best row; the scores' updates reorder
+  // a few), and in index order they share few (additions per coordinate,
+  // f = n/5 with far rows: n = 20, 55 -> 26; n = 100, ~1400 -> 157 of 2813).
+  // This changes the order of the double sums: the caller uses such sets
+  // only where every sum is exact (sums_exact), so the bits are index order's.
+  void finish(std::size_t n, bool by_frequency = false) {
     nrows = n;
+    if (by_frequency) {
+      std::vector<std::size_t> named_by(n, 0);
+      for (std::size_t r : idx) ++named_by[r];
+      for (std::size_t k = 0; k + 1 < start.size(); ++k)
+        std::sort(idx.begin() + std::ptrdiff_t(start[k]), idx.begin() + std::ptrdiff_t(start[k + 1]),
+                  [&](std::size_t a, std::size_t b) { return named_by[a] != named_by[b] ? named_by[a] > named_by[b] : a < b; });
+    }
     std::vector<unsigned char> named(n, 0);
     for (std::size_t r : idx) named[r] = 1;
     used.clear();
@@ -288,9 +306,15 @@ struct MeanSets {
     shared = idx.size() >= 3 * used.size();
     trie.clear();
     trie_save.clear();
+    additions = idx.size() - size();
     if (shared) build_trie();
   }
   std::size_t size() const { return start.size() - 1; }
+  std::size_t largest() const {
+    std::size_t m = 0;
+    for (std::size_t k = 0; k + 1 < start.size(); ++k) m = std::max(m, start[k + 1] - start[k]);
+    return m;
+  }
   std::size_t tile_doubles() const {
     if (!trie.empty()) return (nrows + trie_depth + 1) * rowmean_detail::kTrieStep;
     return shared ? nrows * 32 : 0;
@@ -344,15 +368,19 @@ struct MeanSets {
       trie_depth = std::max(trie_depth, len(k));
     }
     // The walk keeps a single chain of additions per unit: it needs the
-    // trie's wider step, whose tile and saved sums must stay in L1 (n = 100:
-    // 91 KiB; measured there, the trie was no faster than summing two sets
-    // at a time from a 25 KiB tile; n = 20: 18 KiB, 5-10% faster). And it
-    // must save at least a quarter of the additions.
+    // trie's wider step, whose tile and saved sums should stay in L1 (n = 100:
+    // 91 KiB; measured there, a trie saving ~half the additions was no faster
+    // than summing two sets at a time from a 25 KiB tile; n = 20: 18 KiB,
+    // 5-10% faster). So: in L1, it must save at least a quarter of the
+    // additions; in L2 (up to 512 KiB), seven eighths (bulyan-multikrum's
+    // rounds by frequency at n = 100: 157 of 2813, 0.74x the rule's time).
     const std::size_t bytes = (nrows + trie_depth + 1) * rowmean_detail::kTrieStep * sizeof(double);
-    if (4 * adds > 3 * total || bytes > (std::size_t(32) << 10)) {
+    const bool in_l1 = bytes <= (std::size_t(32) << 10);
+    if ((in_l1 ? 4 * adds > 3 * total : 8 * adds > total) || bytes > (std::size_t(512) << 10)) {
       trie_depth = 0;
       return;
     }
+    additions = adds;
     // resumed[p]: some set after the current one resumes at depth p
     std::vector<unsigned char> later(trie_depth + 1, 0);
     trie.resize(ns);
@@ -375,10 +403,48 @@ struct MeanSets {
 // schedule of the coordinate rule that reads the means next
 // (bulyan-multikrum, a fused chain), so they are read from the thread's own
 // cache. ZeroStart: bucketing's sums (mean_chunk).
+// Whether every sum of at most kmax of the float values rows[used[.]][c0 ..
+// c0 + len) is exact in double, so that any order of the additions gives the
+// same bits. Each nonzero value is an integer multiple of 2^(e_min - 150)
+// (e_min: the smallest biased exponent among the nonzero values, 1 for
+// subnormals) and every partial sum is below kmax * 2^(e_max - 126); exact
+// when that is at most 2^53 multiples: e_max - e_min <= 29 - ceil(log2 kmax).
+// Any NaN or infinity: false (a NaN's payload depends on the order).
+inline bool sums_exact(const float* const* rows, const std::size_t* used, std::size_t nused, std::size_t c0,
+                       std::size_t len, std::size_t kmax) {
+  std::uint32_t emax = 0, emin = 0xFF;
+  for (std::size_t u = 0; u < nused; ++u) {
+    const float* x = rows[used[u]] + c0;
+    std::uint32_t hi = 0, lo = 0xFF;
+    for (std::size_t c = 0; c < len; ++c) {
+      std::uint32_t bits;
+      std::memcpy(&bits, x + c, sizeof bits);
+      const std::uint32_t ex = (bits >> 23) & 0xFF;
+      const std::uint32_t nz = (bits & 0x7FFFFFFFu) != 0;
+      hi = ex > hi ? ex : hi;
+      const std::uint32_t el = nz ? (ex == 0 ? 1u : ex) : 0xFFu;  // zeros do not count
+      lo = el < lo ? el : lo;
+    }
+    emax = std::max(emax, hi);
+    emin = std::min(emin, lo);
+  }
+  if (emax == 0xFF) return false;
+  if (emin == 0xFF) return true;  // all zeros
+  std::uint32_t lg = 0;
+  while ((std::size_t(1) << lg) < kmax) ++lg;
+  return lg <= 29 && emax - emin <= 29 - lg;
+}
+
+// exact_alt (may be null; float rows only): the same sets, rows in another
+// order (MeanSets::finish by_frequency); a chunk whose sums are all exact
+// (sums_exact) is summed with it, any other with ms: the same bits, fewer
+// additions where its trie shares more.
 template <typename T, bool ZeroStart = false, typename Where, typename Done>
 void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t b, std::size_t e, std::size_t chunk,
-                      int nthreads, Where&& where, Done&& done) {
-  const std::size_t nsets = ms.size(), tile = ms.tile_doubles();
+                      int nthreads, Where&& where, Done&& done, const MeanSets* exact_alt = nullptr) {
+  const std::size_t nsets = ms.size();
+  const std::size_t tile = std::max(ms.tile_doubles(), exact_alt ? exact_alt->tile_doubles() : 0);
+  const std::size_t kmax = exact_alt ? exact_alt->largest() : 0;
   std::vector<double> tiles(std::size_t(nthreads) * tile);
   std::vector<T*> outp(std::size_t(nthreads) * nsets);
   const std::size_t nchunks = (e - b + chunk - 1) / chunk;
@@ -388,7 +454,11 @@ void mean_sets_chunks(const MeanSets& ms, const T* const* rows, std::size_t b, s
     const std::size_t t = std::size_t(reduce::thread_num());
     T** o = outp.data() + t * nsets;
     for (std::size_t k = 0; k < nsets; ++k) o[k] = where(k, c0, t);
-    ms.chunk<T, ZeroStart>(rows, c0, len, e, o, tiles.data() + t * tile);
+    const MeanSets* use = &ms;
+    if constexpr (std::is_same<T, float>::value)
+      if (exact_alt && sums_exact(rows, exact_alt->used.data(), exact_alt->used.size(), c0, len, kmax))
+        use = exact_alt;
+    use->chunk<T, ZeroStart>(rows, c0, len, e, o, tiles.data() + t * tile);
     done(c0, len, t);
   }
 }
