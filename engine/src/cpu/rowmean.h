@@ -394,15 +394,6 @@ struct MeanSets {
   }
 };
 
-// The sets' means over coordinates [b, e) in chunks of `chunk`, in parallel
-// (nthreads): for chunk [c0, c0 + len) in thread t, set k's means go to
-// where(k, c0, t), then done(c0, len, t) runs in the same thread. Per-thread
-// tiles and pointer arrays are allocated before the parallel region. Each
-// coordinate's sums are fixed: any schedule gives the same bits. The schedule
-// is static: it hands each thread the same coordinates as the static tile
-// schedule of the coordinate rule that reads the means next
-// (bulyan-multikrum, a fused chain), so they are read from the thread's own
-// cache. ZeroStart: bucketing's sums (mean_chunk).
 // Whether every sum of at most kmax of the float values rows[used[.]][c0 ..
 // c0 + len) is exact in double, so that any order of the additions gives the
 // same bits. Each nonzero value is an integer multiple of 2^(e_min - 150)
@@ -435,6 +426,15 @@ inline bool sums_exact(const float* const* rows, const std::size_t* used, std::s
   return lg <= 29 && emax - emin <= 29 - lg;
 }
 
+// The sets' means over coordinates [b, e) in chunks of `chunk`, in parallel
+// (nthreads): for chunk [c0, c0 + len) in thread t, set k's means go to
+// where(k, c0, t), then done(c0, len, t) runs in the same thread. Per-thread
+// tiles and pointer arrays are allocated before the parallel region. Each
+// coordinate's sums are fixed: any schedule gives the same bits. The schedule
+// is static: it hands each thread the same coordinates as the static tile
+// schedule of the coordinate rule that reads the means next
+// (bulyan-multikrum, a fused chain), so they are read from the thread's own
+// cache. ZeroStart: bucketing's sums (mean_chunk).
 // exact_alt (may be null; float rows only): the same sets, rows in another
 // order (MeanSets::finish by_frequency); a chunk whose sums are all exact
 // (sums_exact) is summed with it, any other with ms: the same bits, fewer
