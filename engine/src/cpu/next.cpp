@@ -74,7 +74,7 @@ struct DncAhead {
   static bool fits(const RuleConfig& r, std::size_t n, std::size_t d) {
     const double b = double(r.sub_dim), it = double(r.niters), nb = double((d + kReduceBlock - 1) / kReduceBlock);
     const double bytes = it * b * double(n * sizeof(T) + sizeof(std::size_t)) + it * (nb + 1) * sizeof(std::size_t);
-    return r.sub_dim >= 1 && std::size_t(r.sub_dim) < d && bytes <= double(kDncAheadBytes);
+    return bytes <= double(kDncAheadBytes);
   }
   DncAhead(const RuleConfig& r, std::size_t n_, std::size_t d)
       : n(n_), b(std::size_t(r.sub_dim)), nb((d + kReduceBlock - 1) / kReduceBlock) {
@@ -198,18 +198,27 @@ void combine(const T* const* rows, std::size_t d, const selection::Combo& c, T* 
   weighted_sum<T>(sel.data(), c.a.data(), sel.size(), d, 0.0, c.den, out);
 }
 
-// D of the rows on the sorted coordinates `coords` (nullptr: all).
+// D of n rows of b values held one after the other from `copy`.
+template <typename T>
+void copy_distances(const T* copy, std::size_t n, std::size_t b, std::vector<double>* D) {
+  std::vector<const T*> brows(n);
+  for (std::size_t i = 0; i < n; ++i) brows[i] = copy + i * b;
+  D->assign(n * n, 0.0);
+  pairwise_sqdist<T>(brows.data(), n, b, D->data());
+}
+
+// D of the rows on the sorted coordinates `coords` (nullptr: all), gathered
+// from G.
 template <typename T>
 void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const std::vector<std::size_t>* coords,
                       std::vector<double>* D) {
-  D->assign(n * n, 0.0);
   if (!coords) {
+    D->assign(n * n, 0.0);
     pairwise_sqdist<T>(rows, n, d, D->data());
     return;
   }
   const std::size_t b = coords->size();
   std::vector<T> buf(n * b);
-  std::vector<const T*> brows(n);
   const std::size_t* cs = coords->data();
 #pragma omp parallel for schedule(static) num_threads(reduce::threads_for(n * b))
   for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) {
@@ -217,8 +226,7 @@ void subset_distances(const T* const* rows, std::size_t n, std::size_t d, const 
     T* o = buf.data() + std::size_t(i) * b;
     for (std::size_t k = 0; k < b; ++k) o[k] = x[cs[k]];
   }
-  for (std::size_t i = 0; i < n; ++i) brows[i] = buf.data() + i * b;
-  pairwise_sqdist<T>(brows.data(), n, b, D->data());
+  copy_distances(buf.data(), n, b, D);
 }
 
 }  // namespace
@@ -228,7 +236,6 @@ void dnc_sampled(const RuleConfig& r, const T* const* rows, std::size_t n, std::
   std::vector<selection::RowStat> st;
   std::unique_ptr<DncAhead<T>> pre(ahead && std::size_t(r.sub_dim) < d ? new DncAhead<T>(r, n, d) : nullptr);
   row_stats(rows, n, d, selection::needs_abs_norms(r), &st, pre.get());
-  std::vector<const T*> vrows(n);
   auto dist = [&](const std::vector<std::size_t>* coords, std::vector<double>* D) {
     if (!pre) {
       subset_distances(rows, n, d, coords, D);
@@ -236,9 +243,7 @@ void dnc_sampled(const RuleConfig& r, const T* const* rows, std::size_t n, std::
     }
     // coords is &pre->coords[k] (selection::dnc's samples argument)
     const std::size_t k = std::size_t(coords - pre->coords.data());
-    for (std::size_t i = 0; i < n; ++i) vrows[i] = pre->vals.data() + (k * n + i) * pre->b;
-    D->assign(n * n, 0.0);
-    pairwise_sqdist<T>(vrows.data(), n, pre->b, D->data());
+    copy_distances(pre->vals.data() + k * n * pre->b, n, pre->b, D);
   };
   const selection::Combo c = selection::dnc(r, n, d, st, dist, pre ? &pre->coords : nullptr);
   combine(rows, d, c, out);

@@ -291,18 +291,15 @@ struct MeanSets {
   // only where every sum is exact (sums_exact), so the bits are index order's.
   void finish(std::size_t n, bool by_frequency = false) {
     nrows = n;
-    if (by_frequency) {
-      std::vector<std::size_t> named_by(n, 0);
-      for (std::size_t r : idx) ++named_by[r];
+    std::vector<std::size_t> named_by(n, 0);  // how many sets name each row
+    for (std::size_t r : idx) ++named_by[r];
+    if (by_frequency)
       for (std::size_t k = 0; k + 1 < start.size(); ++k)
         std::sort(idx.begin() + std::ptrdiff_t(start[k]), idx.begin() + std::ptrdiff_t(start[k + 1]),
                   [&](std::size_t a, std::size_t b) { return named_by[a] != named_by[b] ? named_by[a] > named_by[b] : a < b; });
-    }
-    std::vector<unsigned char> named(n, 0);
-    for (std::size_t r : idx) named[r] = 1;
     used.clear();
     for (std::size_t r = 0; r < n; ++r)
-      if (named[r]) used.push_back(r);
+      if (named_by[r]) used.push_back(r);
     shared = idx.size() >= 3 * used.size();
     trie.clear();
     trie_save.clear();
