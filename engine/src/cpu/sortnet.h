@@ -94,11 +94,56 @@ struct Vec<double> {
 };
 #endif
 
+// vmin(y, x) = y < x ? y : x and vmax(x, y) = x > y ? x : y, lane-wise: the
+// x86 min/max semantics, so each is one instruction. (The generic vector
+// ternary costs a compare and two blends, and GCC takes minutes to optimise
+// the long straight-line networks written with it: static networks are only
+// compiled where the intrinsics exist, x86-64; elsewhere the run-time
+// networks are used for every n, with the ternary.)
+#if defined(__GNUC__) && defined(__SSE2__) && !defined(__CUDACC__)  // nvcc: run-time networks only
+#define PYAGG_STATIC_NETWORKS 1
+// (Casts between same-size GCC vector types reinterpret the bits.)
+template <typename V>
+inline __attribute__((always_inline)) V vmin(V y, V x) {
+  constexpr bool f32 = sizeof(y[0]) == 4;
+#if defined(__AVX512F__)
+  // maskz forms: the same instruction, without GCC 12's -Wuninitialized false positive
+  if constexpr (sizeof(V) == 64 && f32) return (V)_mm512_maskz_min_ps(0xFFFF, (__m512)y, (__m512)x);
+  if constexpr (sizeof(V) == 64 && !f32) return (V)_mm512_maskz_min_pd(0xFF, (__m512d)y, (__m512d)x);
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32 && f32) return (V)_mm256_min_ps((__m256)y, (__m256)x);
+  if constexpr (sizeof(V) == 32 && !f32) return (V)_mm256_min_pd((__m256d)y, (__m256d)x);
+#endif
+  if constexpr (sizeof(V) == 16 && f32) return (V)_mm_min_ps((__m128)y, (__m128)x);
+  if constexpr (sizeof(V) == 16 && !f32) return (V)_mm_min_pd((__m128d)y, (__m128d)x);
+  return y < x ? y : x;
+}
+template <typename V>
+inline __attribute__((always_inline)) V vmax(V x, V y) {
+  constexpr bool f32 = sizeof(y[0]) == 4;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && f32) return (V)_mm512_maskz_max_ps(0xFFFF, (__m512)x, (__m512)y);
+  if constexpr (sizeof(V) == 64 && !f32) return (V)_mm512_maskz_max_pd(0xFF, (__m512d)x, (__m512d)y);
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32 && f32) return (V)_mm256_max_ps((__m256)x, (__m256)y);
+  if constexpr (sizeof(V) == 32 && !f32) return (V)_mm256_max_pd((__m256d)x, (__m256d)y);
+#endif
+  if constexpr (sizeof(V) == 16 && f32) return (V)_mm_max_ps((__m128)x, (__m128)y);
+  if constexpr (sizeof(V) == 16 && !f32) return (V)_mm_max_pd((__m128d)x, (__m128d)y);
+  return y < x ? x : y;
+}
+#endif
+
 // Apply comparators (as offsets) to a tile of W lanes: lane-wise min/max.
-// Written with vector extensions (one compare and two blends per register, no
-// branch): a plain loop is not reliably vectorised here (the two rows may
-// alias as far as the compiler knows). buf must be aligned to kVecBytes and
-// W * sizeof(T) a multiple of kVecBytes. Equal values are not swapped.
+// Written with vector extensions (no branch): a plain loop is not reliably
+// vectorised here (the two rows may alias as far as the compiler knows). On
+// x86-64 each register takes one min and one max (vmin/vmax, the ternaries'
+// exact semantics); GCC wrote the ternaries as a compare and two blends, and
+// the third vector op cost ~15-25% of this loop at n = 100 (AMD EPYC host, L1
+// tile, netmb harness). buf must be aligned to kVecBytes and W * sizeof(T) a
+// multiple of kVecBytes. Equal values are not swapped.
 template <typename T, std::size_t W>
 inline void apply(T* __restrict buf, const Offsets* net, std::size_t nc) {
 #if defined(__GNUC__)
@@ -108,10 +153,19 @@ inline void apply(T* __restrict buf, const Offsets* net, std::size_t nc) {
   for (std::size_t c = 0; c < nc; ++c) {
     V* pa = reinterpret_cast<V*>(buf + net[c].a);
     V* pb = reinterpret_cast<V*>(buf + net[c].b);
+    V x[NV], y[NV];  // both rows loaded before any store (pa and pb may alias as far as GCC knows)
     for (std::size_t v = 0; v < NV; ++v) {
-      const V x = pa[v], y = pb[v];
-      pa[v] = y < x ? y : x;
-      pb[v] = y < x ? x : y;
+      x[v] = pa[v];
+      y[v] = pb[v];
+    }
+    for (std::size_t v = 0; v < NV; ++v) {
+#if defined(PYAGG_STATIC_NETWORKS)
+      pa[v] = vmin(y[v], x[v]);
+      pb[v] = vmax(x[v], y[v]);
+#else
+      pa[v] = y[v] < x[v] ? y[v] : x[v];
+      pb[v] = y[v] < x[v] ? x[v] : y[v];
+#endif
     }
   }
 #else
@@ -180,47 +234,7 @@ struct FixedNetOf {
   static constexpr FixedNet<N> value = make_fixed_net<N, Kind>();
 };
 
-// vmin(y, x) = y < x ? y : x and vmax(x, y) = x > y ? x : y, lane-wise: the
-// x86 min/max semantics, so each is one instruction. (The generic vector
-// ternary costs a compare and a blend, and GCC takes minutes to optimise the
-// long straight-line networks written with it: static networks are only
-// compiled where the intrinsics exist, x86-64; elsewhere the run-time
-// networks are used for every n.)
-#if defined(__GNUC__) && defined(__SSE2__) && !defined(__CUDACC__)  // nvcc: run-time networks only
-#define PYAGG_STATIC_NETWORKS 1
-// (Casts between same-size GCC vector types reinterpret the bits.)
-template <typename V>
-inline __attribute__((always_inline)) V vmin(V y, V x) {
-  constexpr bool f32 = sizeof(y[0]) == 4;
-#if defined(__AVX512F__)
-  // maskz forms: the same instruction, without GCC 12's -Wuninitialized false positive
-  if constexpr (sizeof(V) == 64 && f32) return (V)_mm512_maskz_min_ps(0xFFFF, (__m512)y, (__m512)x);
-  if constexpr (sizeof(V) == 64 && !f32) return (V)_mm512_maskz_min_pd(0xFF, (__m512d)y, (__m512d)x);
-#endif
-#if defined(__AVX__)
-  if constexpr (sizeof(V) == 32 && f32) return (V)_mm256_min_ps((__m256)y, (__m256)x);
-  if constexpr (sizeof(V) == 32 && !f32) return (V)_mm256_min_pd((__m256d)y, (__m256d)x);
-#endif
-  if constexpr (sizeof(V) == 16 && f32) return (V)_mm_min_ps((__m128)y, (__m128)x);
-  if constexpr (sizeof(V) == 16 && !f32) return (V)_mm_min_pd((__m128d)y, (__m128d)x);
-  return y < x ? y : x;
-}
-template <typename V>
-inline __attribute__((always_inline)) V vmax(V x, V y) {
-  constexpr bool f32 = sizeof(y[0]) == 4;
-#if defined(__AVX512F__)
-  if constexpr (sizeof(V) == 64 && f32) return (V)_mm512_maskz_max_ps(0xFFFF, (__m512)x, (__m512)y);
-  if constexpr (sizeof(V) == 64 && !f32) return (V)_mm512_maskz_max_pd(0xFF, (__m512d)x, (__m512d)y);
-#endif
-#if defined(__AVX__)
-  if constexpr (sizeof(V) == 32 && f32) return (V)_mm256_max_ps((__m256)x, (__m256)y);
-  if constexpr (sizeof(V) == 32 && !f32) return (V)_mm256_max_pd((__m256d)x, (__m256d)y);
-#endif
-  if constexpr (sizeof(V) == 16 && f32) return (V)_mm_max_ps((__m128)x, (__m128)y);
-  if constexpr (sizeof(V) == 16 && !f32) return (V)_mm_max_pd((__m128d)x, (__m128d)y);
-  return y < x ? x : y;
-}
-
+#if defined(PYAGG_STATIC_NETWORKS)
 template <typename T, std::size_t N, int Kind, std::size_t... I>
 inline __attribute__((always_inline)) void fixed_apply(typename Vec<T>::A* w, std::index_sequence<I...>) {
   typedef typename Vec<T>::A V;
