@@ -141,9 +141,11 @@ inline __attribute__((always_inline)) V vmax(V x, V y) {
 // vectorised here (the two rows may alias as far as the compiler knows). On
 // x86-64 each register takes one min and one max (vmin/vmax, the ternaries'
 // exact semantics); GCC wrote the ternaries as a compare and two blends, and
-// the third vector op cost ~15-25% of this loop at n = 100 (AMD EPYC host, L1
-// tile, netmb harness). buf must be aligned to kVecBytes and W * sizeof(T) a
-// multiple of kVecBytes. Equal values are not swapped.
+// the third vector op cost ~15-25% of this loop at n = 100 (AMD EPYC host, the
+// median's 325 comparators on an L1 tile, timed alone). The loop is bound by
+// its two stores per register (a 64-byte store takes ~2 cycles there; the
+// in-register networks have none). buf must be aligned to kVecBytes and
+// W * sizeof(T) a multiple of kVecBytes. Equal values are not swapped.
 template <typename T, std::size_t W>
 inline void apply(T* __restrict buf, const Offsets* net, std::size_t nc) {
 #if defined(__GNUC__)
