@@ -315,14 +315,15 @@ def centered_clipping(
 
 # -------------------------------------------------------- pre-aggregators ---
 def nnm(G: np.ndarray, f: int = 0) -> np.ndarray:
-    """Each row -> mean of its n-f nearest rows, ranked by (non-finite, D, index)."""
+    """Each row -> mean of its n-f nearest rows, ranked by (non-finite, D, index),
+    summed in increasing row-index order like every mean of selected rows."""
     n = G.shape[0]
     D = sqdist(G)
     fin = finite_rows(G)
     out = np.empty_like(G)
     for i in range(n):
         order = sorted(range(n), key=lambda j: (not fin[j], D[i, j], j))
-        out[i] = _rnd(mean64(G[order[: n - f]]), G.dtype)
+        out[i] = _rnd(mean64(G[sorted(order[: n - f])]), G.dtype)
     return out
 
 

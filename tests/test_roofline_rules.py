@@ -182,6 +182,32 @@ def test_bulyan_multikrum_rows_reordered_only_where_sums_are_exact():
     np.testing.assert_array_equal(got[2048:], want[2048:])
 
 
+@pytest.mark.parametrize("n, f", [(100, 20), (40, 8)])
+def test_nnm_rows_reordered_only_where_sums_are_exact(n, f):
+    """float32, nnm's sets with far rows (each far row's set: itself and the
+    honest rows but one; at n = 100, 21 distinct sets of 80 rows) are summed
+    with their rows ordered by frequency (one shared prefix in the trie) only
+    on chunks of 1024 coordinates where every sum is exact: bits = the
+    index-order reference there and on a chunk whose sums round (values
+    scaled by 2^22 or 2^-22), alone and fused before a rule (the chain's
+    means). End to end, like bulyan-multikrum's test above; the gate's own
+    test is the C++ one."""
+    rng = np.random.default_rng(n + 7)
+    d = 3 * 1024 + 5
+    G = rng.standard_normal((n, d)).astype(np.float32)
+    G[:f] *= -3.0
+    scale = np.where(rng.random((n, 1024)) < 0.5, 2.0**22, 2.0**-22)
+    G[:, 1024:2048] = (G[:, 1024:2048] * scale * 1e-6).astype(np.float32)
+    want = ref.nnm(G, f)
+    got = pyagg.preaggregate(G, "nnm", f)
+    for c in (slice(0, 1024), slice(1024, 2048), slice(2048, d)):
+        np.testing.assert_array_equal(got[:, c], want[:, c])
+    np.testing.assert_array_equal(pyagg.aggregate(G, "average", f, pre=["nnm"]), ref.average(want))
+    np.testing.assert_array_equal(
+        pyagg.aggregate(G, "trimmed-mean", f, pre=["nnm"]), pyagg.aggregate(want, "trimmed-mean", f)
+    )
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [33, 47, 64, 65, 100, 129, 200])
 def test_blocks_presorted_in_registers_median_family(n, dtype):

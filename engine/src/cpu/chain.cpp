@@ -187,11 +187,15 @@ void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::s
   T* const* bp = brow.data();
   // Set pre-aggregators: the formed rows' means per chunk from one read of it
   // (rowmean.h mean_sets_chunk, the same bits as Producer::make).
-  MeanSets ms;
+  // nnm's sets by frequency where every sum is exact (rowmean.h frequency_alt).
+  MeanSets ms, freq;
+  const MeanSets* alt = nullptr;
   if (p.sets()) {
     for (std::size_t k = 0; k < nb; ++k)
       ms.add(p.idx.data() + p.start[nd[k]], p.start[nd[k] + 1] - p.start[nd[k]]);
+    freq = ms;
     ms.finish(n);
+    alt = frequency_alt<T>(freq, ms, n);
   }
   // Each output row of a set pre-aggregator reads |set| rows; clipping and zeroing one.
   const std::size_t reads = n;
@@ -202,9 +206,9 @@ void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::s
       auto where = [&](std::size_t k, std::size_t c0, std::size_t) { return bp[k] + (c0 - s0); };
       auto done = [](std::size_t, std::size_t, std::size_t) {};
       if (p.zero_start)
-        mean_sets_chunks<T, true>(ms, rows, s0, s0 + len, kChainChunk, nthreads, where, done);
+        mean_sets_chunks<T, true>(ms, rows, s0, s0 + len, kChainChunk, nthreads, where, done, alt);
       else
-        mean_sets_chunks<T, false>(ms, rows, s0, s0 + len, kChainChunk, nthreads, where, done);
+        mean_sets_chunks<T, false>(ms, rows, s0, s0 + len, kChainChunk, nthreads, where, done, alt);
     } else {
       const std::size_t nchunks = (len + kChainChunk - 1) / kChainChunk;
 #pragma omp parallel for schedule(static) num_threads(nthreads)

@@ -391,6 +391,17 @@ struct MeanSets {
   }
 };
 
+// mean_sets_chunks' exact_alt for float rows: `sets`, a copy of ms's sets
+// taken before ms.finish, finished by frequency, when its trie needs at most
+// a quarter of ms's additions (the exactness test reads each chunk once
+// more); else null (also for double rows: sums_exact is float's).
+template <typename T>
+const MeanSets* frequency_alt(MeanSets& sets, const MeanSets& ms, std::size_t n) {
+  if (!std::is_same<T, float>::value) return nullptr;
+  sets.finish(n, true);
+  return !sets.trie.empty() && 4 * sets.additions <= ms.additions ? &sets : nullptr;
+}
+
 // Whether every sum of at most kmax of the float values rows[used[.]][c0 ..
 // c0 + len) is exact in double, so that any order of the additions gives the
 // same bits. Each nonzero value is an integer multiple of 2^(e_min - 150)
