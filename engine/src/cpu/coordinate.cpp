@@ -50,6 +50,11 @@
 //   floats / 16 doubles). A tile is copied into an L1-resident n x W buffer,
 //   one row vector per gradient, mapping non-finite values to +inf and
 //   counting the finite values of each lane (rows are prefetched 1 KiB ahead).
+//   For n <= 32 and a full tile the copy and the sort are one step
+//   (TileSorter::load_sort): each register column of the rows goes from G
+//   into registers, is sorted there, and only the wires the read-out reads
+//   are stored; a column with a non-finite value (where lanes need counts)
+//   takes the copy.
 //   A sorting network (Batcher's odd-even merge sort, pruned to the outputs
 //   the rule reads; sortnet.h) is then applied element-wise: each comparator
 //   is a vector min/max over the lanes, no branch, no transposition. For
