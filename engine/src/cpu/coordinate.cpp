@@ -495,7 +495,8 @@ FusedSortFn<T> fused_sorter(std::size_t n) {
 // The same, chosen at run time: the (mode, kind) pairs the rules use; else nullptr.
 template <typename T, std::size_t W>
 FusedSortFn<T> fused_for(Load mode, int kind, std::size_t n) {
-  if (mode == Load::kNanHigh) return kind == sortnet::kSortAll ? fused_sorter<Load::kNanHigh, sortnet::kSortAll, T, W>(n) : nullptr;
+  if (mode == Load::kNanHigh)
+    return kind == sortnet::kSortAll ? fused_sorter<Load::kNanHigh, sortnet::kSortAll, T, W>(n) : nullptr;
   if (kind == sortnet::kMiddle) return fused_sorter<Load::kAbsent, sortnet::kMiddle, T, W>(n);
   if (kind == sortnet::kSortAll) return fused_sorter<Load::kAbsent, sortnet::kSortAll, T, W>(n);
   return nullptr;
@@ -520,12 +521,12 @@ struct TileSorter {
   std::size_t nblocks = 0;
   bool use_net = true;
   std::size_t n = 0;
-  // load_sort's way (fused_sort, n <= 32), the rows loaded with `mode`.
-  Load mode = Load::kAbsent;
+  // load_sort's way (fused_sort, n <= 32): the rows loaded with the
+  // constructor's `mode` (load_tile's).
   FusedSortFn<T> fused = nullptr;
 
-  TileSorter(std::size_t n_, const std::vector<unsigned char>& want, int kind, Load mode_ = Load::kAbsent)
-      : n(n_), mode(mode_) {
+  TileSorter(std::size_t n_, const std::vector<unsigned char>& want, int kind, Load mode = Load::kAbsent)
+      : n(n_) {
     switch (kind) {
       case sortnet::kMiddle: fixed = sortnet::fixed_sorter<T, W, sortnet::kMiddle>(n); break;
       case sortnet::kLowerHalf: fixed = sortnet::fixed_sorter<T, W, sortnet::kLowerHalf>(n); break;
