@@ -161,6 +161,18 @@ def test_many_set_means_at_n100_bitwise(dtype):
     )
 
 
+def _far_rows_and_a_rounding_chunk(n, f, seed):
+    """float32, 3 chunks of 1024 coordinates and 5 more: Gaussian rows, the
+    first f scaled by -3 (far rows); in the second chunk each value scaled by
+    2^22 or 2^-22 (times 1e-6), so that its sums round in double."""
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((n, 3 * 1024 + 5)).astype(np.float32)
+    G[:f] *= -3.0
+    scale = np.where(rng.random((n, 1024)) < 0.5, 2.0**22, 2.0**-22)
+    G[:, 1024:2048] = (G[:, 1024:2048] * scale * 1e-6).astype(np.float32)
+    return G
+
+
 def test_bulyan_multikrum_rows_reordered_only_where_sums_are_exact():
     """float32, n = 100 (the rounds' rows reordered by frequency: the trie
     path with the exactness gate): bits = the index-order reference on chunks
@@ -169,12 +181,8 @@ def test_bulyan_multikrum_rows_reordered_only_where_sums_are_exact():
     order. End to end only: rounding there rarely reaches float32, so the
     gate's own test, which fails when the gate is skipped, is the C++ one
     (test_distance: "set means: rows reordered by frequency ...")."""
-    rng = np.random.default_rng(2026)
-    n, f, d = 100, 20, 3 * 1024 + 5
-    G = rng.standard_normal((n, d)).astype(np.float32)
-    G[:f] *= -3.0
-    scale = np.where(rng.random((n, 1024)) < 0.5, 2.0**22, 2.0**-22)
-    G[:, 1024:2048] = (G[:, 1024:2048] * scale * 1e-6).astype(np.float32)
+    n, f = 100, 20
+    G = _far_rows_and_a_rounding_chunk(n, f, 2026)
     want = ref.bulyan_multikrum(G, f)
     got = pyagg.aggregate(G, "bulyan-multikrum", f)
     np.testing.assert_array_equal(got[:1024], want[:1024])
@@ -192,15 +200,10 @@ def test_nnm_rows_reordered_only_where_sums_are_exact(n, f):
     scaled by 2^22 or 2^-22), alone and fused before a rule (the chain's
     means). End to end, like bulyan-multikrum's test above; the gate's own
     test is the C++ one."""
-    rng = np.random.default_rng(n + 7)
-    d = 3 * 1024 + 5
-    G = rng.standard_normal((n, d)).astype(np.float32)
-    G[:f] *= -3.0
-    scale = np.where(rng.random((n, 1024)) < 0.5, 2.0**22, 2.0**-22)
-    G[:, 1024:2048] = (G[:, 1024:2048] * scale * 1e-6).astype(np.float32)
+    G = _far_rows_and_a_rounding_chunk(n, f, n + 7)
     want = ref.nnm(G, f)
     got = pyagg.preaggregate(G, "nnm", f)
-    for c in (slice(0, 1024), slice(1024, 2048), slice(2048, d)):
+    for c in (slice(0, 1024), slice(1024, 2048), slice(2048, None)):
         np.testing.assert_array_equal(got[:, c], want[:, c])
     np.testing.assert_array_equal(pyagg.aggregate(G, "average", f, pre=["nnm"]), ref.average(want))
     np.testing.assert_array_equal(
