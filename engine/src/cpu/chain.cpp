@@ -187,15 +187,13 @@ void for_spans(const Producer<T>& p, const T* const* rows, std::size_t n, std::s
   T* const* bp = brow.data();
   // Set pre-aggregators: the formed rows' means per chunk from one read of it
   // (rowmean.h mean_sets_chunk, the same bits as Producer::make).
-  // nnm's sets by frequency where every sum is exact (rowmean.h frequency_alt).
+  // nnm's sets by frequency where every sum is exact (rowmean.h finish_sets).
   MeanSets ms, freq;
   const MeanSets* alt = nullptr;
   if (p.sets()) {
     for (std::size_t k = 0; k < nb; ++k)
       ms.add(p.idx.data() + p.start[nd[k]], p.start[nd[k] + 1] - p.start[nd[k]]);
-    freq = ms;
-    ms.finish(n);
-    alt = frequency_alt<T>(freq, ms, n);
+    alt = finish_sets<T>(ms, freq, n);
   }
   // Each output row of a set pre-aggregator reads |set| rows; clipping and zeroing one.
   const std::size_t reads = n;

@@ -1426,14 +1426,13 @@ void bulyan_multikrum(const T* const* rows, std::size_t n, std::size_t d, std::s
   const std::size_t theta = sets.size();
   MeanSets ms;
   for (const auto& st : sets) ms.add(st.data(), st.size());
-  MeanSets freq = ms;  // the same sets, finished by frequency below
-  ms.finish(n);
+  MeanSets freq;
   // The rounds' rows by frequency (their shared prefixes), for the chunks of
   // float rows where every sum is exact (the same bits), when its trie saves
   // three quarters of the additions: the exactness test reads the chunk once
   // more (n = 20, f = 4, far rows: 55 -> 26 additions per coordinate, 1.04x
   // at d = 1e7 and 1.6x at d = 1e6 with the test; n = 100: 2813 -> 157, 0.78x).
-  const MeanSets* alt = frequency_alt<T>(freq, ms, n);
+  const MeanSets* alt = finish_sets<T>(ms, freq, n);
   if (theta <= netbuild::kStaticSortN) {
     // Few rounds: per chunk of coordinates, the rounds' means go to a
     // per-thread theta x chunk buffer (L1/L2) and the coordinate phase runs
@@ -1518,9 +1517,9 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
     }
   // By frequency (float rows, exact chunks: the same bits), the sets share
   // the rows most of them name as one prefix: n = 100, f = 20, 20 far rows:
-  // 21 distinct sets of 80, 1659 -> ~100 additions per coordinate.
-  MeanSets freq = ms;
-  ms.finish(n);
+  // 21 distinct sets of 80, 1659 -> 204 additions per coordinate.
+  MeanSets freq;
+  const MeanSets* alt = finish_sets<T>(ms, freq, n);
   mean_sets_chunks<T>(
       ms, rows, 0, d, kMeanChunk, reduce::threads_for(n * d),
       [&](std::size_t k, std::size_t c0, std::size_t) { return out + first[k] * d + c0; },
@@ -1528,7 +1527,7 @@ void nnm(const T* const* rows, std::size_t n, std::size_t d, std::size_t f, T* o
         for (std::size_t i = 0; i < n; ++i)
           if (same[i] != i) std::memcpy(out + i * d + c0, out + same[i] * d + c0, len * sizeof(T));
       },
-      frequency_alt<T>(freq, ms, n));
+      alt);
 }
 
 // ---- explicit instantiations ------------------------------------------------

@@ -391,15 +391,20 @@ struct MeanSets {
   }
 };
 
-// mean_sets_chunks' exact_alt for float rows: `sets`, a copy of ms's sets
-// taken before ms.finish, finished by frequency, when its trie needs at most
-// a quarter of ms's additions (the exactness test reads each chunk once
-// more); else null (also for double rows: sums_exact is float's).
+// Finishes ms (index order) and returns mean_sets_chunks' exact_alt for it:
+// for float rows, `freq` becomes the same sets finished by frequency, used
+// when its trie needs at most a quarter of ms's additions (the exactness test
+// reads each chunk once more); else null (double rows: sums_exact is float's,
+// and freq stays empty).
 template <typename T>
-const MeanSets* frequency_alt(MeanSets& sets, const MeanSets& ms, std::size_t n) {
+const MeanSets* finish_sets(MeanSets& ms, MeanSets& freq, std::size_t n) {
+  if (std::is_same<T, float>::value) {
+    freq = ms;
+    freq.finish(n, true);
+  }
+  ms.finish(n);
   if (!std::is_same<T, float>::value) return nullptr;
-  sets.finish(n, true);
-  return !sets.trie.empty() && 4 * sets.additions <= ms.additions ? &sets : nullptr;
+  return !freq.trie.empty() && 4 * freq.additions <= ms.additions ? &freq : nullptr;
 }
 
 // Whether every sum of at most kmax of the float values rows[used[.]][c0 ..
